@@ -1,0 +1,1 @@
+"""labkit: container images from the kernel up."""

@@ -1,0 +1,217 @@
+"""A thin ctypes layer over the system calls the lessons use.
+
+Python 3.11 has no os.unshare, os.setns or mount at all, so we call libc (and, for
+calls glibc 2.36 does not wrap, syscall(2)) directly. Each wrapper turns a failure
+into a :class:`~labkit.errors.KernelError` naming the call, the path and the likely
+cause. These wrappers do not check paths: callers go through ``labkit.lab`` which
+refuses anything outside the lab root.
+
+Man pages: mount(2), umount2(2), unshare(2), setns(2), pivot_root(2), and for the
+new mount API fsopen(2), fsconfig(2), fsmount(2), move_mount(2).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from .errors import KernelError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# --- flags (include/uapi/linux/sched.h, mount.h) --------------------------------------
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACES = {"mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC,
+              "user": CLONE_NEWUSER, "pid": CLONE_NEWPID, "net": CLONE_NEWNET,
+              "cgroup": CLONE_NEWCGROUP}
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+# x86_64 syscall numbers for the calls glibc 2.36 does not wrap.
+SYS_pivot_root = 155
+SYS_move_mount = 429
+SYS_fsopen = 430
+SYS_fsconfig = 431
+SYS_fsmount = 432
+FSOPEN_CLOEXEC = 1
+FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
+# Why a call usually fails, by errno, for the messages a learner sees.
+_CAUSES = {
+    errno.EPERM: ("the process lacks CAP_SYS_ADMIN", "run the lab as root (sudo -i) or inside a user namespace"),
+    errno.EACCES: ("permission denied on a path", "check the owner and mode of the directories involved"),
+    errno.ENOENT: ("a directory named in the call does not exist", "create it first (mkdir -p)"),
+    errno.ENOTDIR: ("a path that must be a directory is not one", "give a directory"),
+    errno.EBUSY: ("the target is busy or already mounted", "unmount it first, or run `labkit reset`"),
+    errno.ENODEV: ("the kernel does not know this filesystem type", "load its module (modprobe overlay)"),
+    errno.EXDEV: ("the operation would cross a layer or filesystem boundary", "see redirect_dir in the OverlayFS lesson"),
+    errno.ENOSYS: ("this kernel lacks the system call", "use a newer kernel (5.2+ for the new mount API)"),
+}
+
+
+def _check(ret: int, call: str, path: str = "", kernel_log: str = "", cause: str = "") -> int:
+    """Raise a KernelError for a -1 return, keeping errno; return ret otherwise."""
+    if ret == -1:
+        err = ctypes.get_errno()
+        default_cause, fix = _CAUSES.get(err, ("", "see the man page of " + call.split("(")[0]))
+        raise KernelError(call, err, path, cause or default_cause, fix, kernel_log)
+    return ret
+
+
+def _b(s: str | os.PathLike | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+# --- classic calls ----------------------------------------------------------------------
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2). The option string ``data`` is cut by the kernel at one page (4095 bytes)."""
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount(-t {fstype or 'none'})", str(target))
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2); ``flags=MNT_DETACH`` detaches now and cleans up when no longer busy."""
+    _check(_libc.umount2(_b(target), flags), "umount2", str(target))
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): move the calling process into new namespaces (CLONE_NEW*)."""
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace behind ``fd`` (a /proc/PID/ns/* file or a pidfd)."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): make ``new_root`` the root mount and move the old one to ``put_old``."""
+    _check(_libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", str(new_root))
+
+
+def make_private(path: str = "/") -> None:
+    """Stop mount events propagating to and from the parent namespace (mount_namespaces(7))."""
+    mount(None, path, None, MS_REC | MS_PRIVATE)
+
+
+# --- the new mount API (Linux 5.2+) ----------------------------------------------------
+def fsopen(fstype: str) -> int:
+    """fsopen(2): a filesystem context fd; the kernel writes its error messages into it."""
+    return _check(_libc.syscall(SYS_fsopen, _b(fstype), FSOPEN_CLOEXEC), f"fsopen({fstype})")
+
+
+def read_fs_log(fd: int) -> str:
+    """Read the messages the kernel queued on a filesystem context fd (fsopen(2), "Message")."""
+    lines = []
+    while True:
+        try:
+            msg = os.read(fd, 4096)
+        except OSError:  # ENODATA: the queue is empty
+            break
+        if not msg:
+            break
+        lines.append(msg.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def fsconfig(fd: int, key: str, value: str | int | None = None, *, what: str = "") -> None:
+    """fsconfig(2): set one parameter: a flag (value None), a string, or an fd (value int)."""
+    if value is None:
+        ret = _libc.syscall(SYS_fsconfig, fd, FSCONFIG_SET_FLAG, _b(key), None, 0)
+    elif isinstance(value, int):
+        ret = _libc.syscall(SYS_fsconfig, fd, FSCONFIG_SET_FD, _b(key), None, value)
+    else:
+        ret = _libc.syscall(SYS_fsconfig, fd, FSCONFIG_SET_STRING, _b(key), _b(value), 0)
+    if ret == -1:  # ctypes keeps errno privately, so reading the log first does not lose it
+        _check(ret, f"fsconfig({key})", what or (value if isinstance(value, str) else ""),
+               read_fs_log(fd))
+
+
+def fsconfig_create(fd: int, what: str = "") -> None:
+    """FSCONFIG_CMD_CREATE: build the superblock from the parameters set so far."""
+    ret = _libc.syscall(SYS_fsconfig, fd, FSCONFIG_CMD_CREATE, None, None, 0)
+    if ret == -1:
+        _check(ret, "fsconfig(create)", what, read_fs_log(fd))
+
+
+def fsmount(fd: int, attr_flags: int = 0) -> int:
+    """fsmount(2): turn a created context into a detached mount, returned as an fd."""
+    return _check(_libc.syscall(SYS_fsmount, fd, FSMOUNT_CLOEXEC, attr_flags), "fsmount")
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    """move_mount(2): attach the detached mount ``mount_fd`` at ``target``."""
+    _check(_libc.syscall(SYS_move_mount, mount_fd, b"", AT_FDCWD, _b(target),
+                         MOVE_MOUNT_F_EMPTY_PATH), "move_mount", str(target))
+
+
+def new_api_available() -> bool:
+    """True when fsopen(2) works for overlay here."""
+    try:
+        os.close(fsopen("overlay"))
+        return True
+    except KernelError:
+        return False
+
+
+# --- the kernel log -----------------------------------------------------------------------
+def kernel_messages_since(t0: float, match: str = "") -> list[str]:
+    """Lines of the kernel log (/dev/kmsg) stamped after ``t0`` (a time.monotonic() value).
+
+    Some filesystems (overlayfs among them) explain a refused mount only here, in the log
+    dmesg(1) prints. Records read "prio,seq,usec,flags;text" (Documentation/ABI/testing/dev-kmsg).
+    """
+    out = []
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return out
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten while we read; go on
+                continue
+            head, _, text = rec.partition(";")
+            fields = head.split(",")
+            if len(fields) >= 3 and int(fields[2]) >= t0 * 1e6 and match in text:
+                out.append(text.strip())
+    finally:
+        os.close(fd)
+    return out
+
+
+def explain_with_log(err: KernelError, t0: float, match: str) -> KernelError:
+    """The same error with the kernel log lines since ``t0`` that mention ``match`` added."""
+    if err.kernel_log:
+        return err
+    lines = kernel_messages_since(t0, match)
+    if not lines:
+        return err
+    return KernelError(err.call, err.errno, err.path, "", err.fix, "; ".join(lines))

@@ -1,0 +1,326 @@
+"""The lab root, the ledger of what the lab created, preflight and reset.
+
+Everything labkit mounts on, writes to or deletes lies under one directory, the lab
+root: ``$LABKIT_HOME``, by default ``/var/lib/labkit``. Anything that must outlive a
+notebook cell (a mounted overlay, later a running container or a cgroup) is written
+to a ledger on disk first, so that ``labkit reset`` can take it down even after the
+Jupyter kernel that made it crashed.
+
+Layout of the lab root::
+
+    ledger/      one JSON file per live mount, process, cgroup ... (see Entry)
+    scratch/     one directory per lesson or experiment; reset empties it
+    progress.json  the learner's exercise progress (reset keeps it)
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import kernel
+from .errors import KernelError, LabError, OutsideLabRoot
+from .mountinfo import mounts_under
+
+DEFAULT_ROOT = "/var/lib/labkit"
+
+
+# --- the lab root ------------------------------------------------------------------------
+def root() -> Path:
+    """The lab root, created on first use (``$LABKIT_HOME`` or /var/lib/labkit)."""
+    r = Path(os.path.realpath(os.environ.get("LABKIT_HOME", DEFAULT_ROOT)))
+    if r == Path("/") or len(r.parts) < 3:
+        raise OutsideLabRoot(f"LABKIT_HOME={r} is too close to /",
+                             "point LABKIT_HOME at a directory of its own, such as /var/lib/labkit")
+    r.mkdir(parents=True, exist_ok=True)
+    return r
+
+
+def inside(path: str | os.PathLike) -> Path:
+    """The real path of ``path`` (symlinks resolved) if it lies strictly below the lab root.
+
+    Raises OutsideLabRoot otherwise: this is the one gate every mount, write and
+    delete in labkit passes through.
+    """
+    r = root()
+    real = Path(os.path.realpath(path))
+    if r not in real.parents:
+        raise OutsideLabRoot(
+            f"{path} is outside the lab root {r}" + (f" (it resolves to {real})" if str(real) != str(path) else ""),
+            "labkit only mounts on, writes to and deletes paths under its lab root; "
+            "make your directories with labkit.lab.scratch(...) or set LABKIT_HOME")
+    return real
+
+
+def scratch(name: str, fresh: bool = True) -> Path:
+    """A working directory ``<root>/scratch/<name>``; ``fresh`` empties it first.
+
+    Emptying unmounts whatever is still mounted below it (for instance by a Jupyter
+    kernel that crashed before it could clean up) before deleting anything.
+    """
+    d = inside(root() / "scratch" / name)
+    if fresh:
+        return fresh_dir(d)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def fresh_dir(path: str | os.PathLike) -> Path:
+    """An empty directory at ``path`` (under the lab root), whatever was there before."""
+    d = inside(path)
+    if os.path.lexists(d):
+        remove_tree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Unmount everything at or below ``path``, then delete it (never crossing a mount)."""
+    p = inside(path)
+    for entry in entries():
+        if entry.kind == "mount" and (Path(entry.path) == p or p in Path(entry.path).parents):
+            release(entry)
+    _unmount_below(p)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.exists():
+        shutil.rmtree(p)
+
+
+def _unmount_below(p: Path) -> list[str]:
+    done = []
+    for m in mounts_under(p):
+        try:
+            kernel.umount2(str(m.mountpoint), kernel.MNT_DETACH)
+            done.append(str(m.mountpoint))
+        except KernelError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: already gone
+                raise
+    return done
+
+
+# --- the ledger ---------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One thing the lab made that outlives a function call."""
+    kind: str                 # "mount", "process", "cgroup", "loop"
+    path: str                 # mount point, cgroup dir, loop device; for a process its pid
+    owner_pid: int = field(default_factory=os.getpid)
+    note: str = ""
+    created: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def _ledger_dir() -> Path:
+    d = root() / "ledger"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def record(kind: str, path: str | os.PathLike, note: str = "") -> Entry:
+    """Write an entry to the ledger *before* creating the thing it names."""
+    if kind != "process":
+        inside(path)
+    e = Entry(kind, str(path), note=note)
+    tmp = _ledger_dir() / f".{e.id}.tmp"
+    tmp.write_text(json.dumps(asdict(e)))
+    tmp.rename(_ledger_dir() / f"{e.id}.json")
+    return e
+
+
+def forget(entry: Entry) -> None:
+    """Drop an entry once the thing it names is gone."""
+    (_ledger_dir() / f"{entry.id}.json").unlink(missing_ok=True)
+
+
+def entries() -> list[Entry]:
+    """Every entry of the ledger, oldest first."""
+    out = []
+    for f in _ledger_dir().glob("*.json"):
+        try:
+            out.append(Entry(**json.loads(f.read_text())))
+        except (ValueError, TypeError, OSError):
+            f.unlink(missing_ok=True)   # a torn write from a crash: nothing to undo
+    return sorted(out, key=lambda e: e.created)
+
+
+def release(entry: Entry) -> str:
+    """Take down what ``entry`` names and forget it; returns a line for the report."""
+    what = f"{entry.kind} {entry.path}"
+    if entry.kind == "mount":
+        for m in _unmount_below(Path(entry.path)):
+            what += f" (unmounted {m})" if m != entry.path else ""
+    elif entry.kind == "process":
+        try:
+            os.kill(int(entry.path), 9)
+        except ProcessLookupError:
+            pass
+    elif entry.kind == "cgroup":
+        try:
+            os.rmdir(entry.path)
+        except FileNotFoundError:
+            pass
+    forget(entry)
+    return what
+
+
+@atexit.register
+def _release_own() -> None:
+    """At interpreter exit, take down what this process made and did not release."""
+    try:
+        mine = [e for e in entries() if e.owner_pid == os.getpid()]
+    except LabError:
+        return
+    for e in reversed(mine):
+        try:
+            release(e)
+        except LabError:
+            pass
+
+
+# --- reset --------------------------------------------------------------------------------
+def reset() -> list[str]:
+    """Take down everything the lab made: ledger entries, stray mounts, scratch dirs.
+
+    Works after a crash: the ledger is on disk, and mounts nobody recorded are found
+    in /proc/self/mountinfo. Progress and (later) the image store are kept.
+    Returns one line per thing removed.
+    """
+    done = []
+    order = {"process": 0, "mount": 1, "cgroup": 2, "loop": 3}
+    for e in sorted(entries(), key=lambda e: (order.get(e.kind, 9), -len(e.path))):
+        done.append(release(e))
+    done += [f"mount {m} (not in the ledger)" for m in _unmount_below(root())]
+    s = root() / "scratch"
+    if s.exists():
+        shutil.rmtree(s)
+        done.append(f"dir {s}")
+    return done
+
+
+# --- preflight ----------------------------------------------------------------------------
+@dataclass
+class Check:
+    """One line of the preflight table."""
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+    fix: str = ""
+
+
+class Preflight(list):
+    """The preflight table: a list of Check, shown as a table in Jupyter and a terminal."""
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self if c.required)
+
+    def missing(self) -> list[Check]:
+        return [c for c in self if not c.ok and c.required]
+
+    def __str__(self) -> str:
+        w = max(len(c.name) for c in self)
+        lines = []
+        for c in self:
+            mark = "ok  " if c.ok else ("MISS" if c.required else "warn")
+            lines.append(f"{mark}  {c.name:<{w}}  {c.detail}" + ("" if c.ok else f"  -> {c.fix}"))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+        rows = "".join(
+            f"<tr><td>{'✅' if c.ok else ('❌' if c.required else '⚠️')}</td><td>{escape(c.name)}</td>"
+            f"<td>{escape(c.detail)}</td><td>{'' if c.ok else escape(c.fix)}</td></tr>" for c in self)
+        return ("<table><tr><th></th><th>check</th><th>found</th><th>what to do</th></tr>"
+                f"{rows}</table>")
+
+
+TOOLS = {  # command: (Debian package, what needs it)
+    "dot": ("graphviz", "pictures in every lesson"),
+    "busybox": ("busybox-static", "the offline base image"),
+    "skopeo": ("skopeo", "interop checks, lessons 03 and 08"),
+    "umoci": ("umoci", "interop checks, lessons 03 and 09"),
+    "runc": ("runc", "interop checks, lessons 05 and 09"),
+    "mkfs.btrfs": ("btrfs-progs", "lesson 04"),
+    "ip": ("iproute2", "lessons 05 and 08"),
+}
+
+
+def preflight() -> Preflight:
+    """Check what the lab needs: privileges, kernel features, cgroup controllers, tools."""
+    from . import cgroups
+    checks = Preflight()
+    add = checks.append
+    root_ok = os.geteuid() == 0
+    add(Check("root", root_ok, f"euid {os.geteuid()}",
+              fix="run as root (sudo -i); lessons 02, 03 and parts of 05 also work unprivileged"))
+    fs = Path("/proc/filesystems").read_text().split()
+    add(Check("overlay filesystem", "overlay" in fs, "in /proc/filesystems" if "overlay" in fs else "absent",
+              fix="modprobe overlay (kernel 3.18+ with CONFIG_OVERLAY_FS)"))
+    lp = _probe_lowerdir_plus() if root_ok else False
+    add(Check("new mount API, lowerdir+", lp, "fsopen/fsconfig accept lowerdir+" if lp else "not available",
+              required=False, fix="Linux 6.8+; without it long layer stacks are mounted with relative paths"))
+    ns = [n for n in kernel.NAMESPACES if Path(f"/proc/self/ns/{n}").exists()]
+    add(Check("namespaces", len(ns) == len(kernel.NAMESPACES), " ".join(ns),
+              fix="a kernel built with CONFIG_*_NS for every namespace type"))
+    add(_userns_check())
+    ctl = cgroups.controllers()
+    for name in ("memory", "pids", "cpu"):
+        c = ctl.get(name)
+        add(Check(f"cgroup {name}", c is not None,
+                  f"v{c.version} at {c.mountpoint}" if c else "no hierarchy has it",
+                  fix=f"enable the {name} controller (cgroup_enable={name} on the kernel command line)"))
+    add(_trusted_xattr_check())
+    for tool, (pkg, why) in TOOLS.items():
+        path = shutil.which(tool)
+        add(Check(f"tool {tool}", path is not None, path or f"not found ({why})",
+                  fix=f"apt-get install {pkg} (scripts/provision.sh does it)"))
+    return checks
+
+
+def _probe_lowerdir_plus() -> bool:
+    try:
+        fd = kernel.fsopen("overlay")
+    except KernelError:
+        return False
+    try:
+        kernel.fsconfig(fd, "lowerdir+", "/")
+        return True
+    except KernelError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _userns_check() -> Check:
+    knobs = {"/proc/sys/kernel/unprivileged_userns_clone": "1", "/proc/sys/user/max_user_namespaces": None}
+    problems = []
+    for knob, want in knobs.items():
+        try:
+            v = Path(knob).read_text().strip()
+        except OSError:
+            continue
+        if (want and v != want) or (not want and v == "0"):
+            problems.append(f"{Path(knob).name}={v}")
+    return Check("unprivileged user namespaces", not problems, ", ".join(problems) or "allowed",
+                 required=False, fix="sysctl kernel.unprivileged_userns_clone=1 (only non-root learners need it)")
+
+
+def _trusted_xattr_check() -> Check:
+    probe = root() / ".xattr-probe"
+    try:
+        probe.touch()
+        os.setxattr(probe, "trusted.labkit", b"1")
+        return Check("trusted xattrs at the lab root", True, f"{root()} keeps trusted.* xattrs")
+    except OSError as e:
+        return Check("trusted xattrs at the lab root", False, f"{root()}: {e.strerror}",
+                     fix="put LABKIT_HOME on ext4, xfs, btrfs or tmpfs, and run as root")
+    finally:
+        probe.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The one install script: `make lab`, `make test`, CI and the Vagrantfile all call it.
+# Idempotent: it installs only what is missing, so the second run takes a second or two.
+#
+#   scripts/provision.sh            Debian packages + the virtual environment in .venv
+#   LABKIT_VENV=/opt/labkit/venv scripts/provision.sh    another place for the venv
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${LABKIT_VENV:-$repo/.venv}
+
+say() { printf 'provision: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "labkit drives mounts, namespaces and cgroups, so it installs and runs as root."
+  say "Run it again as root (sudo make lab, or vagrant ssh then sudo -i)."
+  exit 1
+fi
+if ! grep -qs 'ID=debian' /etc/os-release; then
+  say "warning: this script is written for Debian 12; other systems need the same packages by hand."
+fi
+
+# Debian packages. Later lessons add their tools here; nothing else is fetched from anywhere.
+deb_packages=(
+  python3 python3-venv python3-dev gcc make git   # the venv, and wheels that compile
+  graphviz                                        # pictures in every lesson (dot)
+  busybox-static                                  # the offline base image
+  skopeo umoci runc                               # the real OCI tools labkit is checked against
+  btrfs-progs                                     # lesson 04: btrfs snapshots
+  iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
+)
+missing=()
+for p in "${deb_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  say "Debian packages: all ${#deb_packages[@]} present"
+fi
+
+# OverlayFS may be a module that is not loaded yet on a fresh VM.
+grep -qw overlay /proc/filesystems || modprobe overlay || say "warning: could not load the overlay module"
+
+# The virtual environment, from Debian's python3 (never a pyenv shim), with labkit installed
+# editable from pyproject.toml. A stamp holds the hash of pyproject.toml: same hash, no pip run.
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment in $venv"
+  /usr/bin/python3 -m venv "$venv"
+fi
+stamp="$venv/.labkit-provisioned"
+want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import labkit' 2>/dev/null; then
+  say "installing Python packages from pyproject.toml (lab and test extras)"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e "$repo[lab,test]"
+  echo "$want" > "$stamp"
+else
+  say "Python packages: up to date with pyproject.toml"
+fi
+say "ready: $venv/bin/labkit preflight"
