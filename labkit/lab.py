@@ -185,19 +185,24 @@ def _release_own() -> None:
 
 
 # --- reset --------------------------------------------------------------------------------
-def reset() -> list[str]:
+def reset(dry_run: bool = False) -> list[str]:
     """Take down everything the lab made: ledger entries, stray mounts, scratch dirs.
 
     Works after a crash: the ledger is on disk, and mounts nobody recorded are found
-    in /proc/self/mountinfo. Progress and (later) the image store are kept.
-    Returns one line per thing removed.
+    in /proc/self/mountinfo. Progress (and later the image store) is kept.
+    Returns one line per thing removed (or, with ``dry_run``, that would be).
     """
-    done = []
     order = {"process": 0, "mount": 1, "cgroup": 2, "loop": 3}
-    for e in sorted(entries(), key=lambda e: (order.get(e.kind, 9), -len(e.path))):
-        done.append(release(e))
-    done += [f"mount {m} (not in the ledger)" for m in _unmount_below(root())]
+    todo = sorted(entries(), key=lambda e: (order.get(e.kind, 9), -len(e.path)))
     s = root() / "scratch"
+    if dry_run:
+        recorded = {e.path for e in todo}
+        return ([f"{e.kind} {e.path}" for e in todo]
+                + [f"mount {m.mountpoint} (not in the ledger)" for m in mounts_under(root())
+                   if str(m.mountpoint) not in recorded]
+                + ([f"dir {s}"] if s.exists() else []))
+    done = [release(e) for e in todo]
+    done += [f"mount {m} (not in the ledger)" for m in _unmount_below(root())]
     if s.exists():
         shutil.rmtree(s)
         done.append(f"dir {s}")

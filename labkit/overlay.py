@@ -117,7 +117,12 @@ class Overlay:
         except KernelError as e:
             lab.forget(self._entry)
             self._entry = None
-            raise kernel.explain_with_log(e, t0, "overlay") from None
+            e = kernel.explain_with_log(e, t0, "overlay")
+            if "incompat" in e.kernel_log and self.workdir:
+                e = KernelError(e.call, e.errno, e.path, "", "a volatile mount left "
+                                f"{self.workdir}/work/incompat behind: remove it with "
+                                "overlay.clear_volatile(workdir) and mount again", e.kernel_log)
+            raise e from None
         except BaseException:
             lab.forget(self._entry)
             self._entry = None
@@ -137,6 +142,17 @@ class Overlay:
     def __exit__(self, *exc) -> None:
         self.unmount()
 
+    def peek(self) -> dict[str, str | None]:
+        """Mount in a throwaway child (private mount namespace) and return the merged tree
+        as tree.read_tree gives it. Nothing stays mounted, whatever happens."""
+        from . import sandbox
+        from .tree import read_tree
+
+        def look():
+            with self:
+                return read_tree(self.merged)
+        return sandbox.run(look)
+
     # --- reading the stack back ---------------------------------------------------------
     def which_layer(self, path: str) -> Layer | None:
         """The layer that serves ``path`` in merged, or None if no layer does (or it is deleted).
@@ -146,7 +162,7 @@ class Overlay:
         """
         parts = Path(path).parts
         for layer in self.layers:
-            found, stop = _lookup(layer.path, parts, self.xattr_prefix)
+            found, stop, parts = _lookup(layer.path, parts, self.xattr_prefix)
             if found:
                 return layer
             if stop:
@@ -248,6 +264,18 @@ def _classify(p: Path, rel: str, lowerdirs, prefix: str) -> tuple[str, str]:
     return "new", f"hides {below[0]}/{rel}" if below else ""
 
 
+def clear_volatile(workdir: str | os.PathLike) -> None:
+    """Remove the ``work/incompat/volatile`` dir a volatile mount leaves, so the pair mounts again.
+
+    overlayfs.rst, "Volatile mount": after a volatile mount the upper dir may have lost
+    writes, so the kernel refuses to reuse it until the user says it is fine.
+    """
+    import shutil
+    d = lab.inside(Path(workdir) / "work" / "incompat" / "volatile")
+    if d.exists():
+        shutil.rmtree(d)
+
+
 def whiteouts(upperdir: str | os.PathLike) -> list[str]:
     """Paths of the whiteouts (char devices 0/0) in an upper dir."""
     return [c.path for c in upper_changes(upperdir) if c.kind == "whiteout"]
@@ -290,26 +318,36 @@ def _xattr(p: Path, name: str) -> bytes | None:
         return None
 
 
-def _lookup(top: Path, parts: tuple[str, ...], prefix: str) -> tuple[bool, bool]:
-    """Look ``parts`` up in one layer: (found here, stop looking in lower layers)."""
-    p, opaque_above = top, False
+def _lookup(top: Path, parts: tuple[str, ...], prefix: str) -> tuple[bool, bool, tuple[str, ...]]:
+    """Look ``parts`` up in one layer.
+
+    Returns (found here, stop looking in lower layers, the path to look up below): the
+    last differs from ``parts`` when a directory on the way carries a redirect xattr
+    (redirect_dir=on: a renamed lower directory points to its old name).
+    """
+    p, opaque_above, below = top, False, parts
     for i, part in enumerate(parts):
         p = p / part
         if not os.path.lexists(p):
             # missing here: lower layers may have it, unless a directory above was opaque
-            return False, opaque_above
+            return False, opaque_above, below
         if _is_whiteout(p, prefix):
-            return False, True
+            return False, True, below
         if i < len(parts) - 1:
             if not p.is_dir() or p.is_symlink():
-                return False, True
+                return False, True, below
             opaque_above = opaque_above or _xattr(p, prefix + "opaque") == b"y"
-    return True, False
+            redirect = _xattr(p, prefix + "redirect")
+            if redirect:
+                target = redirect.decode()
+                head = Path(target.lstrip("/")).parts if target.startswith("/") else (*parts[:i], target)
+                below = (*head, *parts[i + 1:])
+    return True, False, below
 
 
 # --- building and mounting ----------------------------------------------------------------
 def stack(base: str | os.PathLike, lowers: dict[str, dict], upper: str | None = "upper",
-          merged: str = "merged", work: str = "work", **options) -> Overlay:
+          merged: str = "merged", work: str = "work", api: str = "auto", **options) -> Overlay:
     """Write lower layers from dicts (top first, see tree.write_tree) under ``base`` and
     describe an overlay over them (not yet mounted).
 
@@ -321,7 +359,7 @@ def stack(base: str | os.PathLike, lowers: dict[str, dict], upper: str | None = 
     if upper:
         (base / upper).mkdir(parents=True, exist_ok=True)
     return Overlay(lowerdirs, base / upper if upper else None, base / work if upper else None,
-                   base / merged, options)
+                   base / merged, options, api)
 
 
 def lowerdir_plus() -> bool:
@@ -401,13 +439,18 @@ def _mount_new(ov: Overlay) -> None:
 
 
 def _set_path(fd: int, key: str, path: Path) -> None:
-    """fsconfig takes strings of up to 255 bytes; a longer path goes as an O_PATH fd."""
+    """fsconfig(2) copies at most 255 bytes of a string. A longer path goes as an O_PATH fd:
+    ``lowerdir+`` takes the fd itself (FSCONFIG_SET_FD); the other keys take the short
+    name ``/proc/self/fd/N``, which the kernel resolves to the same directory."""
     if len(os.fsencode(path)) < 256:
         kernel.fsconfig(fd, key, str(path))
         return
     dfd = os.open(path, os.O_PATH | os.O_DIRECTORY)
     try:
-        kernel.fsconfig(fd, key if key.endswith("+") else key + "+", dfd, what=str(path))
+        if key == "lowerdir+":
+            kernel.fsconfig(fd, key, dfd, what=str(path))
+        else:
+            kernel.fsconfig(fd, key, f"/proc/self/fd/{dfd}", what=str(path))
     finally:
         os.close(dfd)
 

@@ -1,0 +1,59 @@
+"""Session set-up shared by the unit tests and nbval.
+
+* Every test session gets a fresh lab root and work dir in /tmp (exported, so the
+  Jupyter kernels nbval starts inherit it).
+* At the end, the session fails if anything the lab made is still there: a mount, an
+  overlay, a cgroup, a child process.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION = {}
+
+
+def pytest_configure(config):
+    home = tempfile.mkdtemp(prefix="labkit-test-")   # tests never touch the real lab root
+    os.environ["LABKIT_HOME"] = home
+    os.environ["LABKIT_WORKDIR"] = os.path.join(home, "work")
+    _SESSION["home"] = home
+
+
+def leftovers(root: str) -> list[str]:
+    """What the lab made and did not take down: mounts under root, labkit cgroups, children."""
+    from labkit.mountinfo import mounts
+    found = [f"mount {m.mountpoint} ({m.fstype})" for m in mounts()
+             if str(m.mountpoint).startswith(root) or "labkit" in str(m.mountpoint)]
+    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
+        found += [f"cgroup {dirpath}/{d}" for d in dirnames if "labkit" in d]
+        if dirpath.count("/") > 5:
+            dirnames.clear()
+    me = str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[1] == me and fields[0] != "Z":
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+            if "ipykernel" not in cmd:   # nbval's kernels end after the session hook
+                found.append(f"process {pid} {cmd}")
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    home = _SESSION.get("home")
+    if not home:
+        return
+    left = leftovers(home)
+    if left:
+        print("\nThe test session left these behind (labkit must clean up after itself):")
+        print("\n".join("  " + x for x in left))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        from labkit import lab
+        lab.reset()
+    shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,253 @@
+"""Exercises: checks that say what is right and what is wrong, hints one at a time,
+the learner's progress through the course, and resetting a notebook to its original.
+
+Each lesson's exercises live in a module of this package (``l00_welcome``,
+``l01_overlayfs`` ...). A check is a function decorated with :func:`exercise`; it
+returns a list of ``(ok, message)`` claims about the learner's work, and the
+decorator turns them into a :class:`Verdict`, records the attempt and offers a hint.
+
+    from labkit.exercises import l01_overlayfs as ex
+    ex.check_layer_order([...])        # ✅ / ❌ lines, and how to get a hint
+    hint("01.order")                   # the next hint, one at a time
+    progress()                         # every exercise of the course and its state
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Callable
+
+from .. import lab
+from ..errors import LabError
+
+LESSON_MODULES = ("l00_welcome", "l01_overlayfs")   # later lessons add theirs here
+
+
+@dataclass
+class Exercise:
+    id: str            # "01.order": lesson number, dot, short name
+    title: str
+    hints: list[str]
+    check: Callable = field(repr=False, default=None)
+
+    @property
+    def lesson(self) -> str:
+        return self.id.split(".")[0]
+
+
+CATALOGUE: dict[str, Exercise] = {}
+
+
+@dataclass
+class Verdict:
+    """The answer of a check: each claim that holds, each that does not, what next."""
+    exercise: Exercise
+    right: list[str]
+    wrong: list[str]
+    hints_left: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.wrong
+
+    def _next(self) -> str:
+        if self.ok:
+            return "Solved. Well done."
+        if self.hints_left:
+            return f'Stuck? hint("{self.exercise.id}") gives the next hint ({self.hints_left} left).'
+        return "No hints left: the collapsed solution below the exercise shows one way."
+
+    def __str__(self) -> str:
+        head = f"{self.exercise.id} {self.exercise.title}"
+        lines = [f"  ✅ {m}" for m in self.right] + [f"  ❌ {m}" for m in self.wrong]
+        return "\n".join([head, *lines, self._next()])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li>✅ {escape(m)}</li>" for m in self.right)
+        items += "".join(f"<li>❌ {escape(m)}</li>" for m in self.wrong)
+        colour = "#2e7d32" if self.ok else "#c62828"
+        return (f"<div style='border-left:4px solid {colour};padding-left:8px'>"
+                f"<b>{escape(self.exercise.id)} {escape(self.exercise.title)}</b>"
+                f"<ul style='list-style:none;padding-left:0'>{items}</ul><i>{escape(self._next())}</i></div>")
+
+
+def exercise(id: str, title: str, hints: list[str]):
+    """Register a check function as exercise ``id``; the wrapper returns a Verdict."""
+    def wrap(fn):
+        ex = Exercise(id, title, list(hints))
+
+        @functools.wraps(fn)
+        def check(*args, **kwargs) -> Verdict:
+            try:
+                claims = list(fn(*args, **kwargs))
+            except LabError as e:
+                claims = [(False, str(e))]
+            except Exception as e:  # the learner's answer broke the check: say how
+                claims = [(False, f"checking your answer raised {type(e).__name__}: {e}")]
+            right = [m for ok, m in claims if ok]
+            wrong = [m for ok, m in claims if not ok] or ([] if claims else ["nothing to check yet"])
+            state = _record(ex.id, solved=not wrong)
+            return Verdict(ex, right, wrong, len(ex.hints) - state.get("hints", 0))
+
+        ex.check = check
+        CATALOGUE[id] = ex
+        return check
+    return wrap
+
+
+# --- hints and progress -------------------------------------------------------------------
+def hint(id: str) -> str:
+    """The next hint of exercise ``id`` (each call reveals one more; all of them at the end)."""
+    ex = _get(id)
+    state = _load().get(id, {})
+    shown = min(state.get("hints", 0) + 1, len(ex.hints))
+    _update(id, hints=shown)
+    lines = [f"Hint {i + 1} of {len(ex.hints)}: {h}" for i, h in enumerate(ex.hints[:shown])]
+    return HintText("\n".join(lines))
+
+
+class HintText(str):
+    def __repr__(self) -> str:   # show as text in Jupyter, not as a quoted string
+        return str(self)
+
+
+@dataclass
+class Row:
+    id: str
+    title: str
+    state: str         # "not started", "tried", "solved"
+    attempts: int
+    hints: int
+
+
+class Progress(list):
+    """The course table: one Row per exercise."""
+
+    def __str__(self) -> str:
+        w = max(len(r.title) for r in self)
+        lines = [f"{'exercise':<12} {'title':<{w}}  {'state':<11} tries hints"]
+        lines += [f"{r.id:<12} {r.title:<{w}}  {r.state:<11} {r.attempts:>5} {r.hints:>5}" for r in self]
+        solved = sum(r.state == "solved" for r in self)
+        return "\n".join(lines + [f"{solved} of {len(self)} solved"])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        mark = {"solved": "✅", "tried": "🟡", "not started": "⬜"}
+        rows = "".join(f"<tr><td>{mark[r.state]}</td><td>{r.id}</td><td>{escape(r.title)}</td>"
+                       f"<td>{r.attempts}</td><td>{r.hints}</td></tr>" for r in self)
+        solved = sum(r.state == "solved" for r in self)
+        return (f"<table><tr><th></th><th>exercise</th><th>title</th><th>tries</th><th>hints</th></tr>"
+                f"{rows}</table><p>{solved} of {len(self)} solved</p>")
+
+
+def progress() -> Progress:
+    """Every exercise of the course, in lesson order, with the learner's state."""
+    _load_catalogue()
+    saved = _load()
+    rows = Progress()
+    order = list(CATALOGUE)   # lesson by lesson, in the order the lessons define them
+    for id in sorted(CATALOGUE, key=lambda i: (CATALOGUE[i].lesson, order.index(i))):
+        s = saved.get(id, {})
+        state = "solved" if s.get("solved") else ("tried" if s.get("attempts") else "not started")
+        rows.append(Row(id, CATALOGUE[id].title, state, s.get("attempts", 0), s.get("hints", 0)))
+    return rows
+
+
+def forget_progress(id: str | None = None) -> None:
+    """Forget the progress of one exercise, or of all of them."""
+    data = {} if id is None else {k: v for k, v in _load().items() if k != id}
+    _save(data)
+
+
+def _get(id: str) -> Exercise:
+    _load_catalogue()
+    if id not in CATALOGUE:
+        raise LabError(f"there is no exercise {id!r}", f"pick one of {', '.join(sorted(CATALOGUE))}")
+    return CATALOGUE[id]
+
+
+def _load_catalogue() -> None:
+    for name in LESSON_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def _progress_file() -> Path:
+    return lab.root() / "progress.json"
+
+
+def _load() -> dict:
+    try:
+        return json.loads(_progress_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(data: dict) -> None:
+    tmp = _progress_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(_progress_file())
+
+
+def _update(id: str, **changes) -> dict:
+    data = _load()
+    data.setdefault(id, {}).update(changes)
+    _save(data)
+    return data[id]
+
+
+def _record(id: str, solved: bool) -> dict:
+    s = _load().get(id, {})
+    return _update(id, attempts=s.get("attempts", 0) + 1, solved=s.get("solved", False) or solved,
+                   last=time.time())
+
+
+# --- the learner's copies of the notebooks -------------------------------------------------
+def originals_dir() -> Path:
+    """The course notebooks as shipped (``$LABKIT_NOTEBOOKS`` or the repository's notebooks/)."""
+    return Path(os.environ.get("LABKIT_NOTEBOOKS", Path(__file__).resolve().parents[2] / "notebooks"))
+
+
+def work_dir() -> Path:
+    """Where the learner's copies live (``$LABKIT_WORKDIR`` or the repository's work/)."""
+    return Path(os.environ.get("LABKIT_WORKDIR", Path(__file__).resolve().parents[2] / "work"))
+
+
+def sync_notebooks() -> list[str]:
+    """Copy every course notebook the learner does not have yet into the work dir."""
+    work_dir().mkdir(parents=True, exist_ok=True)
+    added = []
+    for nb in sorted(originals_dir().glob("*.ipynb")):
+        if not (work_dir() / nb.name).exists():
+            shutil.copy2(nb, work_dir() / nb.name)
+            added.append(nb.name)
+    return added
+
+
+def reset_notebook(name: str) -> Path:
+    """Put the original of notebook ``name`` (e.g. "01-overlayfs") back in the work dir.
+
+    The learner's version is kept as ``.backup/<name>-<time>.ipynb`` beside it: nothing is lost.
+    """
+    stem = name.removesuffix(".ipynb")
+    matches = sorted(originals_dir().glob(f"{stem}*.ipynb"))
+    if len(matches) != 1:
+        names = ", ".join(p.stem for p in sorted(originals_dir().glob("*.ipynb")))
+        raise LabError(f"no single course notebook matches {name!r}", f"use one of: {names}")
+    src, dst = matches[0], work_dir() / matches[0].name
+    if dst.exists():
+        backup = work_dir() / ".backup" / f"{src.stem}-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(dst, backup)
+    work_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    return dst

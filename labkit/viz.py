@@ -1,0 +1,93 @@
+"""Pictures: graphviz for structure, matplotlib for measurements. Nothing here changes state.
+
+Every picture is drawn from what was measured or read from disk a moment before, and
+each function returns an object (a graphviz.Digraph, a matplotlib Figure) whose data a
+check cell can assert on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import graphviz
+
+from .overlay import Overlay, _is_whiteout, _xattr
+
+_STYLE = {"upper": "#fde2b8", "lower": "#cfe3f7", "merged": "#d9f2d0", "hidden": "#eeeeee"}
+
+
+def overlay_stack(ov: Overlay, highlight: str | None = None, max_files: int = 12) -> graphviz.Digraph:
+    """The stack as the kernel sees it: merged on top, then upper, then lowers (top first).
+
+    Each file of merged gets an arrow to the layer entry that serves it; whiteouts are
+    black, opaque directories dashed. ``highlight`` picks one path to draw in red.
+    """
+    g = graphviz.Digraph("overlay", graph_attr={"rankdir": "TB", "nodesep": "0.15", "ranksep": "0.5",
+                                                "fontname": "Helvetica", "fontsize": "11"},
+                         node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                                    "fontsize": "10", "height": "0.3"})
+    served = ov.serving_map() if ov.mounted else {}
+    layers = ov.layers
+    rows = [("merged", ov.merged, "merged")] + [(l.name, l.path, l.role) for l in layers]
+    for i, (name, path, role) in enumerate(rows):
+        with g.subgraph(name=f"cluster_{i}") as c:
+            title = {"merged": "merged (what processes see)", "upper": f"upperdir: {name}"}.get(
+                role, f"lowerdir {i - (2 if ov.upperdir else 1)}: {name}")
+            c.attr(label=title, style="filled", color="#999999", fillcolor="#fafafa")
+            entries = sorted(served) if role == "merged" else _top_entries(path)
+            for rel in entries[:max_files]:
+                c.node(_id(i, rel), **_node_style(path / rel, rel, role, rel == highlight, ov.xattr_prefix))
+            if len(entries) > max_files:
+                c.node(_id(i, "..."), f"... {len(entries) - max_files} more", fillcolor="white")
+            if not entries:
+                c.node(_id(i, ""), "(empty)", fillcolor="white", fontcolor="#777777")
+    index = {l.name: i + 1 for i, l in enumerate(layers)}
+    for rel, layer in served.items():
+        if layer in index and "/" not in rel:
+            red = rel == highlight
+            g.edge(_id(0, rel), _id(index[layer], rel), color="red" if red else "#555555",
+                   penwidth="2" if red else "1")
+    return g
+
+
+def _top_entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def _node_style(p: Path, label: str, role: str, highlight: bool, prefix: str) -> dict:
+    style = {"label": label, "fillcolor": _STYLE[role]}
+    if role != "merged" and _is_whiteout(p, prefix):
+        style.update(label=f"{label}\\nwhiteout c 0/0", fillcolor="black", fontcolor="white")
+    elif role != "merged" and p.is_dir() and _xattr(p, prefix + "opaque") == b"y":
+        style.update(label=f"{label}/\\nopaque", style="filled,dashed")
+    elif p.is_dir():
+        style["label"] = label + "/"
+    if highlight:
+        style.update(color="red", penwidth="2")
+    return style
+
+
+def _id(i: int, rel: str) -> str:
+    return f"n{i}_{rel}".replace("/", "_").replace(".", "_dot_").replace(" ", "_")
+
+
+def svg_text(g: graphviz.Digraph) -> str:
+    """The SVG of a graph without graphviz's version comment (stable across versions)."""
+    import re
+    return re.sub(r"<!--.*?-->\n?", "", g.pipe(format="svg").decode())
+
+
+def copy_up_plot(rows):
+    """Copy-up time and upper-dir disk use against file size (rows of overlay.CopyUp)."""
+    import matplotlib.pyplot as plt
+    mib = [r.size / 2**20 for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(mib, [r.open_write_s * 1e3 for r in rows], "o-", label="open for write (copy-up)")
+    a.plot(mib, [r.open_rdonly_s * 1e3 for r in rows], "s-", label="open read-only")
+    a.set(xlabel="lower file size (MiB)", ylabel="time to open (ms)", title="copy-up cost")
+    a.legend(fontsize=8)
+    b.plot(mib, [r.upper_bytes / 2**20 for r in rows], "o-", color="tab:orange", label="after open for write")
+    b.plot(mib, [r.upper_before_write / 2**20 for r in rows], "s-", color="tab:green", label="after read-only open")
+    b.set(xlabel="lower file size (MiB)", ylabel="upper dir disk use (MiB)", title="the whole file is copied")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,111 @@
+"""The lab root gate, the ledger, reset after a crash, preflight."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit import kernel, lab
+from labkit.errors import OutsideLabRoot
+from labkit.mountinfo import is_mountpoint, mounts_under
+
+from conftest import ON_CI, need, run_python
+
+
+@pytest.mark.parametrize("path", ["/etc", "/tmp", "/", "{root}/../elsewhere", "{root}"])
+def test_inside_refuses_paths_outside_the_root(lab_root, path):
+    with pytest.raises(OutsideLabRoot) as e:
+        lab.inside(path.format(root=lab_root))
+    assert "outside the lab root" in str(e.value) and "LABKIT_HOME" in str(e.value)
+
+
+def test_inside_follows_symlinks_before_judging(lab_root):
+    (lab_root / "sneaky").symlink_to("/etc")
+    with pytest.raises(OutsideLabRoot) as e:
+        lab.inside(lab_root / "sneaky" / "passwd")
+    assert "resolves to /etc/passwd" in str(e.value)
+
+
+def test_refuses_writes_and_deletes_outside(lab_root, tmp_path):
+    from labkit.tree import write_tree
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    with pytest.raises(OutsideLabRoot):
+        lab.remove_tree(victim)
+    with pytest.raises(OutsideLabRoot):
+        write_tree(victim, {"x": "y"})
+    assert victim.exists() and not (victim / "x").exists()
+
+
+def test_lab_home_too_close_to_slash_is_refused(monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", "/var")
+    with pytest.raises(OutsideLabRoot):
+        lab.root()
+
+
+def test_remove_tree_unmounts_before_deleting(lab_root):
+    d = lab.scratch("mnt")
+    (d / "m").mkdir()
+    lab.record("mount", d / "m")
+    kernel.mount("none", str(d / "m"), "tmpfs")
+    (d / "m" / "file").write_text("x")
+    lab.scratch("mnt")          # fresh again: unmount first, then delete
+    assert not is_mountpoint(d / "m")
+    assert list(d.iterdir()) == [] and lab.entries() == []
+
+
+def test_reset_cleans_what_a_killed_kernel_left(lab_root):
+    """A 'Jupyter kernel' mounts an overlay and is SIGKILLed: reset finds it in the ledger."""
+    code = """
+import os, time
+from labkit import overlay, lab
+ov = overlay.stack(lab.scratch('crash'), {'low': {'a': 'a'}})
+ov.mount()
+print('mounted', flush=True)
+time.sleep(60)
+"""
+    env = dict(os.environ, LABKIT_HOME=str(lab_root))
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "mounted"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    merged = lab_root / "scratch" / "crash" / "merged"
+    assert is_mountpoint(merged), "the killed process's mount should still be there"
+    assert [e.kind for e in lab.entries()] == ["mount"]
+    assert f"mount {merged}" in lab.reset(dry_run=True)
+    assert is_mountpoint(merged), "dry run removes nothing"
+    done = lab.reset()
+    assert any(str(merged) in line for line in done)
+    assert not mounts_under(lab_root) and lab.entries() == []
+
+
+def test_reset_also_finds_mounts_nobody_recorded(lab_root):
+    d = lab.scratch("stray")
+    kernel.mount("none", str(d), "tmpfs")
+    assert any("not in the ledger" in line for line in lab.reset())
+    assert not mounts_under(lab_root)
+
+
+def test_interpreter_exit_takes_down_its_mounts(lab_root):
+    run_python("from labkit import overlay, lab\n"
+               "overlay.stack(lab.scratch('exit'), {'low': {'a': 'a'}}).mount()", lab_root)
+    assert not mounts_under(lab_root) and lab.entries() == []
+
+
+def test_preflight_table():
+    report = lab.preflight()
+    names = [c.name for c in report]
+    for want in ("root", "overlay filesystem", "namespaces", "cgroup memory", "tool skopeo"):
+        assert want in names
+    assert "<table>" in report._repr_html_() and "overlay filesystem" in str(report)
+    need(report.ok, "everything preflight requires: " + "; ".join(c.name for c in report.missing()))
+
+
+def test_preflight_reports_a_missing_tool(monkeypatch):
+    monkeypatch.setattr(lab, "TOOLS", {"no-such-tool-xyz": ("nosuchpkg", "a test")})
+    report = lab.preflight()
+    bad = report.missing()
+    assert [c.name for c in bad if c.name.startswith("tool")] == ["tool no-such-tool-xyz"]
+    assert "apt-get install nosuchpkg" in str(report) and not report.ok
