@@ -238,6 +238,8 @@ class Preflight(list):
             lines.append(f"{mark}  {c.name:<{w}}  {c.detail}" + ("" if c.ok else f"  -> {c.fix}"))
         return "\n".join(lines)
 
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         from html import escape
         rows = "".join(

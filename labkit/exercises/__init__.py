@@ -49,13 +49,20 @@ CATALOGUE: dict[str, Exercise] = {}
 class Verdict:
     """The answer of a check: each claim that holds, each that does not, what next."""
     exercise: Exercise
-    right: list[str]
-    wrong: list[str]
+    claims: list[tuple[bool, str]]   # in the order the check made them
     hints_left: int
 
     @property
+    def right(self) -> list[str]:
+        return [m for ok, m in self.claims if ok]
+
+    @property
+    def wrong(self) -> list[str]:
+        return [m for ok, m in self.claims if not ok]
+
+    @property
     def ok(self) -> bool:
-        return not self.wrong
+        return bool(self.claims) and not self.wrong
 
     def _next(self) -> str:
         if self.ok:
@@ -66,14 +73,13 @@ class Verdict:
 
     def __str__(self) -> str:
         head = f"{self.exercise.id} {self.exercise.title}"
-        lines = [f"  ✅ {m}" for m in self.right] + [f"  ❌ {m}" for m in self.wrong]
+        lines = [f"  {'✅' if ok else '❌'} {m}" for ok, m in self.claims]
         return "\n".join([head, *lines, self._next()])
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        items = "".join(f"<li>✅ {escape(m)}</li>" for m in self.right)
-        items += "".join(f"<li>❌ {escape(m)}</li>" for m in self.wrong)
+        items = "".join(f"<li>{'✅' if ok else '❌'} {escape(m)}</li>" for ok, m in self.claims)
         colour = "#2e7d32" if self.ok else "#c62828"
         return (f"<div style='border-left:4px solid {colour};padding-left:8px'>"
                 f"<b>{escape(self.exercise.id)} {escape(self.exercise.title)}</b>"
@@ -93,10 +99,9 @@ def exercise(id: str, title: str, hints: list[str]):
                 claims = [(False, str(e))]
             except Exception as e:  # the learner's answer broke the check: say how
                 claims = [(False, f"checking your answer raised {type(e).__name__}: {e}")]
-            right = [m for ok, m in claims if ok]
-            wrong = [m for ok, m in claims if not ok] or ([] if claims else ["nothing to check yet"])
-            state = _record(ex.id, solved=not wrong)
-            return Verdict(ex, right, wrong, len(ex.hints) - state.get("hints", 0))
+            claims = claims or [(False, "nothing to check yet")]
+            state = _record(ex.id, solved=all(ok for ok, _ in claims))
+            return Verdict(ex, claims, len(ex.hints) - state.get("hints", 0))
 
         ex.check = check
         CATALOGUE[id] = ex

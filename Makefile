@@ -1,0 +1,40 @@
+# labkit: `make lab` serves the lessons, `make test` checks everything. Run as root.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PORT     ?= 8888
+LABKIT_WORKDIR ?= $(CURDIR)/work
+export LABKIT_WORKDIR
+
+.PHONY: lab test bench provision notebooks clean
+
+provision:
+	@scripts/provision.sh
+
+# Your own copies of the notebooks live in work/ (git ignores it); the originals stay in notebooks/.
+lab: provision
+	@$(VENV)/bin/labkit notebook sync
+	@$(VENV)/bin/jupyter trust -q $(LABKIT_WORKDIR)/*.ipynb
+	@echo "labkit: JupyterLab on http://127.0.0.1:$(PORT)/ (the URL with the token follows)"
+	@$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(PORT) \
+		--ServerApp.root_dir=$(LABKIT_WORKDIR)
+
+test: provision
+	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \
+		--nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
+
+bench: provision
+	$(PY) -m bench
+
+# Lessons are written in notebooks/src/*.py (jupytext percent format, easy to review);
+# this turns each into notebooks/NN-name.ipynb and runs it to store its outputs for nbval.
+notebooks: provision
+	@for src in notebooks/src/*.py; do \
+		nb=notebooks/$$(basename $$src .py).ipynb; echo "labkit: building $$nb"; \
+		$(VENV)/bin/jupytext --quiet --to ipynb --output $$nb $$src || exit 1; \
+		home=$$(mktemp -d /tmp/labkit-nb-XXXX); \
+		LABKIT_HOME=$$home $(VENV)/bin/jupyter nbconvert --log-level=WARN --to notebook --execute \
+			--inplace --ExecutePreprocessor.timeout=600 $$nb || exit 1; \
+		LABKIT_HOME=$$home $(VENV)/bin/labkit reset >/dev/null; rm -rf $$home; done
+
+clean:
+	$(VENV)/bin/labkit reset

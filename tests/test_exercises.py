@@ -1,0 +1,118 @@
+"""Exercises: checks say what is right and wrong, hints come one at a time, progress is kept."""
+import json
+import os
+import stat
+
+import pytest
+
+from labkit import exercises, lab, overlay
+from labkit.exercises import hint, l00_welcome, l01_overlayfs as ex01, progress
+
+
+def states():
+    return {r.id: r.state for r in progress()}
+
+
+def test_catalogue_lists_every_exercise_in_lesson_order(lab_root):
+    ids = [r.id for r in progress()]
+    assert ids[:2] == ["00.hello", "01.order"] and len(ids) >= 5
+    assert set(states().values()) == {"not started"}
+
+
+def test_hello_wrong_then_right(lab_root):
+    d = lab.scratch("00-welcome")
+    v = l00_welcome.check_hello(None)
+    assert not v.ok and "pass the path" in str(v) and 'hint("00.hello")' in str(v)
+    (d / "hello.txt").write_text("hello kernel")
+    v = l00_welcome.check_hello(d / "hello.txt")
+    assert not v.ok and "not 'hello, kernel'" in str(v)
+    assert states()["00.hello"] == "tried"
+    (d / "hello.txt").write_text("hello, kernel\n")
+    v = l00_welcome.check_hello(d / "hello.txt")
+    assert v.ok and "Solved" in str(v) and "✅" in v._repr_html_()
+    assert states()["00.hello"] == "solved"
+    assert l00_welcome.check_hello("/etc/hello.txt").ok is False
+
+
+def test_hints_come_one_at_a_time(lab_root):
+    first = hint("01.order")
+    assert first.startswith("Hint 1 of 3") and "Hint 2" not in first
+    second = hint("01.order")
+    assert "Hint 2 of 3" in second
+    hint("01.order"), hint("01.order")
+    assert [r.hints for r in progress() if r.id == "01.order"] == [3]
+    with pytest.raises(lab.LabError, match="no exercise"):
+        hint("99.nope")
+
+
+def test_order(lab_root):
+    layers = ex01.setup_order()
+    wrong = ex01.check_layer_order(["material", "material2", "material3"])
+    assert not wrong.ok and any("bad concrete" in m for m in wrong.wrong)
+    assert not ex01.check_layer_order(["material2", "material2", "material"]).ok
+    assert not ex01.check_layer_order(["steel"]).ok
+    right = ex01.check_layer_order([layers["material2"], layers["material3"], layers["material"]])
+    assert right.ok, str(right)
+    assert not lab.entries()
+
+
+def test_whiteout(lab_root):
+    paths = ex01.setup_whiteout()
+    v = ex01.check_whiteout(paths)
+    assert not v.ok and any("missing" in m for m in v.wrong)
+    (paths["upper"] / "rebar").write_text("")          # a plain file is not a whiteout
+    v = ex01.check_whiteout(paths)
+    assert not v.ok and any("not a char device 0/0" in m for m in v.wrong)
+    os.unlink(paths["upper"] / "rebar")
+    os.mknod(paths["upper"] / "rebar", stat.S_IFCHR, os.makedev(0, 0))
+    assert ex01.check_whiteout(paths).ok
+
+
+def test_opaque(lab_root):
+    paths = ex01.setup_opaque()
+    v = ex01.check_opaque(paths)
+    assert not v.ok and any("a.ini" in m for m in v.wrong)
+    os.setxattr(paths["upper"] / "conf", "trusted.overlay.opaque", b"y")
+    assert ex01.check_opaque(paths).ok
+
+
+def test_secret(lab_root):
+    ov = ex01.setup_secret()
+    try:
+        assert not ex01.check_secret(ov, "").ok
+        found = (ov.lowerdirs[-1] / "etc" / "db-password").read_text()
+        assert ex01.check_secret(ov, found).ok
+    finally:
+        ov.unmount()
+
+
+def test_a_broken_answer_is_reported_not_raised(lab_root):
+    ex01.setup_order()
+    v = ex01.check_layer_order(42)
+    assert not v.ok and "TypeError" in str(v)
+
+
+def test_progress_survives_reset_and_can_be_forgotten(lab_root):
+    l00_welcome.check_hello(None)
+    lab.reset()
+    assert states()["00.hello"] == "tried"
+    exercises.forget_progress("00.hello")
+    assert states()["00.hello"] == "not started"
+
+
+def test_reset_notebook_keeps_the_learners_copy(lab_root, tmp_path, monkeypatch):
+    orig, work = tmp_path / "orig", tmp_path / "work"
+    orig.mkdir()
+    (orig / "01-overlayfs.ipynb").write_text(json.dumps({"v": "original"}))
+    (orig / "00-welcome.ipynb").write_text("{}")
+    monkeypatch.setenv("LABKIT_NOTEBOOKS", str(orig))
+    monkeypatch.setenv("LABKIT_WORKDIR", str(work))
+    assert exercises.sync_notebooks() == ["00-welcome.ipynb", "01-overlayfs.ipynb"]
+    assert exercises.sync_notebooks() == []
+    (work / "01-overlayfs.ipynb").write_text(json.dumps({"v": "mine"}))
+    exercises.reset_notebook("01")
+    assert json.loads((work / "01-overlayfs.ipynb").read_text()) == {"v": "original"}
+    [backup] = (work / ".backup").iterdir()
+    assert json.loads(backup.read_text()) == {"v": "mine"}
+    with pytest.raises(lab.LabError, match="use one of: 00-welcome, 01-overlayfs"):
+        exercises.reset_notebook("0")
