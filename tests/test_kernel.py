@@ -70,3 +70,36 @@ def test_unshare_then_private_mount_in_a_child(lab_root):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.listdir(lab_root) == [] or "ledger" in os.listdir(lab_root)
+
+
+def test_setns_returns_to_the_first_namespace(lab_root):
+    """Leave for a new UTS namespace, rename the host, then setns back: the old name is there."""
+    import socket
+    from labkit import sandbox
+
+    def trip():
+        original = os.open("/proc/self/ns/uts", os.O_RDONLY)
+        kernel.unshare(kernel.CLONE_NEWUTS)
+        socket.sethostname("elsewhere")
+        inside = socket.gethostname()
+        kernel.setns(original, kernel.CLONE_NEWUTS)
+        return inside, socket.gethostname()
+    assert sandbox.run(trip, namespaces=()) == ("elsewhere", socket.gethostname())
+
+
+def test_pivot_root_swaps_the_root_in_a_child(lab_root):
+    from labkit import sandbox
+    new = lab_root / "newroot"
+    (new / "old").mkdir(parents=True)
+    (new / "marker").write_text("new root")
+
+    def pivot():
+        kernel.mount(str(new), str(new), None, kernel.MS_BIND)   # pivot_root needs a mount point
+        kernel.pivot_root(str(new), str(new / "old"))
+        os.chdir("/")
+        kernel.umount2("/old", kernel.MNT_DETACH)
+        return sorted(os.listdir("/")), open("/marker").read()
+    assert sandbox.run(pivot) == (["marker", "old"], "new root")
+    with pytest.raises(KernelError) as e:   # still in a child: never pivot the test's own root
+        sandbox.run(kernel.pivot_root, str(new), str(new / "old"))   # not a mount point: refused
+    assert e.value.errno == errno.EINVAL and "pivot_root" in str(e.value)

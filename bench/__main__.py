@@ -1,0 +1,16 @@
+"""Run every benchmark and print one table per benchmark.
+
+    python -m bench            # all
+    python -m bench overlay    # those whose name contains "overlay"
+"""
+import sys
+
+from . import overlay_mount
+
+BENCHMARKS = {"overlay mount": overlay_mount.main}
+
+if __name__ == "__main__":
+    want = sys.argv[1] if len(sys.argv) > 1 else ""
+    for name, fn in BENCHMARKS.items():
+        if want in name:
+            fn()
