@@ -32,13 +32,14 @@ DEFAULT_ROOT = "/var/lib/labkit"
 
 
 # --- the lab root ------------------------------------------------------------------------
-def root() -> Path:
+def root(create: bool = True) -> Path:
     """The lab root, created on first use (``$LABKIT_HOME`` or /var/lib/labkit)."""
     r = Path(os.path.realpath(os.environ.get("LABKIT_HOME", DEFAULT_ROOT)))
     if r == Path("/") or len(r.parts) < 3:
         raise OutsideLabRoot(f"LABKIT_HOME={r} is too close to /",
                              "point LABKIT_HOME at a directory of its own, such as /var/lib/labkit")
-    r.mkdir(parents=True, exist_ok=True)
+    if create:
+        r.mkdir(parents=True, exist_ok=True)
     return r
 
 
@@ -140,9 +141,9 @@ def forget(entry: Entry) -> None:
 
 
 def entries() -> list[Entry]:
-    """Every entry of the ledger, oldest first."""
+    """Every entry of the ledger, oldest first (reading it creates nothing)."""
     out = []
-    for f in _ledger_dir().glob("*.json"):
+    for f in (root(create=False) / "ledger").glob("*.json"):
         try:
             out.append(Entry(**json.loads(f.read_text())))
         except (ValueError, TypeError, OSError):

@@ -109,3 +109,10 @@ def test_preflight_reports_a_missing_tool(monkeypatch):
     bad = report.missing()
     assert [c.name for c in bad if c.name.startswith("tool")] == ["tool no-such-tool-xyz"]
     assert "apt-get install nosuchpkg" in str(report) and not report.ok
+
+
+def test_reading_the_ledger_creates_nothing(tmp_path):
+    """Interpreter exit reads the ledger; it must not re-create a lab root someone removed."""
+    gone = tmp_path / "removed-root"
+    run_python("from labkit import lab; assert lab.entries() == []", gone)
+    assert not gone.exists()

@@ -56,12 +56,21 @@ def setup_order_paths() -> dict[str, Path]:
     return {name: d / name for name in ORDER_LAYERS} if d.exists() else setup_order()
 
 
+def _setup_pair(name: str, lower: dict, upper: dict) -> dict[str, Path]:
+    """One lower layer and an upper dir for the learner to prepare before mounting."""
+    d = lab.scratch(name)
+    return {"lower": write_tree(d / "base", lower), "upper": write_tree(d / "my-upper", upper),
+            "work": d / "work", "merged": d / "merged"}
+
+
+def _mount_pair(paths) -> dict[str, str | None]:
+    """The merged tree of the learner's pair, read in a throwaway child."""
+    return overlay.Overlay([paths["lower"]], paths["upper"], paths["work"], paths["merged"]).peek()
+
+
 def setup_whiteout() -> dict[str, Path]:
     """A lower layer with concrete and rebar, and an empty upper dir for the learner."""
-    d = lab.scratch("01-ex-whiteout")
-    lower = write_tree(d / "base", {"concrete": "good concrete\n", "rebar": "steel rebar\n"})
-    upper = write_tree(d / "my-upper", {})
-    return {"lower": lower, "upper": upper, "work": d / "work", "merged": d / "merged"}
+    return _setup_pair("01-ex-whiteout", {"concrete": "good concrete\n", "rebar": "steel rebar\n"}, {})
 
 
 @exercise("01.whiteout", "hide a lower file with a hand-made whiteout", hints=[
@@ -78,29 +87,27 @@ def check_whiteout(paths):
                                                "missing" if not os.path.lexists(wo) else
                                                f"a {stat.filemode(os.lstat(wo).st_mode)} entry, not a char device 0/0")
     yield (lower / "rebar").exists(), "the lower layer still has rebar (you hid it, not deleted it)"
-    merged = overlay.Overlay([lower], upper, paths["work"], paths["merged"]).peek()
+    merged = _mount_pair(paths)
     yield "rebar" not in merged, "merged has no rebar" if "rebar" not in merged else "merged still shows rebar"
     yield merged.get("concrete") == "good concrete\n", "merged still shows concrete"
 
 
 def setup_opaque() -> dict[str, Path]:
     """A lower conf/ with two files, and an upper conf/ with app.ini."""
-    d = lab.scratch("01-ex-opaque")
-    lower = write_tree(d / "base", {"conf/a.ini": "a=1\n", "conf/b.ini": "b=2\n", "readme": "hi\n"})
-    upper = write_tree(d / "my-upper", {"conf/app.ini": "app=1\n"})
-    return {"lower": lower, "upper": upper, "work": d / "work", "merged": d / "merged"}
+    return _setup_pair("01-ex-opaque", {"conf/a.ini": "a=1\n", "conf/b.ini": "b=2\n", "readme": "hi\n"},
+                       {"conf/app.ini": "app=1\n"})
 
 
 @exercise("01.opaque", "make a directory opaque", hints=[
     "Without a mark, merged/conf is the union of both conf directories.",
     "An opaque directory carries the extended attribute trusted.overlay.opaque with the value y.",
-    "os.setxattr(upper / 'conf', 'trusted.overlay.opaque', b'y')",
+    "os.setxattr(op['upper'] / 'conf', 'trusted.overlay.opaque', b'y')",
 ])
 def check_opaque(paths):
     """``paths``: the dict setup_opaque() returned, after the learner's change."""
-    upper, lower = Path(paths["upper"]), Path(paths["lower"])
+    lower = Path(paths["lower"])
     yield sorted(os.listdir(lower / "conf")) == ["a.ini", "b.ini"], "the lower conf/ is untouched"
-    merged = overlay.Overlay([lower], upper, paths["work"], paths["merged"]).peek()
+    merged = _mount_pair(paths)
     conf = sorted(k for k in merged if k.startswith("conf/"))
     yield conf == ["conf/app.ini"], f"merged/conf holds {[c[5:] for c in conf]}" + (
         "" if conf == ["conf/app.ini"] else ", want only ['app.ini']")
