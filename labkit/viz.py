@@ -91,3 +91,93 @@ def copy_up_plot(rows):
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- lesson 02: copy-on-write ------------------------------------------------------------------
+def cow_pages(rows, title: str = "") -> graphviz.Digraph:
+    """Page tables of parent and child pointing at physical frames, from measured rows
+    (cow.PageRow). With PFNs (root) frames are named by number; without, a shared frame
+    is one node and a copied page gets a frame of its own."""
+    g = graphviz.Digraph("cow", graph_attr={"rankdir": "LR", "nodesep": "0.08", "ranksep": "0.9",
+                                            "fontname": "Helvetica", "fontsize": "11", "label": title},
+                         node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica",
+                                    "fontsize": "10", "height": "0.25", "width": "0.9"})
+    def frame(side, r):
+        pfn = r.parent_pfn if side == "parent" else r.child_pfn
+        if pfn is not None:
+            return f"f{pfn:x}", f"frame {pfn:#x}"
+        return (f"s{r.index}", f"frame of page {r.index}") if r.shared else (
+            f"{side[0]}{r.index}", f"{side}'s copy of {r.index}")
+    for side, colour in (("parent", "#cfe3f7"), ("child", "#fde2b8")):
+        with g.subgraph(name=f"cluster_{side}") as c:
+            c.attr(label=f"{side} page table", style="filled", fillcolor="#fafafa", color="#999999")
+            for r in rows:
+                c.node(f"{side}{r.index}", f"page {r.index}", fillcolor=colour)
+    with g.subgraph(name="cluster_frames") as c:
+        c.attr(label="physical memory", style="filled", fillcolor="#fafafa", color="#999999")
+        seen = set()
+        for r in rows:
+            for side in ("parent", "child"):
+                fid, label = frame(side, r)
+                if fid not in seen:
+                    seen.add(fid)
+                    c.node(fid, label, fillcolor="#d9f2d0" if r.shared else "#f7cfcf")
+    for r in rows:
+        for side in ("parent", "child"):
+            g.edge(f"{side}{r.index}", frame(side, r)[0], color="#555555" if r.shared else "#c62828")
+    return g
+
+
+def faults_plot(writes, faults):
+    """Minor faults against pages written, with the line faults = writes."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(writes, faults, "o-", label="measured minor faults")
+    ax.plot(writes, writes, "--", color="#999999", label="one fault per page")
+    ax.set(xlabel="pages the child wrote", ylabel="minor faults", title="one write, one copy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def spawn_plot(rows):
+    """fork(2) and posix_spawn(3) time against memory mapped (rows of cow.SpawnCost)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    mib = [r.mib for r in rows]
+    ax.plot(mib, [r.fork_s * 1e3 for r in rows], "o-", label="fork()")
+    ax.plot(mib, [r.posix_spawn_s * 1e3 for r in rows], "s-", label="posix_spawn()")
+    ax.set(xlabel="memory touched by the parent (MiB)", ylabel="time to start a child (ms)",
+           title="fork copies page tables, not pages")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def refcount_plot(story: dict):
+    """MiB dirtied per scenario (cow.refcount_story)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    names = list(story)
+    ax.barh(names, [story[n] for n in names], color="#e6a04b")
+    ax.invert_yaxis()
+    ax.set(xlabel="MiB the child made private", title="reference counts write to every object")
+    fig.tight_layout()
+    return fig
+
+
+def meter_png(samples) -> bytes:
+    """A small PNG of faults and Private_Dirty over time, for the live meter (cow.Sample)."""
+    import io
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5, 2.6))
+    ax = fig.subplots()
+    t = [s.t for s in samples]
+    ax.plot(t, [s.faults for s in samples], label="minor faults")
+    ax.plot(t, [s.private_kib / 4 for s in samples], "--", label="Private_Dirty / 4 KiB")
+    ax.set(xlabel="seconds", ylabel="pages")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=80)
+    return out.getvalue()

@@ -39,3 +39,56 @@ def layer_explorer(ov: Overlay) -> w.VBox:
     pick.observe(update, names="value")
     update()
     return w.VBox([pick, line, out])
+
+
+# --- lesson 02: a live fault meter ---------------------------------------------------------
+_RUNNING: list = []   # the meter's current run, so a new start stops the old one
+
+
+def fault_meter() -> w.VBox:
+    """Sliders for buffer size, pages to write and rate; Start forks a child that writes
+    while a background thread moves the meter and redraws the plot (it only sets widget
+    values). The measuring is cow.write_at_rate, the same function the tests call."""
+    import threading
+    from . import cow
+    size = w.IntSlider(value=16, min=1, max=256, description="buffer MiB")
+    pages = w.IntSlider(value=2048, min=1, max=4096, description="pages")
+    rate = w.IntSlider(value=1000, min=100, max=20000, step=100, description="pages/s")
+    start, stop = w.Button(description="Start", button_style="primary"), w.Button(description="Stop")
+    meter = w.IntProgress(value=0, min=0, max=1, description="faults")
+    label = w.Label("press Start")
+    plot = w.Image(format="png")
+
+    def run():
+        stop_event = threading.Event()
+        _RUNNING.append(stop_event)
+        n = min(pages.value, size.value * 256)
+        meter.max, meter.value = n, 0
+        samples = []
+
+        def on_sample(s):
+            samples.append(s)
+            meter.value = min(s.faults, meter.max)
+            label.value = f"{s.written} pages written, {s.faults} minor faults, Private_Dirty {s.private_kib} KiB"
+            if len(samples) % 3 == 0:
+                plot.value = viz.meter_png(samples)
+        try:
+            with cow.Buffer(size.value * 256) as buf:
+                buf.touch()
+                with cow.Child(buf) as child:
+                    cow.write_at_rate(child, n, rate.value, on_sample, stop_event)
+            if samples:
+                plot.value = viz.meter_png(samples)
+        except Exception as e:  # noqa: BLE001 - shown in the widget, never printed from a thread
+            label.value = f"stopped: {e}"
+        finally:
+            _RUNNING.remove(stop_event)
+
+    def on_start(_):
+        for ev in list(_RUNNING):
+            ev.set()
+        threading.Thread(target=run, daemon=True).start()
+
+    start.on_click(on_start)
+    stop.on_click(lambda _: [ev.set() for ev in list(_RUNNING)])
+    return w.VBox([w.HBox([size, pages, rate]), w.HBox([start, stop]), meter, label, plot])
