@@ -50,6 +50,70 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def cmd_layer(args) -> int:
+    from .image import layer
+    if args.action == "create":
+        info = layer.create(args.source, args.output, mtime=None if args.keep_mtime else 0)
+        print(f"{info.path}: {info.entries} entries, {info.whiteouts} whiteouts, "
+              f"{info.opaque_dirs} opaque dirs, {info.size} bytes\nDiffID {info.diff_id}")
+    else:
+        r = layer.apply(args.source, args.output, overlay_form=args.overlay)
+        print(f"applied {r.entries} entries to {args.output}: {r.written} written, "
+              f"{r.whiteouts} whiteouts, {r.opaque_dirs} opaque dirs, {len(r.removed)} paths removed")
+    return 0
+
+
+def _oci_ref(value: str) -> tuple[str, str]:
+    path, sep, tag = value.rpartition(":")
+    if not sep or not path or not tag:
+        raise LabError(f"{value!r} is not DIR:TAG", "write the layout directory and the tag, e.g. /var/lib/labkit/out:v1")
+    return path, tag
+
+
+def cmd_image(args) -> int:
+    import json
+    from .image import store as st
+    s = st.Store()
+    if args.action == "ls":
+        print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
+        for img in s.images():
+            print(f"{img.name:<24} {img.manifest_desc.digest[7:19]:<19} {len(img.layers):>6} {img.size:>10}")
+    elif args.action == "history":
+        img = s.image(args.name)
+        layers = iter(zip(img.layers, img.diff_ids))
+        print(f"{'LAYER':<14} {'SIZE':>10}  CREATED BY")
+        for h in img.history:
+            if h.get("empty_layer"):
+                print(f"{'<none>':<14} {0:>10}  {h.get('created_by', '')}")
+            else:
+                desc, diff = next(layers, (None, None))
+                print(f"{(diff or '?')[7:19]:<14} {desc.size if desc else 0:>10}  {h.get('created_by', '')}")
+    elif args.action == "inspect":
+        img = s.image(args.name)
+        print(json.dumps({"name": img.name, "digest": img.manifest_desc.digest, "manifest": img.manifest,
+                          "config": img.config, "chain_ids": img.chain_ids}, indent=2))
+    elif args.action == "rm":
+        freed = s.remove(args.name)
+        print(f"removed {args.name}; {len(freed)} blob(s) no other image used were deleted")
+    elif args.action == "save":
+        path, tag = _oci_ref(args.oci)
+        print(f"saved {args.name} to {s.save(args.name, path, tag)} as {tag}")
+    elif args.action == "load":
+        path, tag = _oci_ref(args.oci)
+        img = s.load(path, tag, args.tag)
+        print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
+    elif args.action == "import":
+        if args.busybox:
+            img = st.base_image(s, args.tag or "busybox")
+        elif args.rootfs and args.tag:
+            img = s.import_rootfs(args.rootfs, args.tag)
+        else:
+            raise LabError("import needs a rootfs directory and -t NAME, or --busybox",
+                           "e.g. labkit image import --busybox, or labkit image import ./rootfs -t mine")
+        print(f"{img.name}: {img.manifest_desc.digest}, {len(img.layers)} layer(s)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="Container images from the kernel up.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -63,12 +127,41 @@ def parser() -> argparse.ArgumentParser:
                     help="sync: copy new lessons to your work dir; reset NAME: restore the original")
     nb.add_argument("name", nargs="?", help="with reset: the lesson, e.g. 01-overlayfs")
     nb.set_defaults(fn=cmd_notebook)
+
+    layer = sub.add_parser("layer", help="turn an upper dir into an OCI layer tar, or apply one")
+    lsub = layer.add_subparsers(dest="action", required=True)
+    c = lsub.add_parser("create", help="UPPERDIR -o L.tar")
+    c.add_argument("source", metavar="UPPERDIR")
+    c.add_argument("-o", "--output", required=True, metavar="L.tar", help="under the lab root")
+    c.add_argument("--keep-mtime", action="store_true", help="real mtimes (the tar is no longer reproducible)")
+    a = lsub.add_parser("apply", help="L.tar DIR")
+    a.add_argument("source", metavar="L.tar")
+    a.add_argument("output", metavar="DIR", help="under the lab root")
+    a.add_argument("--overlay", action="store_true", help="keep whiteouts as char devices (an overlay lowerdir)")
+    layer.set_defaults(fn=cmd_layer)
+
+    image = sub.add_parser("image", help="the image store (an OCI layout under the lab root)")
+    isub = image.add_subparsers(dest="action", required=True)
+    isub.add_parser("ls", help="list images")
+    for action in ("history", "inspect", "rm"):
+        isub.add_parser(action, help=f"{action} NAME").add_argument("name", metavar="NAME")
+    sv = isub.add_parser("save", help="NAME --oci DIR:TAG")
+    sv.add_argument("name", metavar="NAME")
+    sv.add_argument("--oci", required=True, metavar="DIR:TAG")
+    ld = isub.add_parser("load", help="--oci DIR:TAG [-t NAME]")
+    ld.add_argument("--oci", required=True, metavar="DIR:TAG")
+    ld.add_argument("-t", "--tag", metavar="NAME")
+    im = isub.add_parser("import", help="ROOTFS -t NAME, or --busybox")
+    im.add_argument("rootfs", nargs="?", metavar="ROOTFS")
+    im.add_argument("-t", "--tag", metavar="NAME")
+    im.add_argument("--busybox", action="store_true", help="the lab's base image from busybox-static")
+    image.set_defaults(fn=cmd_image)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "action", None) == "reset" and not args.name:
+    if args.command == "notebook" and args.action == "reset" and not args.name:
         parser().error("notebook reset needs the lesson name, e.g. labkit notebook reset 01-overlayfs")
     try:
         return args.fn(args)

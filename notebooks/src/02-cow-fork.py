@@ -168,7 +168,7 @@ assert by["child exited"].parent_private == 65536 and by["child exited"].parent_
 # so this notebook does not grow by gigabytes.
 
 # %% tags=["nbval-ignore-output"]
-sizes = [1, 64, 256, 1024, 2048]
+sizes = [1, 64, 256, 1024, 2048, 4096]
 costs = [cow.spawn_cost(m) for m in sizes]
 for c in costs:
     print(f"{c.mib:>5} MiB: fork {c.fork_s * 1e3:7.2f} ms, posix_spawn {c.posix_spawn_s * 1e3:5.2f} ms")

@@ -1,0 +1,463 @@
+"""The local image store: one OCI image layout under the lab root.
+
+image-spec image-layout.md: a directory with ``oci-layout``, ``index.json`` and
+``blobs/sha256/<hex>``. Every blob (layer tar, config, manifest) is named by its digest,
+so a base layer shared by ten images is stored once, like a Git object. Image names are
+``org.opencontainers.image.ref.name`` annotations in index.json, which is why
+``skopeo inspect oci:<store>:<name>`` and ``umoci`` read the store directly.
+
+* A blob is written once: to a temporary name while hashing, fsync, then renamed to its
+  digest. A crash leaves at most a temporary file, never a wrong blob.
+* A blob is verified every time it is read (:class:`digest.VerifyingReader`).
+* JSON documents are small; anything larger than MAX_JSON is refused, not parsed.
+* Unpacked layers are cached by ChainID under ``<root>/snapshots``, in overlay form, so a
+  stack of them is an overlay's lowerdirs (containerd's overlay snapshotter does the same).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .. import lab
+from ..errors import LabError
+from . import digest, layer
+
+OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER = layer.MEDIA_TYPE
+LAYER_GZIP = layer.MEDIA_TYPE + "+gzip"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+LAYER_TYPES = (LAYER, LAYER_GZIP, DOCKER_LAYER_GZIP)
+REF_NAME = "org.opencontainers.image.ref.name"
+MAX_JSON = 4 << 20
+EPOCH = "1970-01-01T00:00:00Z"
+_NAME = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}")
+
+
+class StoreError(LabError):
+    """A store operation that cannot be done; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """image-spec descriptor.md: what a blob is, its digest and its size."""
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def to_json(self) -> dict:
+        d = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, what: str = "descriptor") -> "Descriptor":
+        try:
+            size = d["size"]
+            if not isinstance(size, int) or size < 0:
+                raise ValueError
+            return cls(str(d["mediaType"]), digest.validate(d["digest"]), size, dict(d.get("annotations") or {}))
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(f"malformed {what}: {json.dumps(d)[:200]}",
+                             "a descriptor needs mediaType, a sha256 digest and a non-negative size") from None
+
+
+def canonical(obj) -> bytes:
+    """JSON with sorted keys and no spaces: the same document always has the same digest."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise StoreError(f"{name!r} is not a valid image name",
+                         "use lowercase letters, digits and . _ / : - (for example busybox or lab/app:v1)")
+    return name
+
+
+# --- an OCI image layout ----------------------------------------------------------------------
+class Layout:
+    """An OCI image layout directory: blobs by digest, and names in index.json."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True):
+        self.path = Path(path)
+        if create:
+            (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+            if not (self.path / "oci-layout").exists():
+                _atomic_write(self.path / "oci-layout", canonical(OCI_LAYOUT))
+            if not (self.path / "index.json").exists():
+                self._write_index({"schemaVersion": 2, "mediaType": INDEX, "manifests": []})
+        elif not (self.path / "oci-layout").is_file():
+            raise StoreError(f"{self.path} is not an OCI image layout (no oci-layout file)",
+                             "give the directory skopeo or umoci wrote, or `labkit image save` made")
+
+    # blobs
+    def blob_path(self, d: str) -> Path:
+        return self.path / "blobs" / "sha256" / digest.encoded(d)
+
+    def has_blob(self, d: str) -> bool:
+        return self.blob_path(d).is_file()
+
+    def put_blob(self, src: BinaryIO, media_type: str, expect: str | None = None) -> Descriptor:
+        """Stream ``src`` into a blob; refuse it if ``expect`` is given and does not match."""
+        tmp = self.path / "blobs" / "sha256" / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                hw = digest.HashingWriter(f)
+                while chunk := src.read(digest.CHUNK):
+                    hw.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if expect and hw.digest != expect:
+                raise digest.DigestError(f"the blob should be {expect} but its bytes hash to {hw.digest}",
+                                         "the source is corrupt or was changed: fetch it again")
+            final = self.blob_path(hw.digest)
+            if final.exists():
+                tmp.unlink()
+            else:
+                tmp.rename(final)
+            return Descriptor(media_type, hw.digest, hw.size)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        import io
+        return self.put_blob(io.BytesIO(data), media_type)
+
+    def put_json(self, obj, media_type: str) -> Descriptor:
+        return self.put_bytes(canonical(obj), media_type)
+
+    def open_blob(self, desc: Descriptor) -> digest.VerifyingReader:
+        """A reader that raises DigestError at the end if the bytes are not ``desc``'s."""
+        p = self.blob_path(desc.digest)
+        if not p.is_file():
+            raise StoreError(f"blob {desc.digest} is missing from {self.path}",
+                             "the layout is incomplete: copy or pull the image again")
+        return digest.VerifyingReader(open(p, "rb"), desc.digest, desc.size, desc.media_type)
+
+    def read_json(self, desc: Descriptor) -> dict:
+        """A JSON blob, verified and size-limited."""
+        if desc.size > MAX_JSON:
+            raise StoreError(f"{desc.media_type} {desc.digest} is {desc.size} bytes; "
+                             f"at most {MAX_JSON} are accepted", "this is not a real manifest or config")
+        with self.open_blob(desc) as r:
+            data = r.read()
+        try:
+            obj = json.loads(data)
+        except ValueError as e:
+            raise StoreError(f"{desc.media_type} {desc.digest} is not JSON ({e})", "the blob is corrupt") from None
+        if not isinstance(obj, dict):
+            raise StoreError(f"{desc.media_type} {desc.digest} is not a JSON object", "the blob is corrupt")
+        return obj
+
+    # names
+    def index(self) -> dict:
+        p = self.path / "index.json"
+        if p.stat().st_size > MAX_JSON:
+            raise StoreError(f"{p} is larger than {MAX_JSON} bytes", "this is not a real image index")
+        try:
+            idx = json.loads(p.read_text())
+            assert isinstance(idx.get("manifests", []), list)
+            return idx
+        except (ValueError, AssertionError):
+            raise StoreError(f"{p} is not a valid image index", "restore it, or remove the layout") from None
+
+    def _write_index(self, idx: dict) -> None:
+        _atomic_write(self.path / "index.json", json.dumps(idx, indent=1).encode())
+
+    def refs(self) -> dict[str, Descriptor]:
+        """``{name: manifest descriptor}`` from index.json's ref-name annotations."""
+        out = {}
+        for m in self.index().get("manifests", []):
+            d = Descriptor.from_json(m, "index entry")
+            name = d.annotations.get(REF_NAME)
+            if name:
+                out[name] = d
+        return out
+
+    def set_ref(self, name: str, desc: Descriptor) -> None:
+        idx = self.index()
+        keep = [m for m in idx.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != name]
+        entry = desc.to_json()
+        entry["annotations"] = {**desc.annotations, REF_NAME: name}
+        idx["manifests"] = keep + [entry]
+        self._write_index(idx)
+
+    def remove_ref(self, name: str) -> None:
+        idx = self.index()
+        idx["manifests"] = [m for m in idx.get("manifests", [])
+                            if (m.get("annotations") or {}).get(REF_NAME) != name]
+        self._write_index(idx)
+
+    def gc(self) -> list[str]:
+        """Delete blobs no name reaches; returns their digests."""
+        keep = set()
+        for desc in self.refs().values():
+            keep.add(desc.digest)
+            if self.has_blob(desc.digest):
+                m = self.read_json(desc)
+                keep.update(d["digest"] for d in [m.get("config", {}), *m.get("layers", [])] if "digest" in d)
+        gone = []
+        for p in (self.path / "blobs" / "sha256").iterdir():
+            if not p.name.startswith(".") and f"sha256:{p.name}" not in keep:
+                p.unlink()
+                gone.append(f"sha256:{p.name}")
+        return sorted(gone)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(path)
+
+
+# --- images -----------------------------------------------------------------------------------
+@dataclass
+class Image:
+    """A named image: its manifest and config, read from a layout and verified."""
+    name: str
+    manifest_desc: Descriptor
+    manifest: dict
+    config: dict
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        return [Descriptor.from_json(d, "layer descriptor") for d in self.manifest.get("layers", [])]
+
+    @property
+    def config_desc(self) -> Descriptor:
+        return Descriptor.from_json(self.manifest.get("config", {}), "config descriptor")
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return [digest.validate(d) for d in self.config.get("rootfs", {}).get("diff_ids", [])]
+
+    @property
+    def chain_ids(self) -> list[str]:
+        return digest.chain_ids(self.diff_ids)
+
+    @property
+    def history(self) -> list[dict]:
+        return list(self.config.get("history", []))
+
+    @property
+    def size(self) -> int:
+        return sum(d.size for d in self.layers)
+
+
+def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
+    """Read and check the manifest and config a name points to."""
+    if desc.media_type != MANIFEST:
+        raise StoreError(f"{name} points to a {desc.media_type}, not an OCI image manifest",
+                         "copy it with skopeo --format oci, or pick a single-platform image")
+    m = layout.read_json(desc)
+    if m.get("schemaVersion") != 2 or not isinstance(m.get("layers"), list) or "config" not in m:
+        raise StoreError(f"the manifest of {name} is malformed (schemaVersion 2, config and layers needed)",
+                         "the image is broken: remove it and load it again")
+    img = Image(name, desc, m, {})
+    for d in img.layers:
+        if d.media_type not in LAYER_TYPES:
+            raise StoreError(f"{name} has a layer of type {d.media_type}", f"labkit reads {', '.join(LAYER_TYPES)}")
+    img.config = layout.read_json(img.config_desc)
+    if len(img.diff_ids) != len(img.layers):
+        raise StoreError(f"{name} has {len(img.layers)} layers but {len(img.diff_ids)} DiffIDs in its config",
+                         "the image is broken: remove it and load it again")
+    return img
+
+
+class Store(Layout):
+    """The lab's image store at ``<lab root>/store``."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        super().__init__(lab.inside(path or lab.root() / "store"))
+
+    def images(self) -> list[Image]:
+        return [read_image(self, n, d) for n, d in sorted(self.refs().items())]
+
+    def image(self, name: str) -> Image:
+        refs = self.refs()
+        if name not in refs:
+            have = ", ".join(sorted(refs)) or "none yet"
+            raise StoreError(f"there is no image called {name!r}",
+                             f"images in the store: {have}; make one with labkit image import or load")
+        return read_image(self, name, refs[name])
+
+    def commit(self, name: str, layers: list[tuple[Descriptor, str]], history: list[dict],
+               config: dict | None = None, base: Image | None = None) -> Image:
+        """Write config and manifest for ``base``'s layers plus ``layers`` [(descriptor, diff_id)]
+        and name the result. ``history`` entries are appended to the base's."""
+        check_name(name)
+        cfg = dict(base.config) if base else {"architecture": "amd64", "os": "linux", "created": EPOCH,
+                                              "config": {"Env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"]}}
+        if config:
+            cfg["config"] = {**cfg.get("config", {}), **config}
+        cfg["rootfs"] = {"type": "layers", "diff_ids": (base.diff_ids if base else []) + [d for _, d in layers]}
+        cfg["history"] = (base.history if base else []) + [{"created": EPOCH, **h} for h in history]
+        cfg_desc = self.put_json(cfg, CONFIG)
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": cfg_desc.to_json(),
+                    "layers": [d.to_json() for d in (base.layers if base else [])] + [d.to_json() for d, _ in layers]}
+        m_desc = self.put_json(manifest, MANIFEST)
+        self.set_ref(name, m_desc)
+        return self.image(name)
+
+    def add_layer_tar(self, tar: str | os.PathLike) -> tuple[Descriptor, str]:
+        """Store a layer tar as a blob; returns (descriptor, DiffID). Uncompressed: they are equal."""
+        layer.validate(tar)
+        with open(tar, "rb") as f:
+            desc = self.put_blob(f, LAYER)
+        return desc, desc.digest
+
+    def add_layer_dir(self, directory: str | os.PathLike) -> tuple[Descriptor, str]:
+        """Turn a directory (an upper dir, or a rootfs) into a stored layer."""
+        tmp = lab.inside(lab.root() / "tmp" / f"layer-{uuid.uuid4().hex}.tar")
+        tmp.parent.mkdir(exist_ok=True)
+        try:
+            layer.create(directory, tmp)
+            return self.add_layer_tar(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def import_rootfs(self, rootfs: str | os.PathLike, name: str, created_by: str = "",
+                      config: dict | None = None) -> Image:
+        """A one-layer image from a directory tree."""
+        desc, diff = self.add_layer_dir(rootfs)
+        return self.commit(name, [(desc, diff)], [{"created_by": created_by or f"import {Path(rootfs).name}"}],
+                           config=config)
+
+    def add_layer(self, base: str, directory: str | os.PathLike, name: str, created_by: str) -> Image:
+        """A new image: ``base``'s layers (shared, not copied) plus ``directory`` as a layer."""
+        desc, diff = self.add_layer_dir(directory)
+        return self.commit(name, [(desc, diff)], [{"created_by": created_by}], base=self.image(base))
+
+    def remove(self, name: str) -> list[str]:
+        """Drop a name, then every blob no other name needs; returns the freed digests."""
+        self.image(name)
+        self.remove_ref(name)
+        return self.gc()
+
+    # unpacking
+    def open_layer(self, desc: Descriptor) -> Path:
+        """A plain tar file for a layer blob (gzip layers are decompressed into a cache)."""
+        p = self.blob_path(desc.digest)
+        if desc.media_type == LAYER:
+            return p
+        out = lab.root() / "tmp" / f"{digest.encoded(desc.digest)}.tar"
+        if not out.exists():
+            out.parent.mkdir(exist_ok=True)
+            tmp = out.with_suffix(f".{uuid.uuid4().hex}")
+            with gzip.open(p, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, digest.CHUNK)
+            tmp.rename(out)
+        return out
+
+    def unpack(self, name: str) -> list[Path]:
+        """Each layer applied in overlay form, cached by ChainID; returns the dirs top first
+        (ready to be an overlay's lowerdirs)."""
+        img = self.image(name)
+        snaps = lab.root() / "snapshots"
+        snaps.mkdir(exist_ok=True)
+        dirs = []
+        for desc, chain in zip(img.layers, img.chain_ids):
+            d = snaps / digest.encoded(chain)
+            if not d.is_dir():
+                tmp = lab.inside(snaps / f".tmp-{uuid.uuid4().hex}")
+                try:
+                    layer.apply(self._verified_tar(desc), tmp, overlay_form=True)
+                    tmp.rename(d)
+                except BaseException:
+                    lab.remove_tree(tmp)
+                    raise
+            dirs.append(d)
+        return dirs[::-1]
+
+    def flatten(self, name: str, dest: str | os.PathLike) -> Path:
+        """Apply every layer of ``name``, base first, into ``dest``: the image's root filesystem."""
+        dest = lab.inside(dest)
+        for desc in self.image(name).layers:
+            layer.apply(self._verified_tar(desc), dest)
+        return dest
+
+    def _verified_tar(self, desc: Descriptor) -> Path:
+        with self.open_blob(desc) as r:      # reading it through verifies the digest
+            while r.read(digest.CHUNK):
+                pass
+        return self.open_layer(desc)
+
+    # moving images between layouts
+    def save(self, name: str, directory: str | os.PathLike, tag: str) -> Path:
+        """Copy ``name`` into the OCI layout ``directory`` (made if missing) as ``tag``."""
+        img = self.image(name)
+        dst = Layout(lab.inside(directory))
+        for desc in [*img.layers, img.config_desc, img.manifest_desc]:
+            if not dst.has_blob(desc.digest):
+                with self.open_blob(desc) as r:
+                    dst.put_blob(r, desc.media_type, expect=desc.digest)
+        dst.set_ref(tag, Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
+        return dst.path
+
+    def load(self, directory: str | os.PathLike, tag: str, name: str | None = None) -> Image:
+        """Copy image ``tag`` of the OCI layout ``directory`` into the store as ``name``."""
+        src = Layout(directory, create=False)
+        refs = src.refs()
+        if tag not in refs:
+            raise StoreError(f"{directory} has no image tagged {tag!r}",
+                             f"tags there: {', '.join(sorted(refs)) or 'none'}")
+        img = read_image(src, tag, Descriptor(refs[tag].media_type, refs[tag].digest, refs[tag].size))
+        for desc in [*img.layers, img.config_desc, img.manifest_desc]:
+            if not self.has_blob(desc.digest):
+                with src.open_blob(desc) as r:
+                    self.put_blob(r, desc.media_type, expect=desc.digest)
+        for desc in img.layers:
+            layer.validate(self.open_layer(desc))
+        self.set_ref(check_name(name or tag), Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
+        return self.image(name or tag)
+
+
+# --- the offline base image ------------------------------------------------------------------
+BUSYBOX = "/bin/busybox"
+
+
+def busybox_rootfs(dest: str | os.PathLike) -> Path:
+    """A minimal root filesystem from the host's static busybox: /bin/busybox, a symlink
+    per applet, /etc/passwd and group, and the usual empty directories."""
+    import subprocess
+    if not Path(BUSYBOX).is_file():
+        raise StoreError(f"{BUSYBOX} is missing", "apt-get install busybox-static (scripts/provision.sh does it)")
+    d = lab.fresh_dir(dest)
+    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "var", "home"):
+        (d / sub).mkdir()
+    os.chmod(d / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, d / "bin" / "busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for a in applets:
+        if a != "busybox" and "/" not in a:
+            (d / "bin" / a).symlink_to("busybox")
+    (d / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (d / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    return d
+
+
+def base_image(store: Store | None = None, name: str = "busybox") -> Image:
+    """The lab's offline base image (made from busybox-static on first use)."""
+    store = store or Store()
+    if name in store.refs():
+        return store.image(name)
+    rootfs = busybox_rootfs(lab.root() / "tmp" / "busybox-rootfs")
+    try:
+        return store.import_rootfs(rootfs, name, created_by="busybox-static from the host",
+                                   config={"Cmd": ["/bin/sh"], "WorkingDir": "/"})
+    finally:
+        lab.remove_tree(rootfs)

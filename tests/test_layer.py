@@ -1,0 +1,220 @@
+"""Layers as changesets: upper dir -> tar -> directory, reproducibly, and hostile tars refused."""
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+
+import pytest
+
+from labkit import lab, overlay
+from labkit.image import digest, layer
+from labkit.image.layer import LayerError
+from labkit.tree import read_tree, write_tree
+
+
+def changed_stack(base_dir):
+    """An overlay whose upper dir holds one of each kind of change."""
+    ov = overlay.stack(base_dir, {"base": {"etc/motd": "hi\n", "etc/passwd": "root\n",
+                                           "conf/a": "a", "conf/b": "b", "keep": "k"}})
+    ov.mount()
+    os.unlink(ov.merged / "etc" / "motd")                      # whiteout
+    (ov.merged / "etc" / "hostname").write_text("lab\n")        # new file
+    with open(ov.merged / "etc" / "passwd", "a") as f:          # copy-up
+        f.write("nobody\n")
+    shutil.rmtree(ov.merged / "conf")                           # opaque dir
+    (ov.merged / "conf").mkdir()
+    (ov.merged / "conf" / "c").write_text("c")
+    (ov.merged / "h1").write_text("x")                          # a real hard link
+    os.link(ov.merged / "h1", ov.merged / "h2")
+    os.symlink("/bin/sh", ov.merged / "sh")
+    return ov
+
+
+def test_upper_dir_to_layer_and_back(lab_root):
+    d = lab.scratch("rt")
+    ov = changed_stack(d)
+    try:
+        info = layer.create(ov.upperdir, d / "l.tar")
+        want = read_tree(ov.merged)
+    finally:
+        ov.unmount()
+    names = [m.name for m in tarfile.open(d / "l.tar")]
+    assert "etc/.wh.motd" in names and "conf/.wh..wh..opq" in names
+    assert info.whiteouts == 1 and info.opaque_dirs == 1
+    members = {m.name: m for m in tarfile.open(d / "l.tar")}
+    assert members["h2"].islnk() and members["h2"].linkname == "h1"
+    assert not any("overlay" in k for m in members.values() for k in m.pax_headers)
+    assert info.diff_id == digest.of_file(d / "l.tar")[0]
+    # flattened onto a copy of the lower layer: the same tree as the live merged view
+    shutil.copytree(d / "base", d / "flat", symlinks=True)
+    report = layer.apply(d / "l.tar", d / "flat")
+    assert read_tree(d / "flat") == want
+    assert sorted(report.removed) == ["conf/a", "conf/b", "etc/motd"]
+    assert os.stat(d / "flat" / "h1").st_ino == os.stat(d / "flat" / "h2").st_ino
+    # in overlay form: a lowerdir that gives the same merged tree again
+    layer.apply(d / "l.tar", d / "ovl", overlay_form=True)
+    assert overlay.is_whiteout(d / "ovl" / "etc" / "motd")
+    assert os.getxattr(d / "ovl" / "conf", "trusted.overlay.opaque") == b"y"
+    assert overlay.Overlay([d / "ovl", d / "base"], None, None, d / "m").peek() == want
+
+
+def test_same_tree_same_digest_unless_mtimes_are_kept(lab_root):
+    d = lab.scratch("repro")
+    write_tree(d / "t", {"a": "1", "b/c": "2"})
+    one = layer.create(d / "t", d / "1.tar")
+    os.utime(d / "t" / "a", (12345, 12345))
+    two = layer.create(d / "t", d / "2.tar")
+    assert one.diff_id == two.diff_id
+    assert layer.create(d / "t", d / "3.tar", mtime=None).diff_id != one.diff_id
+
+
+def test_whiteouts_only_hide_lower_layers(lab_root):
+    """image-spec: a whiteout never hides an entry of its own layer."""
+    d = lab.scratch("own")
+    write_tree(d / "dest", {"x": "lower", "dir/old": "lower"})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in [("x", b"same layer"), (".wh.x", b""), ("dir/new", b"n"), ("dir/.wh..wh..opq", b"")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    (d / "l.tar").write_bytes(buf.getvalue())
+    layer.apply(d / "l.tar", d / "dest")
+    assert read_tree(d / "dest") == {"x": "same layer", "dir": None, "dir/new": "n"}
+
+
+def test_umoci_repack_layer_applies_the_same(lab_root):
+    """A layer umoci makes from a changed rootfs gives labkit the same tree as umoci."""
+    from labkit.image import store as st
+    s = st.Store()
+    st.base_image(s)
+    out = lab.root() / "interop"
+    s.save("busybox", out, "v1")
+    bundle = out.parent / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{out}:v1", str(bundle)], check=True, capture_output=True)
+    rootfs = bundle / "rootfs"
+    (rootfs / "etc" / "motd").write_text("changed by umoci\n")
+    os.unlink(rootfs / "bin" / "vi")
+    shutil.rmtree(rootfs / "home")
+    subprocess.run(["umoci", "repack", "--image", f"{out}:v2", str(bundle)], check=True, capture_output=True)
+    img = s.load(out, "v2", "repacked")
+    assert len(img.layers) == 2 and img.layers[1].media_type.endswith("gzip")
+    flat = s.flatten("repacked", lab.root() / "flat")
+    assert read_tree(flat) == read_tree(rootfs)
+
+
+# --- hostile layers ----------------------------------------------------------------------------
+def _tar(path, entries):
+    """entries: (name, kind, extra) with kind in file/dir/sym/lnk/chr/big-pax."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind, extra in entries:
+            info = tarfile.TarInfo(name)
+            data = None
+            if kind == "file":
+                info.size, data = len(extra or b""), io.BytesIO(extra or b"")
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, extra
+            elif kind == "lnk":
+                info.type, info.linkname = tarfile.LNKTYPE, extra
+            elif kind == "chr":
+                info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+            elif kind == "pax":
+                info.pax_headers["comment"] = "x" * extra
+            elif kind == "xattr":
+                info.pax_headers["SCHILY.xattr.trusted.overlay.opaque"] = "y"
+                info.type = tarfile.DIRTYPE
+            t.addfile(info, data)
+
+
+HOSTILE = {
+    "dotdot": ([("../escaped", "file", b"x")], "climbs out"),
+    "dotdot-deep": ([("a/../../escaped", "file", b"x")], "climbs out"),
+    "absolute": ([("/tmp/escaped-abs", "file", b"x")], "absolute"),
+    "symlink-then-write": ([("link", "sym", "{outside}"), ("link/escaped", "file", b"x")], "symlink"),
+    "symlink-relative-up": ([("up", "sym", "../../.."), ("up/escaped", "file", b"x")], "symlink"),
+    "hardlink-outside": ([("pw", "lnk", "/etc/passwd")], "outside the layer"),
+    "hardlink-dotdot": ([("pw", "lnk", "../../etc/passwd")], "outside the layer"),
+    "hardlink-missing": ([("pw", "lnk", "nothing-here")], "not a file"),
+    "hardlink-to-symlink": ([("s", "sym", "/etc/passwd"), ("pw", "lnk", "s")], "not a regular file"),
+    "device": ([("dev/mem", "chr", None)], "device node"),
+    "duplicate": ([("a", "file", b"1"), ("a", "file", b"2")], "twice"),
+    "huge-pax-header": ([("a", "pax", 9 << 20)], "read of"),
+    "overlay-xattr": ([("d", "xattr", None)], "overlay xattr"),
+    "reserved-whiteout": ([(".wh..wh.plnk", "file", b"")], "reserved"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layers_are_refused_and_nothing_is_written(lab_root, tmp_path, case):
+    entries, problem = HOSTILE[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [(n, k, e.format(outside=outside) if isinstance(e, str) else e) for n, k, e in entries]
+    d = lab.scratch("hostile")
+    _tar(d / "bad.tar", entries)
+    dest = write_tree(d / "dest", {"precious": "keep me"})
+    with pytest.raises(LayerError) as e:
+        layer.apply(d / "bad.tar", dest)
+    assert problem in str(e.value), str(e.value)
+    assert read_tree(dest) == {"precious": "keep me"}, "nothing may be written before the refusal"
+    assert list(outside.iterdir()) == []
+    assert not os.path.exists("/tmp/escaped-abs")
+
+
+def test_symlink_already_in_the_target_is_not_followed(lab_root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    d = lab.scratch("planted")
+    dest = d / "dest"
+    dest.mkdir()
+    (dest / "etc").symlink_to(outside)
+    _tar(d / "l.tar", [("etc/passwd", "file", b"owned")])
+    with pytest.raises(LayerError, match="symlink 'etc' already in the target"):
+        layer.apply(d / "l.tar", dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_devices_allowed_when_asked(lab_root):
+    d = lab.scratch("dev")
+    _tar(d / "l.tar", [("null", "chr", None)])
+    layer.apply(d / "l.tar", d / "dest", allow_devices=True)
+    assert stat.S_ISCHR(os.lstat(d / "dest" / "null").st_mode)
+
+
+def test_not_a_tar(lab_root):
+    d = lab.scratch("junk")
+    (d / "junk.tar").write_bytes(b"\x1f\x8b this is not a tar" * 100)
+    with pytest.raises(LayerError, match="not a"):
+        layer.apply(d / "junk.tar", d / "dest")
+
+
+def test_apply_refuses_a_target_outside_the_root(lab_root, tmp_path):
+    d = lab.scratch("out")
+    _tar(d / "l.tar", [("a", "file", b"1")])
+    with pytest.raises(lab.OutsideLabRoot):
+        layer.apply(d / "l.tar", tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_big_layer_streams_with_flat_memory(lab_root):
+    """A 256 MiB file goes into and out of a layer in 1 MiB chunks: peak RSS barely moves."""
+    from labkit import sandbox
+    d = lab.scratch("big")
+
+    def roundtrip():
+        import resource
+        from labkit.tree import write_big_file
+        (d / "src").mkdir()
+        write_big_file(d / "src" / "big", 256 << 20)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        info = layer.create(d / "src", d / "big.tar")
+        layer.apply(d / "big.tar", d / "dest")
+        return info.size, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    size, grown_kib = sandbox.run(roundtrip, namespaces=(), timeout=300)
+    assert size > 256 << 20
+    assert grown_kib < 64 * 1024, f"memory grew by {grown_kib} KiB"
+    assert os.path.getsize(d / "dest" / "big") == 256 << 20

@@ -1,0 +1,165 @@
+"""The OCI store: content addressing, verification, sharing, and the real tools reading it."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from labkit import lab, overlay
+from labkit.image import digest, store as st
+from labkit.image.store import StoreError
+from labkit.tree import read_tree, write_tree
+
+
+@pytest.fixture
+def store(lab_root):
+    s = st.Store()
+    st.base_image(s)
+    return s
+
+
+def test_layout_on_disk(store):
+    assert json.loads((store.path / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    img = store.image("busybox")
+    for desc in [img.manifest_desc, img.config_desc, *img.layers]:
+        assert digest.of_file(store.blob_path(desc.digest)) == (desc.digest, desc.size)
+    assert img.diff_ids == [img.layers[0].digest]          # uncompressed: DiffID = blob digest
+    assert img.chain_ids == img.diff_ids
+    assert "busybox" in (store.path / "index.json").read_text()
+
+
+def test_chain_ids_follow_the_spec():
+    a, b, c = (digest.of_bytes(x) for x in (b"a", b"b", b"c"))
+    ab = digest.of_bytes(f"{a} {b}".encode())
+    assert digest.chain_ids([a, b, c]) == [a, ab, digest.of_bytes(f"{ab} {c}".encode())]
+
+
+def test_images_share_base_layers_and_rm_keeps_what_others_need(store):
+    d = lab.scratch("share")
+    write_tree(d / "app1", {"app": "one"})
+    write_tree(d / "app2", {"app": "two"})
+    one = store.add_layer("busybox", d / "app1", "app1", "COPY app /app")
+    two = store.add_layer("busybox", d / "app2", "app2", "COPY app /app")
+    assert one.layers[0] == two.layers[0] and one.layers[1] != two.layers[1]
+    assert one.chain_ids[0] == two.chain_ids[0] and one.chain_ids[1] != two.chain_ids[1]
+    assert [h["created_by"] for h in one.history] == ["busybox-static from the host", "COPY app /app"]
+    freed = store.remove("app1")
+    assert freed and one.layers[0].digest not in freed and one.layers[1].digest in freed
+    assert store.has_blob(two.layers[0].digest)
+    assert store.image("app2").layers == two.layers
+
+
+def test_same_content_same_image_digest(lab_root):
+    s = st.Store()
+    d = lab.scratch("same")
+    write_tree(d / "r", {"x": "1"})
+    a = s.import_rootfs(d / "r", "a", created_by="import")
+    b = s.import_rootfs(d / "r", "b", created_by="import")
+    assert a.manifest_desc.digest == b.manifest_desc.digest
+
+
+def test_unpack_is_cached_by_chain_id_and_mounts(store):
+    dirs = store.unpack("busybox")
+    assert [p.name for p in dirs] == [digest.encoded(c) for c in store.image("busybox").chain_ids][::-1]
+    mtime = dirs[0].stat().st_mtime_ns
+    assert store.unpack("busybox") == dirs and dirs[0].stat().st_mtime_ns == mtime
+    c = lab.scratch("ctr")
+    with overlay.Overlay(dirs, c / "upper", c / "work", c / "merged") as ov:
+        out = subprocess.run(["chroot", str(ov.merged), "/bin/sh", "-c", "echo hi from $(cat /etc/passwd | head -c 4)"],
+                             capture_output=True, text=True, check=True).stdout
+    assert out == "hi from root\n"
+
+
+def test_a_corrupt_blob_is_caught_on_read(store):
+    img = store.image("busybox")
+    p = store.blob_path(img.layers[0].digest)
+    os.chmod(p, 0o644)
+    with open(p, "r+b") as f:
+        f.seek(1000)
+        f.write(b"tampered")
+    with pytest.raises(digest.DigestError, match="corrupt"):
+        store.flatten("busybox", lab.root() / "flat")
+
+
+def test_malformed_digests_never_become_paths(store):
+    for bad in ["sha256:../../../etc/passwd", "sha256:" + "A" * 64, "md5:abc", "sha256:abc", 42]:
+        with pytest.raises(digest.DigestError, match="not a valid digest"):
+            store.blob_path(bad)
+    idx = json.loads((store.path / "index.json").read_text())
+    idx["manifests"].append({"mediaType": st.MANIFEST, "digest": "sha256:../../x", "size": 1,
+                             "annotations": {st.REF_NAME: "evil"}})
+    (store.path / "index.json").write_text(json.dumps(idx))
+    with pytest.raises(digest.DigestError, match="'sha256:../../x' is not a valid digest"):
+        store.images()
+
+
+def test_malformed_manifest_and_oversized_json(store, tmp_path):
+    bad = store.put_bytes(b'{"schemaVersion": 1}', st.MANIFEST)
+    store.set_ref("broken", bad)
+    with pytest.raises(StoreError, match="malformed"):
+        store.image("broken")
+    store.remove_ref("broken")
+    huge = st.Descriptor(st.MANIFEST, digest.of_bytes(b"x"), st.MAX_JSON + 1)
+    with pytest.raises(StoreError, match="at most"):
+        store.read_json(huge)
+
+
+def test_wrong_digest_on_load_is_refused(store):
+    out = lab.root() / "saved"
+    store.save("busybox", out, "v1")
+    lay = st.Layout(out, create=False)
+    layer_desc = store.image("busybox").layers[0]
+    with open(lay.blob_path(layer_desc.digest), "ab") as f:
+        f.write(b"extra")
+    store.remove("busybox")
+    with pytest.raises(digest.DigestError):
+        store.load(out, "v1", "again")
+    assert "again" not in store.refs()
+
+
+def test_load_names_the_missing_tag(store):
+    out = lab.root() / "saved"
+    store.save("busybox", out, "v1")
+    with pytest.raises(StoreError, match="tags there: v1"):
+        store.load(out, "v2")
+    with pytest.raises(StoreError, match="not an OCI image layout"):
+        store.load(lab.root(), "v1")
+
+
+def test_bad_names_are_refused(store):
+    with pytest.raises(StoreError, match="not a valid image name"):
+        store.commit("Bad Name", [], [])
+
+
+# --- the real tools --------------------------------------------------------------------------------
+def test_skopeo_inspects_the_store_directly(store):
+    out = subprocess.run(["skopeo", "inspect", f"oci:{store.path}:busybox"], capture_output=True, text=True,
+                         check=True).stdout
+    info = json.loads(out)
+    assert info["Digest"] == store.image("busybox").manifest_desc.digest
+    assert info["Layers"] == store.image("busybox").diff_ids
+
+
+def test_skopeo_copies_both_ways(store):
+    other = lab.root() / "other"
+    subprocess.run(["skopeo", "copy", f"oci:{store.path}:busybox", f"oci:{other}:copied"], check=True,
+                   capture_output=True)
+    img = store.load(other, "copied", "from-skopeo")
+    mine = store.image("busybox")
+    assert img.layers == mine.layers and img.config_desc == mine.config_desc   # same blobs
+    subprocess.run(["skopeo", "copy", f"oci:{other}:copied", f"oci:{store.path}:written-by-skopeo"], check=True,
+                   capture_output=True)
+    assert store.image("written-by-skopeo").diff_ids == store.image("busybox").diff_ids
+
+
+def test_umoci_unpack_matches_labkit_flatten(store):
+    d = lab.scratch("umoci")
+    write_tree(d / "up", {"etc/motd": "layer two\n"})
+    store.add_layer("busybox", d / "up", "two", "echo > /etc/motd")
+    out = d / "layout"
+    store.save("two", out, "latest")
+    subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(d / "bundle")], check=True,
+                   capture_output=True)
+    flat = store.flatten("two", d / "flat")
+    assert read_tree(flat) == read_tree(d / "bundle" / "rootfs")
+    assert (flat / "etc" / "motd").read_text() == "layer two\n"
