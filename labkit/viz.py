@@ -181,3 +181,38 @@ def meter_png(samples) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=80)
     return out.getvalue()
+
+
+# --- lesson 03: images sharing layers ------------------------------------------------------------
+def image_graph(images) -> graphviz.Digraph:
+    """Images (store.Image) and their layers: a layer stored once is drawn once, however
+    many images use it, like a Git object shared by many commits."""
+    g = graphviz.Digraph("images", graph_attr={"rankdir": "BT", "fontname": "Helvetica", "nodesep": "0.3"},
+                         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"})
+    users: dict[str, int] = {}
+    for img in images:
+        for d in img.layers:
+            users[d.digest] = users.get(d.digest, 0) + 1
+    drawn: set[str] = set()
+    for img in images:
+        g.node(f"img_{img.name}", f"{img.name}\\nmanifest {img.manifest_desc.digest[7:19]}",
+               shape="folder", fillcolor="#d9f2d0")
+        parent = None
+        for d in img.layers:
+            nid = f"layer_{d.digest[7:19]}"
+            if nid not in drawn:          # a shared layer is one node, with one edge to its parent
+                drawn.add(nid)
+                g.node(nid, f"layer {d.digest[7:19]}\\n{_size(d.size)}", shape="box",
+                       fillcolor="#cfe3f7" if users[d.digest] > 1 else "#fde2b8")
+                if parent:
+                    g.edge(nid, parent, style="dashed", color="#999999")
+            parent = nid
+        g.edge(f"img_{img.name}", parent)
+    return g
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

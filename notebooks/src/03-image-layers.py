@@ -1,0 +1,317 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Image layers are changesets
+#
+# In lesson 01 every change you made through `merged` landed in one directory, the upper dir:
+# new files, copied-up files, whiteouts, opaque marks. Pack that directory into a tar and you
+# have an **image layer**. An image is a list of such layers plus two small JSON documents
+# (a config and a manifest), every piece named by the SHA-256 of its bytes. In this lesson you
+# make layers from real overlay changes, apply them elsewhere, and look at how images share
+# and waste bytes.
+#
+# **What this lesson needs:** root, OverlayFS, `busybox-static` (the offline base image),
+# `skopeo` and `umoci` (the real tools that read what labkit writes).
+# **What it leaves behind:** the `busybox` base image in the lab's store (later lessons use
+# it); the images it makes are removed at the end.
+
+# %%
+import io, json, os, shutil, subprocess, tarfile, hashlib
+from labkit import lab, overlay, tree, viz
+from labkit.image import digest, layer, store as st, waste
+from labkit.exercises import hint, l03_layers as ex
+
+home = lab.scratch("03-image-layers")
+store = st.Store()
+base = st.base_image(store)
+print(f"base image {base.name!r}: {len(base.layers)} layer, {len(base.history)} history entry")
+
+# %% [markdown]
+# ## 1. A layer is the tar of an upper dir
+#
+# The base image is a root filesystem made from the host's static busybox. We mount it as the
+# lower layer of an overlay (the store keeps each layer unpacked, ready to be a `lowerdir`) and
+# change things through `merged`, as a `RUN` step of a Dockerfile would:
+
+# %%
+ov = overlay.Overlay(store.unpack("busybox"), home / "upper", home / "work", home / "merged").mount()
+m = ov.merged
+(m / "app").mkdir()
+(m / "app" / "hello.txt").write_text("hello from a new layer\n")      # add
+with open(m / "etc" / "passwd", "a") as f:                              # change (copy-up)
+    f.write("app:x:1000:1000::/app:/bin/sh\n")
+os.unlink(m / "bin" / "vi")                                             # delete: whiteout
+shutil.rmtree(m / "home"); (m / "home").mkdir()                         # replace a dir: opaque
+for c in ov.changes():
+    print(c)
+
+# %% [markdown]
+# `layer.create` walks the upper dir in sorted order and writes a tar. The overlay's char
+# device becomes an empty file `bin/.wh.vi`; the opaque xattr becomes an empty file
+# `home/.wh..wh..opq`; the `trusted.overlay.*` xattrs are left out.
+
+# %%
+info = layer.create(ov.upperdir, home / "layer.tar")
+for mem in tarfile.open(home / "layer.tar"):
+    kind = {tarfile.DIRTYPE: "dir ", tarfile.REGTYPE: "file", tarfile.SYMTYPE: "link"}.get(mem.type, "?")
+    print(f"{kind} {mem.name:<22} {mem.size:>5} bytes")
+print("DiffID", info.diff_id[:23] + "…")
+
+# %%
+names = [mem.name for mem in tarfile.open(home / "layer.tar")]
+assert "bin/.wh.vi" in names and "home/.wh..wh..opq" in names and "app/hello.txt" in names
+assert info.whiteouts == 1 and info.opaque_dirs == 1
+assert not any("overlay" in k for mem in tarfile.open(home / "layer.tar") for k in mem.pax_headers)
+assert info.diff_id == digest.of_file(home / "layer.tar")[0]
+
+# %% [markdown]
+# ## 2. Three spellings of "deleted"
+#
+# The same two facts, *this path is gone* and *this directory hides what was below*, are
+# written three ways:
+#
+# | | OverlayFS upper dir | OCI layer tar | AUFS branch |
+# |---|---|---|---|
+# | deleted `bin/vi` | char device 0/0 `bin/vi` | empty file `bin/.wh.vi` | empty file `bin/.wh.vi` |
+# | opaque `home/` | xattr `trusted.overlay.opaque=y` | empty file `home/.wh..wh..opq` | empty file `home/.wh..wh..opq` |
+#
+# AUFS (never merged into Linux) stored its whiteouts as these `.wh.` files right in its branch
+# directories; Docker's first storage driver used AUFS, and the OCI layer format kept its
+# spelling. The live evidence from the upper dir and the tar:
+
+# %%
+st_vi = os.lstat(ov.upperdir / "bin" / "vi")
+print("overlay: bin/vi is a char device", (os.major(st_vi.st_rdev), os.minor(st_vi.st_rdev)),
+      "| home has", os.getxattr(ov.upperdir / "home", "trusted.overlay.opaque"))
+print("OCI/AUFS:", [n for n in names if ".wh." in n])
+
+# %%
+assert overlay.is_whiteout(ov.upperdir / "bin" / "vi") and os.minor(st_vi.st_rdev) == 0
+assert [n for n in names if ".wh." in n] == ["bin/.wh.vi", "home/.wh..wh..opq"]
+expected_tree = tree.read_tree(ov.merged)
+ov.unmount()
+
+# %% [markdown]
+# ## 3. Apply the layer somewhere else
+#
+# A layer is a *changeset*: applied on top of the tree it was made from, it gives the tree we
+# saw in `merged`. Flattening follows the image spec: a `.wh.` entry deletes, an opaque marker
+# empties the directory of what lower layers put there. The same tar applied in **overlay
+# form** turns the markers back into a char device and an xattr, so the directory can be a
+# `lowerdir` directly.
+
+# %%
+flat = store.flatten("busybox", home / "flat")
+report = layer.apply(home / "layer.tar", flat)
+print("removed:", report.removed)
+print("same tree as merged was:", tree.read_tree(flat) == expected_tree)
+
+layer.apply(home / "layer.tar", home / "as-lowerdir", overlay_form=True)
+again = overlay.Overlay([home / "as-lowerdir", *store.unpack("busybox")], None, None, home / "merged2").peek()
+print("overlay form gives it too:", again == expected_tree)
+
+# %%
+assert tree.read_tree(flat) == expected_tree and again == expected_tree
+assert report.removed == ["bin/vi"]       # busybox's /home was empty: the opaque mark hid nothing
+
+# %% [markdown]
+# ## 4. Same tree, same digest
+#
+# `layer.create` sorts entries and sets every mtime to 0 (unless asked to keep them), so the
+# same tree always gives the same bytes, hence the same DiffID. That is what makes layers
+# shareable and build caches possible: a rebuilt layer that did not change is recognised by its
+# digest. Keep real mtimes and every rebuild is "new".
+
+# %%
+again1 = layer.create(home / "upper", home / "again.tar")
+os.utime(home / "upper" / "app" / "hello.txt", (1_000_000, 1_000_000))
+again2 = layer.create(home / "upper", home / "again2.tar")
+real = layer.create(home / "upper", home / "real.tar", mtime=None)
+print("fixed mtimes:", info.diff_id == again1.diff_id == again2.diff_id, "| real mtimes:", real.diff_id == info.diff_id)
+
+# %%
+assert info.diff_id == again1.diff_id == again2.diff_id and real.diff_id != info.diff_id
+
+# %% [markdown]
+# ## 5. Config, manifest, DiffID and ChainID
+#
+# Committing the layer makes an image: the layer becomes a blob; the **config** lists the
+# DiffIDs (digests of the uncompressed layer tars) and one history entry per step; the
+# **manifest** points at the config and the layer blobs. Both are blobs too, and the image's
+# name points at the manifest. The **ChainID** names a whole stack: the first layer's is its
+# DiffID, each next one is `sha256(parent ChainID + " " + DiffID)`.
+
+# %% tags=["nbval-ignore-output"]
+desc, diff = store.add_layer_tar(home / "layer.tar")
+app = store.commit("lesson03/app", [(desc, diff)], [{"created_by": "RUN add app, change passwd, rm vi, new home"}],
+                   base=store.image("busybox"))
+print(json.dumps(app.manifest, indent=1)[:600])
+print("config.rootfs:", json.dumps(app.config["rootfs"], indent=1))
+print("ChainIDs:", [c[:19] + "…" for c in app.chain_ids])
+
+# %%
+by_hand = "sha256:" + hashlib.sha256(f"{app.diff_ids[0]} {app.diff_ids[1]}".encode()).hexdigest()
+assert app.chain_ids == [app.diff_ids[0], by_hand]
+assert [d["digest"] for d in app.manifest["layers"]] == app.diff_ids     # uncompressed layers
+assert app.config["history"][-1]["created_by"].startswith("RUN")
+
+# %% [markdown]
+# On disk the store is an OCI image layout: `oci-layout`, `index.json` (names), and
+# `blobs/sha256/` (everything else). The real tools read it as it is:
+
+# %% tags=["nbval-ignore-output"]
+print(subprocess.run(["skopeo", "inspect", f"oci:{store.path}:lesson03/app"], capture_output=True, text=True).stdout)
+
+# %%
+inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{store.path}:lesson03/app"],
+                                      capture_output=True, text=True, check=True).stdout)
+assert inspected["Layers"] == app.diff_ids and inspected["Digest"] == app.manifest_desc.digest
+bundle = home / "bundle"
+subprocess.run(["umoci", "unpack", "--image", f"{store.save('lesson03/app', home / 'layout', 'v1')}:v1", str(bundle)],
+               check=True, capture_output=True)
+assert tree.read_tree(bundle / "rootfs") == expected_tree          # umoci agrees with labkit
+
+# %% [markdown]
+# ## 6. Git-style sharing
+#
+# Two more images built on the same base, and a third on top of the first: the base layer is
+# stored **once**. The picture is drawn from the store's manifests; blue layers are shared.
+
+# %% tags=["nbval-ignore-output"]
+tree.write_tree(home / "web", {"srv/index.html": "<h1>web</h1>\n"})
+tree.write_tree(home / "api", {"srv/api.py": "print('api')\n"})
+tree.write_tree(home / "web2", {"srv/style.css": "h1 {}\n"})
+web = store.add_layer("busybox", home / "web", "lesson03/web", "COPY index.html /srv/")
+api = store.add_layer("busybox", home / "api", "lesson03/api", "COPY api.py /srv/")
+web2 = store.add_layer("lesson03/web", home / "web2", "lesson03/web-styled", "COPY style.css /srv/")
+family = [app, web, api, web2]
+logical = sum(img.size for img in family)
+stored = sum({d.digest: d.size for img in family for d in img.layers}.values())
+print(f"four images: {logical / 2**20:.1f} MiB if each were stored whole, {stored / 2**20:.1f} MiB stored, "
+      f"{(logical - stored) / 2**20:.1f} MiB saved by sharing")
+
+# %% tags=["nbval-ignore-output"]
+viz.image_graph(family)
+
+# %%
+assert web.layers[0] == api.layers[0] == app.layers[0] == base.layers[0]
+assert web2.layers[:2] == web.layers and logical - stored >= 3 * base.size
+base_node = f"layer_{base.layers[0].digest[7:19]} [label"
+assert sum(line.strip().startswith(base_node) for line in viz.image_graph(family).source.splitlines()) == 1
+
+# %% [markdown]
+# ## 7. Wasted bytes, and a secret that never left
+#
+# Every layer is shipped whole. A big file changed in a later layer is stored twice; a file
+# deleted in a later layer is still stored in the earlier one. Here a build copies in an 8 MiB
+# data file, rewrites it, and adds and then deletes a credentials file. `waste.analyse` reads
+# every layer's tar and finds what the final tree no longer uses:
+
+# %% tags=["nbval-ignore-output"]
+steps = [("COPY data.bin /data.bin", {"data.bin": 8 << 20}),
+         ("RUN regenerate /data.bin", {"data.bin": 8 << 20}),
+         ("COPY credentials /root/credentials", {"root/credentials": "user=admin password=s3cret\n"})]
+prev = "busybox"
+for i, (step, spec) in enumerate(steps):
+    tree.write_tree(home / f"step{i}", spec)
+    prev = store.add_layer(prev, home / f"step{i}", f"lesson03/fat{i}", step).name
+(home / "step3" / "root").mkdir(parents=True)
+overlay.make_whiteout(home / "step3" / "root" / "credentials")
+fat = store.add_layer(prev, home / "step3", "lesson03/fat", "RUN rm /root/credentials")
+report = waste.analyse(store, "lesson03/fat")
+for w in report.wasted:
+    print(f"{w.path:<18} {w.size:>9} bytes in layer {w.layer}, {w.why}")
+print(f"efficiency {report.efficiency:.1%}")
+
+# %%
+assert {(w.path, w.layer) for w in report.wasted} == {("data.bin", 1), ("root/credentials", 3)}
+assert report.wasted_bytes >= 8 << 20 and report.efficiency < 0.9
+secret = waste.read_from_layer(store, "lesson03/fat", 3, "root/credentials")
+print("read back from layer 3:", secret.decode().strip())
+assert b"s3cret" in secret and not (store.flatten("lesson03/fat", home / "fatflat") / "root" / "credentials").exists()
+
+# %% [markdown]
+# The cure is to make and remove such files **in the same step** (one `RUN` that downloads,
+# uses and deletes), to squash layers (lesson 07), or never to put secrets into a build context.
+#
+# ## Exercises
+#
+# ### Exercise 03.handmade: write a layer by hand
+# With Python's `tarfile`, write a layer tar (in your scratch dir `home`) that **deletes
+# `bin/vi`** and **adds `etc/motd`** containing `built by hand`. The check applies it on top of
+# busybox.
+
+# %%
+my_layer = None   # your answer: the path of your tar
+
+# %%
+ex.check_handmade(my_layer)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_layer = home / "mine.tar"
+# with tarfile.open(my_layer, "w") as t:
+#     t.addfile(tarfile.TarInfo("bin/.wh.vi"))
+#     data = b"built by hand\n"
+#     info = tarfile.TarInfo("etc/motd"); info.size = len(data)
+#     t.addfile(info, io.BytesIO(data))
+# ```
+# </details>
+#
+# ### Exercise 03.chainid: a ChainID by hand
+# Compute the ChainID of the **second** layer of `web` from its DiffIDs (`web.diff_ids`).
+
+# %%
+my_chain_id = None   # your answer: "sha256:..."
+
+# %%
+ex.check_chain_id(web, my_chain_id)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_chain_id = "sha256:" + hashlib.sha256(f"{web.diff_ids[0]} {web.diff_ids[1]}".encode()).hexdigest()
+# ```
+# </details>
+#
+# ### Exercise 03.secret: a token deleted two layers ago
+# The image `leaky` copied a token to `/root/.token` and deleted it in the next step. Find it.
+
+# %%
+leaky = ex.setup_secret_image()
+for h in leaky.history:
+    print(h["created_by"])
+
+# %%
+my_token = None   # your answer
+
+# %%
+ex.check_secret_token(my_token)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_token = waste.read_from_layer(store, "leaky", 1, "root/.token").decode()
+# ```
+# </details>
+#
+# ## Clean up
+# The images this lesson made are removed (their blobs too, unless another image uses them);
+# the `busybox` base image stays for the next lessons.
+
+# %%
+for name in [n for n in store.refs() if n.startswith("lesson03/") or n == "leaky"]:
+    store.remove(name)
+lab.remove_tree(home)
+assert set(store.refs()) == {"busybox"} and lab.entries() == [] and not home.exists()
+print("clean")
