@@ -31,6 +31,10 @@ def leftovers(root: str) -> list[str]:
         found += [f"cgroup {dirpath}/{d}" for d in dirnames if "labkit" in d]
         if dirpath.count("/") > 5:
             dirnames.clear()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        f = backing.read_text().strip()
+        if f.startswith(root) or "labkit" in f or f.startswith("/tmp/pytest-of-"):
+            found.append(f"loop device {backing.parts[3]} on {f}")
     me = str(os.getpid())
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

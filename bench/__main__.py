@@ -5,9 +5,9 @@
 """
 import sys
 
-from . import cow_fork, overlay_mount
+from . import cow_fork, layers, overlay_mount
 
-BENCHMARKS = {"overlay mount": overlay_mount.main, "fork cost": cow_fork.main}
+BENCHMARKS = {"overlay mount": overlay_mount.main, "fork cost": cow_fork.main, "layers": layers.main}
 
 if __name__ == "__main__":
     want = sys.argv[1] if len(sys.argv) > 1 else ""

@@ -162,6 +162,12 @@ def release(entry: Entry) -> str:
             os.kill(int(entry.path), 9)
         except ProcessLookupError:
             pass
+    elif entry.kind == "loop":          # path: the backing file; detach every loop device on it
+        import subprocess
+        out = subprocess.run(["losetup", "-j", entry.path], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
+            what += f" (detached {line.split(':', 1)[0]})"
     elif entry.kind == "cgroup":
         try:
             os.rmdir(entry.path)

@@ -216,3 +216,20 @@ def _size(n: int) -> str:
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+# --- lesson 04: storage drivers ------------------------------------------------------------------
+def drivers_plot(costs: dict):
+    """Time and disk against containers created, one line per driver (lists of drivers.Cost)."""
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, rows in costs.items():
+        n = [c.containers for c in rows]
+        a.plot(n, [c.seconds * 1e3 for c in rows], "o-", label=name)
+        b.plot(n, [c.disk_bytes / 2**20 for c in rows], "o-", label=name)
+    a.set(xlabel="containers", ylabel="total time to create (ms)", title="time")
+    b.set(xlabel="containers", ylabel="disk used (MiB)", title="disk")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -67,21 +67,54 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
 
 
 class HashingWriter:
-    """A file wrapper that hashes what is written through it (used to write blobs once)."""
+    """A file wrapper that hashes what is written through it, on a second thread.
+
+    hashlib releases the GIL for large buffers, so hashing one chunk overlaps with
+    writing the next: a layer is written and its DiffID known in one pass. Use it as a
+    context manager; ``digest`` is final after the ``with`` block.
+    """
 
     def __init__(self, f: BinaryIO):
+        import queue
+        import threading
         self.f, self.h, self.size = f, hashlib.sha256(), 0
+        self._q: "queue.Queue[bytes | None]" = queue.Queue(maxsize=64)
+        self._t = threading.Thread(target=self._hash, daemon=True)
+        self._t.start()
 
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
+        self._pending = bytearray()     # small writes (tar headers) are hashed in batches
+
+    def _hash(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self.h.update(chunk)
+
+    def write(self, data) -> int:
+        self._pending += data
+        if len(self._pending) >= CHUNK:
+            self._q.put(bytes(self._pending))
+            self._pending.clear()
         self.size += len(data)
         return self.f.write(data)
 
     def tell(self) -> int:
         return self.size
 
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(bytes(self._pending))
+            self._pending.clear()
+            self._q.put(None)
+            self._t.join()
+
+    def __enter__(self) -> "HashingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def digest(self) -> str:
+        self.close()
         return "sha256:" + self.h.hexdigest()
 
 

@@ -71,17 +71,14 @@ def create(source: str | os.PathLike, out: str | os.PathLike, *, mtime: int | No
     out = lab.inside(out)
     counts = {"entries": 0, "whiteouts": 0, "opaque": 0}
     links: dict[tuple[int, int], str] = {}
-    with open(out, "wb") as raw:
-        hw = digest.HashingWriter(raw)
-        with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with open(out, "wb") as raw, digest.HashingWriter(raw) as hw:
+        with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
             for rel in _walk(src):
                 for info, data in _entries(src, rel, mtime, prefix, links, counts):
                     tar.addfile(info, data)
                     counts["entries"] += 1
                     if data:
                         data.close()
-        raw.flush()
-        os.fsync(raw.fileno())
     return LayerInfo(out, hw.digest, hw.size, counts["entries"], counts["whiteouts"], counts["opaque"])
 
 

@@ -112,8 +112,7 @@ class Layout:
         """Stream ``src`` into a blob; refuse it if ``expect`` is given and does not match."""
         tmp = self.path / "blobs" / "sha256" / f".tmp-{uuid.uuid4().hex}"
         try:
-            with open(tmp, "wb") as f:
-                hw = digest.HashingWriter(f)
+            with open(tmp, "wb") as f, digest.HashingWriter(f) as hw:
                 while chunk := src.read(digest.CHUNK):
                     hw.write(chunk)
                 f.flush()
@@ -321,12 +320,17 @@ class Store(Layout):
         return desc, desc.digest
 
     def add_layer_dir(self, directory: str | os.PathLike) -> tuple[Descriptor, str]:
-        """Turn a directory (an upper dir, or a rootfs) into a stored layer."""
-        tmp = lab.inside(lab.root() / "tmp" / f"layer-{uuid.uuid4().hex}.tar")
-        tmp.parent.mkdir(exist_ok=True)
+        """Turn a directory (an upper dir, or a rootfs) into a stored layer, written straight
+        into the blob directory (one pass: the tar is hashed as it is written)."""
+        tmp = self.path / "blobs" / "sha256" / f".tmp-{uuid.uuid4().hex}"
         try:
-            layer.create(directory, tmp)
-            return self.add_layer_tar(tmp)
+            info = layer.create(directory, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            final = self.blob_path(info.diff_id)
+            if not final.exists():
+                tmp.rename(final)
+            return Descriptor(LAYER, info.diff_id, info.size), info.diff_id
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -1,0 +1,88 @@
+"""Layer create/apply against GNU tar, and image unpack/repack against umoci (lesson 03).
+
+The tree: 2,000 files of 4 KiB and 16 files of 8 MiB (136 MiB). GNU tar is run with
+the flags that make its output reproducible too (sorted, mtime 0, numeric owner 0).
+umoci repack gzips its layer (labkit stores layers uncompressed): that is part of its cost.
+Ratios are labkit time / tool time: below 1 means labkit is faster.
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+from labkit import lab
+from labkit.image import layer, store as st
+from labkit.tree import write_big_file
+
+REPEAT = 3
+
+
+def _median(fn, before=None) -> float:
+    runs = []
+    for _ in range(REPEAT):
+        if before:
+            before()
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def _tree(d):
+    for i in range(2000):
+        p = d / f"small/{i // 100:02d}/{i:04d}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(4096))
+    (d / "big").mkdir()
+    for i in range(16):
+        write_big_file(d / "big" / f"{i:02d}.bin", 8 << 20)
+
+
+def main() -> None:
+    own = "LABKIT_HOME" not in os.environ
+    if own:
+        os.environ["LABKIT_HOME"] = tempfile.mkdtemp(prefix="labkit-bench-")
+    w = lab.scratch("bench-layers")
+    src = w / "tree"
+    _tree(src)
+    os.sync()
+    gnu_flags = ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner"]
+    rows = []
+    t_lab = _median(lambda: layer.create(src, w / "lab.tar"))
+    t_tar = _median(lambda: subprocess.run(["tar", *gnu_flags, "-cf", str(w / "gnu.tar"), "-C", str(src), "."],
+                                           check=True))
+    rows.append(("layer create vs tar -c", t_lab, t_tar))
+    reset_dest = lambda: lab.fresh_dir(w / "dest")
+    t_lab = _median(lambda: layer.apply(w / "lab.tar", w / "dest"), reset_dest)
+    t_tar = _median(lambda: subprocess.run(["tar", "-xf", str(w / "gnu.tar"), "-C", str(w / "dest")], check=True),
+                    reset_dest)
+    rows.append(("layer apply vs tar -x", t_lab, t_tar))
+
+    s = st.Store()
+    s.import_rootfs(src, "bench")
+    layout = s.save("bench", w / "layout", "v1")
+    t_lab = _median(lambda: s.flatten("bench", w / "flat"), lambda: lab.fresh_dir(w / "flat"))
+    t_umoci = _median(lambda: subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(w / "bundle")],
+                                             check=True, capture_output=True),
+                      lambda: shutil.rmtree(w / "bundle", ignore_errors=True))
+    rows.append(("unpack vs umoci unpack", t_lab, t_umoci))
+    (w / "bundle" / "rootfs" / "big" / "00.bin").write_bytes(b"changed")
+    (w / "flat" / "big" / "00.bin").write_bytes(b"changed")
+    t_lab = _median(lambda: s.add_layer("bench", w / "flat", "bench2", "change"))
+    t_umoci = _median(lambda: subprocess.run(["umoci", "repack", "--image", f"{layout}:v2", str(w / "bundle")],
+                                             check=True, capture_output=True))
+    rows.append(("layer of a whole rootfs vs umoci repack (diff only, gzip)", t_lab, t_umoci))
+
+    print(f"\nlayers, 136 MiB tree, median of {REPEAT} (s)")
+    print(f"{'':<58} {'labkit':>8} {'tool':>8} {'ratio':>7}")
+    for name, a, b in rows:
+        print(f"{name:<58} {a:>8.3f} {b:>8.3f} {a / b:>6.2f}x")
+    lab.reset()
+    if own:
+        shutil.rmtree(os.environ.pop("LABKIT_HOME"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Lesson 04: storage drivers, three ways to give N containers their own root filesystem.
+
+* **vfs**: no copy-on-write at all: every container gets a full copy of the image's files
+  (Docker's vfs driver, the fallback that works everywhere).
+* **overlay**: the image's layers are shared read-only lowerdirs; each container has only an
+  upper and a work dir, and one overlay mount (Docker's overlay2, containerd's default).
+* **btrfs**: the image is unpacked once into a btrfs subvolume; each container is a
+  *snapshot* of it, which shares every extent until written (Docker's btrfs driver). The
+  btrfs filesystem lives in an image file under the lab root, attached to a loop device.
+
+Each driver measures itself: time to create the i-th container and disk used so far.
+Everything (mounts, the loop device) is in the lab's ledger and taken down by close().
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import lab, overlay
+from .errors import LabError
+from .image import store as st
+
+
+class DriverError(LabError):
+    """A storage driver that cannot be set up here."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The i-th container created: how long it took and the disk used by all so far."""
+    driver: str
+    containers: int
+    seconds: float
+    disk_bytes: int
+
+
+def du(*paths: Path) -> int:
+    """Bytes of disk used below ``paths`` (st_blocks), each inode counted once, like du(1)."""
+    seen, total = set(), 0
+    for top in paths:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                st_ = os.lstat(os.path.join(dirpath, name))
+                if (st_.st_dev, st_.st_ino) not in seen:
+                    seen.add((st_.st_dev, st_.st_ino))
+                    total += st_.st_blocks * 512
+    return total
+
+
+class Driver:
+    """Create container root filesystems for one image under ``root``."""
+    name = "?"
+
+    def __init__(self, store: st.Store, image: str, root: Path):
+        self.store, self.image, self.root = store, image, lab.fresh_dir(root)
+        self.containers: list[Path] = []
+
+    def create(self) -> Path:
+        """One more container; returns the directory its processes would see as /."""
+        raise NotImplementedError
+
+    def disk_used(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        lab.remove_tree(self.root)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VFS(Driver):
+    name = "vfs"
+
+    def __init__(self, store, image, root):
+        super().__init__(store, image, root)
+        self.base = store.flatten(image, self.root / "image")
+
+    def create(self) -> Path:
+        dest = self.root / f"c{len(self.containers)}"
+        subprocess.run(["cp", "-a", "--reflink=never", str(self.base), str(dest)], check=True)
+        self.containers.append(dest)
+        return dest
+
+    def disk_used(self) -> int:
+        return du(*self.containers)
+
+
+class Overlay(Driver):
+    name = "overlay"
+
+    def __init__(self, store, image, root):
+        super().__init__(store, image, root)
+        self.lowers = store.unpack(image)
+        self.mounts: list[overlay.Overlay] = []
+
+    def create(self) -> Path:
+        d = self.root / f"c{len(self.containers)}"
+        ov = overlay.Overlay(self.lowers, d / "upper", d / "work", d / "merged").mount()
+        self.mounts.append(ov)
+        self.containers.append(ov.merged)
+        return ov.merged
+
+    def disk_used(self) -> int:
+        """The shared layers once, plus each container's upper and work dirs."""
+        return du(*self.lowers) + du(*(ov.upperdir for ov in self.mounts), *(ov.workdir for ov in self.mounts))
+
+    def close(self) -> None:
+        for ov in self.mounts:
+            ov.unmount()
+        super().close()
+
+
+class Btrfs(Driver):
+    name = "btrfs"
+    SIZE = 2 << 30          # a sparse file: only what btrfs writes takes disk
+
+    def __init__(self, store, image, root):
+        super().__init__(store, image, root)
+        for tool in ("mkfs.btrfs", "btrfs", "losetup"):
+            if not shutil.which(tool):
+                raise DriverError(f"{tool} is missing", "apt-get install btrfs-progs util-linux")
+        self.file = self.root / "btrfs.img"
+        with open(self.file, "wb") as f:
+            f.truncate(self.SIZE)
+        self.loop_entry = lab.record("loop", self.file, "btrfs for lesson 04")
+        self.device = _run("losetup", "--find", "--show", str(self.file)).strip()
+        _run("mkfs.btrfs", "-q", self.device)
+        self.mnt = self.root / "mnt"
+        self.mnt.mkdir()
+        self.mount_entry = lab.record("mount", self.mnt, "btrfs on a loop device")
+        _run("mount", "-t", "btrfs", self.device, str(self.mnt))
+        self.empty = self._used()
+        _run("btrfs", "subvolume", "create", str(self.mnt / "image"))
+        store.flatten(image, self.mnt / "image")
+        _run("btrfs", "filesystem", "sync", str(self.mnt))
+
+    def create(self) -> Path:
+        dest = self.mnt / f"c{len(self.containers)}"
+        _run("btrfs", "subvolume", "snapshot", str(self.mnt / "image"), str(dest))
+        self.containers.append(dest)
+        return dest
+
+    def _used(self) -> int:
+        os.sync()
+        v = os.statvfs(self.mnt)
+        return (v.f_blocks - v.f_bfree) * v.f_frsize
+
+    def disk_used(self) -> int:
+        """Blocks the filesystem uses beyond an empty one: the image once, plus metadata."""
+        _run("btrfs", "filesystem", "sync", str(self.mnt))
+        return self._used() - self.empty
+
+    def close(self) -> None:
+        lab.release(self.mount_entry)
+        lab.release(self.loop_entry)
+        super().close()
+
+
+DRIVERS = {"vfs": VFS, "overlay": Overlay, "btrfs": Btrfs}
+
+
+def measure(driver: str, store: st.Store, image: str, n: int) -> list[Cost]:
+    """Create ``n`` containers of ``image`` with ``driver``; one Cost after each."""
+    out = []
+    with DRIVERS[driver](store, image, lab.root() / "scratch" / f"driver-{driver}") as d:
+        total = 0.0
+        for i in range(1, n + 1):
+            t = time.perf_counter()
+            root = d.create()
+            total += time.perf_counter() - t
+            if not (root / "bin" / "busybox").exists():
+                raise DriverError(f"{driver} container {i} has no /bin/busybox", "the driver is broken")
+            out.append(Cost(driver, i, total, d.disk_used()))
+    return out
+
+
+def _run(*argv: str) -> str:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise DriverError(f"{' '.join(argv)} failed: {r.stderr.strip()[:300]}",
+                          "run `labkit preflight`; loop devices need root and the loop module")
+    return r.stdout
+
+
+def one_byte_write(driver: str, store: st.Store, image: str, path: str) -> int:
+    """Disk the driver uses more after one container overwrites one byte of ``path``.
+
+    overlay copies the whole file up; btrfs copies only the extent block written; vfs has
+    already paid (the container owns a full copy)."""
+    with DRIVERS[driver](store, image, lab.root() / "scratch" / f"driver-{driver}-write") as d:
+        root = d.create()
+        before = d.disk_used()
+        with open(root / path, "r+b") as f:
+            f.write(b"!")
+        os.sync()
+        return d.disk_used() - before

@@ -1,0 +1,195 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Storage drivers
+#
+# A container engine must give every container its own writable root filesystem built from
+# the image's layers. How it does that is the job of its **storage driver**. Docker has had
+# many: aufs (the first default on Debian and Ubuntu), devicemapper (Red Hat and SUSE),
+# overlay and overlay2, btrfs, zfs, and vfs. They all stack layers and copy on write, except
+# vfs, which copies everything. They differ a lot in speed and in disk used, and the choice
+# depends on the kernel and file systems at hand. Here you measure three of them on this
+# machine's kernel: **vfs**, **overlay** and **btrfs** (on a loop device).
+#
+# **What this lesson needs:** root, OverlayFS, btrfs-progs and a loop device.
+# **What it leaves behind:** nothing: every mount and loop device is in the ledger and is
+# removed when each measurement ends.
+
+# %%
+import os, subprocess
+from labkit import lab, drivers, tree, viz
+from labkit.image import store as st
+from labkit.exercises import hint, l04_drivers as ex
+
+home = lab.scratch("04-storage-drivers")
+store = st.Store()
+st.base_image(store)
+tree.write_tree(home / "data", {"data/blob": 64 << 20})           # a 64 MiB file, so sizes show
+fat = store.add_layer("busybox", home / "data", "lesson04/fat", "COPY blob /data/blob")
+print(f"image lesson04/fat: {len(fat.layers)} layers, the top one {fat.layers[-1].size >> 20} MiB")
+
+# %% [markdown]
+# ## 1. vfs: a full copy per container
+#
+# vfs is what a driver looks like without copy-on-write: the image's files are copied, in
+# full, for each container. It works on any file system, which is why it exists.
+
+# %% tags=["nbval-ignore-output"]
+with drivers.VFS(store, "lesson04/fat", home / "vfs") as d:
+    for _ in range(2):
+        d.create()
+    print("containers:", [p.name for p in d.containers])
+    print("disk used by 2 containers:", d.disk_used() // 2**20, "MiB")
+    vfs_two = d.disk_used()
+    same_inode = os.stat(d.containers[0] / "data/blob").st_ino == os.stat(d.containers[1] / "data/blob").st_ino
+
+# %%
+assert vfs_two >= 2 * (64 << 20) and not same_inode
+
+# %% [markdown]
+# ## 2. overlay: shared layers, one upper dir each
+#
+# overlay2 keeps each layer unpacked once (labkit's store does the same, keyed by ChainID)
+# and gives each container an overlay mount: the layers as `lowerdir`, a fresh `upperdir`.
+# Starting a container writes almost nothing.
+
+# %% tags=["nbval-ignore-output"]
+with drivers.Overlay(store, "lesson04/fat", home / "ovl") as d:
+    for _ in range(2):
+        d.create()
+    for ov in d.mounts:
+        print(ov.merged.parent.name, "lowerdirs:", [p.name[:12] for p in ov.lowerdirs], "upper:", os.listdir(ov.upperdir))
+    ovl_two = d.disk_used()
+    print("disk used by 2 containers:", ovl_two // 2**20, "MiB")
+
+# %%
+assert (64 << 20) <= ovl_two < (64 << 20) * 1.2
+
+# %% [markdown]
+# ## 3. btrfs: snapshots of a subvolume
+#
+# btrfs is a copy-on-write file system by itself. The driver unpacks the image into a
+# **subvolume**, and each container is a **snapshot** of it: a new tree that shares every data
+# block with the original until one of them writes. There is no btrfs disk here, so labkit
+# makes one: a sparse file under the lab root, attached to a loop device, formatted and mounted.
+
+# %% tags=["nbval-ignore-output"]
+with drivers.Btrfs(store, "lesson04/fat", home / "btrfs") as d:
+    for _ in range(2):
+        d.create()
+    print("loop device backed by", os.path.relpath(d.file, lab.root()))
+    print(subprocess.run(["btrfs", "subvolume", "list", str(d.mnt)], capture_output=True, text=True).stdout)
+    btrfs_two = d.disk_used()
+    print("disk used by 2 containers:", btrfs_two // 2**20, "MiB")
+
+# %%
+assert (64 << 20) <= btrfs_two < (64 << 20) * 1.2
+assert lab.entries() == []          # the mount and the loop device are gone
+
+# %% [markdown]
+# ## 4. One to eight containers, measured
+#
+# Each driver creates eight containers of the same image; after each one we note the total
+# time and the disk used.
+
+# %% tags=["nbval-ignore-output"]
+costs = {name: drivers.measure(name, store, "lesson04/fat", 8) for name in drivers.DRIVERS}
+print(f"{'driver':<8} {'N':>2} {'time (ms)':>10} {'disk (MiB)':>11}")
+for name, rows in costs.items():
+    for c in (rows[0], rows[-1]):
+        print(f"{name:<8} {c.containers:>2} {c.seconds * 1e3:>10.1f} {c.disk_bytes / 2**20:>11.1f}")
+fig = viz.drivers_plot(costs)
+
+# %% [markdown]
+# *Check cell:* vfs grows by a whole image per container; overlay and btrfs stay near one image.
+
+# %%
+image_bytes = 64 << 20
+assert costs["vfs"][-1].disk_bytes >= 8 * image_bytes
+for name in ("overlay", "btrfs"):
+    assert costs[name][-1].disk_bytes < 1.5 * image_bytes, name
+assert costs["vfs"][-1].seconds > costs["overlay"][-1].seconds
+
+# %% [markdown]
+# ## 5. The first write: file-level vs block-level copy-on-write
+#
+# Now one container changes **one byte** of the 64 MiB file. OverlayFS works on whole files:
+# the first write copies the file up, all 64 MiB of it (lesson 01). btrfs works on blocks: the
+# snapshot shares extents, and only the block written is copied. vfs paid in advance.
+
+# %% tags=["nbval-ignore-output"]
+grown = {name: drivers.one_byte_write(name, store, "lesson04/fat", "data/blob") for name in drivers.DRIVERS}
+for name, b in grown.items():
+    print(f"{name:<8} disk grew by {b / 2**20:8.3f} MiB")
+
+# %%
+assert grown["overlay"] >= 64 << 20
+assert grown["btrfs"] < 1 << 20
+assert grown["vfs"] == 0
+
+# %% [markdown]
+# ## 6. aufs and devicemapper, as history
+#
+# * **aufs** was a union file system like OverlayFS, kept out of the mainline kernel; Debian and
+#   Ubuntu carried it as a patch, and Docker used it first. Its whiteouts live on in every image
+#   layer: `.wh.NAME` (lesson 03). Is it in this kernel?
+
+# %% tags=["nbval-ignore-output"]
+filesystems = open("/proc/filesystems").read().split()
+print("aufs:", "aufs" in filesystems, "| overlay:", "overlay" in filesystems, "| btrfs:", "btrfs" in filesystems)
+
+# %% [markdown]
+# * **devicemapper** stacked layers as block devices: a thin pool, with each layer and each
+#   container a thin snapshot of its parent device. It copies on write like btrfs, at the block
+#   level, below any file system; the loop device you just used is the same device-level idea in
+#   its simplest form. It was removed from Docker in version 25.
+#
+# Which to choose? The one the kernel and the disk support well: overlay2 on most systems
+# today; btrfs or zfs where the root disk already is one; vfs only when nothing else works.
+#
+# ## Exercises
+#
+# ### Exercise 04.vfs: predict the disk
+# How many MiB will **five** vfs containers of `lesson04/fat` use?
+
+# %%
+my_mib = None   # your answer
+
+# %%
+ex.check_vfs_prediction(my_mib)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# About 5 x 66 MiB (the 64 MiB file plus busybox) = 330 MiB: `my_mib = 330`.
+# </details>
+#
+# ### Exercise 04.choose: choose the driver
+# Which driver keeps the disk flat as containers are added **and** copies only the changed
+# blocks when a container writes into a big file: `"vfs"`, `"overlay"` or `"btrfs"`?
+
+# %%
+my_driver = None
+
+# %%
+ex.check_driver_choice(my_driver)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `"btrfs"`: snapshots share blocks, and a write copies only the block it touches.
+# </details>
+#
+# ## Clean up
+
+# %%
+store.remove("lesson04/fat")
+lab.remove_tree(home)
+assert lab.entries() == [] and not home.exists() and "lesson04/fat" not in store.refs()
+print("clean")
