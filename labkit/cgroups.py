@@ -1,17 +1,37 @@
-"""cgroups: which version of each controller this host runs, and where it is mounted.
+"""cgroups: limit what a group of processes may use, on v1, v2 or a mix of both.
 
 A host may mount every controller in the unified v2 tree (/sys/fs/cgroup), every
 controller in its own v1 hierarchy, or a mix ("hybrid": this lab's CI machine has
 memory, pids and cpu on v1 and an empty v2 tree beside them). So we never hard-code
 a path: we read /proc/self/mountinfo (proc(5)) and the v2 root's cgroup.controllers
-(Documentation/admin-guide/cgroup-v2.rst, "Controlling Controllers").
+(Documentation/admin-guide/cgroup-v2.rst, "Controlling Controllers"), and pick, per
+controller, the hierarchy that has it.
+
+:class:`Group` is one interface over both: the same ``set_memory``, ``oom_kills`` or
+``freeze`` writes ``memory.limit_in_bytes`` on v1 and ``memory.max`` on v2
+(Documentation/admin-guide/cgroup-v1/memory.rst, pids.rst, cfs-bandwidth in
+scheduler/sched-bwc.rst). Groups live under a ``labkit`` parent, are in the lab's
+ledger, and are removed by close() (which kills what is left inside first).
 """
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import lab
+from .errors import LabError
 from .mountinfo import mounts
+
+PARENT = "labkit"
+KNOWN = ("cpu", "cpuacct", "cpuset", "memory", "pids", "io", "blkio", "freezer",
+         "devices", "hugetlb", "perf_event", "net_cls", "net_prio", "rdma", "misc")
+
+
+class CgroupError(LabError):
+    """A controller that is missing or a limit that cannot be set."""
 
 
 @dataclass(frozen=True)
@@ -42,5 +62,199 @@ def controllers() -> dict[str, Controller]:
     return found
 
 
-KNOWN = ("cpu", "cpuacct", "cpuset", "memory", "pids", "io", "blkio", "freezer",
-         "devices", "hugetlb", "perf_event", "net_cls", "net_prio", "rdma", "misc")
+def v2_root() -> Path | None:
+    """Where the unified (v2) hierarchy is mounted, if it is."""
+    return next((m.mountpoint for m in mounts() if m.fstype == "cgroup2"), None)
+
+
+@dataclass(frozen=True)
+class CpuStat:
+    periods: int          # enforcement periods that had runnable tasks
+    throttled: int        # periods in which the group hit its quota
+    throttled_s: float    # time spent throttled
+
+
+class Group:
+    """One cgroup, made in every hierarchy that holds one of ``want``.
+
+    ``freeze`` is always available: through the v1 freezer, or v2's cgroup.freeze.
+    """
+
+    def __init__(self, name: str, want=("memory", "pids", "cpu")):
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise CgroupError(f"{name!r} is not a usable cgroup name", "use letters, digits, - and _")
+        self.name = name
+        found = controllers()
+        missing = [c for c in want if c not in found]
+        if missing:
+            raise CgroupError(f"this host has no {', '.join(missing)} cgroup controller",
+                              "run `labkit preflight`; enable it on the kernel command line")
+        self.ctl = {c: found[c] for c in want}
+        freezer = found.get("freezer")
+        self.freezer = freezer if freezer and freezer.version == 1 else None
+        self.paths: dict[str, Path] = {}          # controller (or "freezer", "v2") -> its dir
+        self._entries = []
+        made: dict[Path, Path] = {}               # one dir per hierarchy: v2 holds them all
+        extra = [self.freezer] if self.freezer else [Controller("v2", 2, v2_root())] if v2_root() else []
+        if not extra:
+            raise CgroupError("no freezer: neither a v1 freezer nor a v2 hierarchy", "mount cgroup2")
+        for c in [*self.ctl.values(), *extra]:
+            if c.mountpoint not in made:
+                made[c.mountpoint] = self._make(c)
+            self.paths[c.name] = made[c.mountpoint]
+
+    def _make(self, c: Controller) -> Path:
+        parent = c.mountpoint / PARENT
+        parent.mkdir(exist_ok=True)
+        if c.version == 2:
+            self._enable_v2(c.mountpoint, parent)
+        d = parent / self.name
+        self._entries.append(lab.record("cgroup", d, f"cgroup v{c.version} for {self.name}"))
+        try:
+            d.mkdir()
+        except FileExistsError:
+            raise CgroupError(f"the cgroup {d} already exists", "run `labkit reset` to remove old groups") from None
+        return d
+
+    def _enable_v2(self, root: Path, parent: Path) -> None:
+        wanted = [c.name for c in self.ctl.values() if c.version == 2]
+        for d in (root, parent):
+            have = (d / "cgroup.controllers").read_text().split()
+            add = " ".join(f"+{n}" for n in wanted if n in have)
+            if add:
+                (d / "cgroup.subtree_control").write_text(add)
+
+    def _file(self, controller: str, v1: str, v2: str) -> Path:
+        c = self.ctl.get(controller)
+        if c is None:
+            raise CgroupError(f"the group {self.name} was made without the {controller} controller",
+                              f"make it with want=(..., {controller!r})")
+        return self.paths[controller] / (v1 if c.version == 1 else v2)
+
+    # --- membership ---
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (and its future children) into the group, in every hierarchy."""
+        for d in set(self.paths.values()):
+            (d / "cgroup.procs").write_text(str(pid))
+
+    def procs(self) -> list[int]:
+        d = next(iter(self.paths.values()))
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+
+    # --- limits ---
+    def set_memory(self, limit: int) -> None:
+        """memory.limit_in_bytes (v1) / memory.max (v2). Swap is off on the lab machines."""
+        self._file("memory", "memory.limit_in_bytes", "memory.max").write_text(str(limit))
+
+    def set_pids(self, n: int) -> None:
+        self._file("pids", "pids.max", "pids.max").write_text(str(n))
+
+    def set_cpu(self, cpus: float, period_us: int = 100_000) -> None:
+        """At most ``cpus`` CPUs' worth of time per period (CFS bandwidth control)."""
+        quota = max(1000, int(cpus * period_us))
+        if self.ctl["cpu"].version == 1:
+            self._file("cpu", "cpu.cfs_period_us", "").write_text(str(period_us))
+            self._file("cpu", "cpu.cfs_quota_us", "").write_text(str(quota))
+        else:
+            self._file("cpu", "", "cpu.max").write_text(f"{quota} {period_us}")
+
+    # --- readings ---
+    def memory_current(self) -> int:
+        return int(self._file("memory", "memory.usage_in_bytes", "memory.current").read_text())
+
+    def oom_kills(self) -> int:
+        """Processes the OOM killer killed in this group (v1 memory.oom_control, v2 memory.events)."""
+        text = self._file("memory", "memory.oom_control", "memory.events").read_text()
+        return _field(text, "oom_kill")
+
+    def pids_current(self) -> int:
+        return int(self._file("pids", "pids.current", "pids.current").read_text())
+
+    def cpu_stat(self) -> CpuStat:
+        text = self._file("cpu", "cpu.stat", "cpu.stat").read_text()
+        v1 = self.ctl["cpu"].version == 1
+        return CpuStat(_field(text, "nr_periods"), _field(text, "nr_throttled"),
+                       _field(text, "throttled_time") / 1e9 if v1 else _field(text, "throttled_usec") / 1e6)
+
+    # --- freezing ---
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop (or resume) every process of the group at once."""
+        if self.freezer:
+            (self.paths["freezer"] / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+        else:
+            (self.paths["v2"] / "cgroup.freeze").write_text("1" if frozen else "0")
+
+    def thaw(self) -> None:
+        self.freeze(False)
+
+    # --- the end ---
+    def kill_all(self) -> None:
+        """SIGKILL every process of the group (thawing it first, or they could not die)."""
+        try:
+            self.thaw()
+        except OSError:
+            pass
+        for _ in range(50):
+            pids = self.procs()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Kill what is left, remove the group's directories and, if empty, the labkit parent."""
+        self.kill_all()
+        for e in reversed(self._entries):
+            lab.release(e)
+        for d in {p.parent for p in self.paths.values()}:
+            try:
+                d.rmdir()
+            except OSError:
+                pass          # another group still lives there
+
+    def __enter__(self) -> "Group":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _field(text: str, key: str) -> int:
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return 0
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """rmdir a cgroup after killing its processes (used by the ledger and reset)."""
+    p = Path(path)
+    if not p.is_dir():
+        return
+    for _ in range(50):
+        try:
+            pids = [int(x) for x in (p / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    try:
+        p.rmdir()
+    except OSError:
+        time.sleep(0.05)
+        p.rmdir()
+    try:
+        p.parent.rmdir()    # the labkit parent, once empty
+    except OSError:
+        pass

@@ -125,8 +125,15 @@ def _ledger_dir() -> Path:
 
 
 def record(kind: str, path: str | os.PathLike, note: str = "") -> Entry:
-    """Write an entry to the ledger *before* creating the thing it names."""
-    if kind != "process":
+    """Write an entry to the ledger *before* creating the thing it names.
+
+    Mounts and loop files must lie under the lab root; cgroups must be directories of a
+    ``labkit`` group in a cgroup hierarchy (they cannot live under the lab root)."""
+    if kind == "cgroup":
+        p = Path(path)
+        if p.parent.name != "labkit" or not str(p).startswith("/sys/fs/cgroup/"):
+            raise OutsideLabRoot(f"{p} is not a labkit cgroup", "cgroups go in a labkit/ group under /sys/fs/cgroup")
+    elif kind != "process":
         inside(path)
     e = Entry(kind, str(path), note=note)
     tmp = _ledger_dir() / f".{e.id}.tmp"
@@ -169,10 +176,8 @@ def release(entry: Entry) -> str:
             subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
             what += f" (detached {line.split(':', 1)[0]})"
     elif entry.kind == "cgroup":
-        try:
-            os.rmdir(entry.path)
-        except FileNotFoundError:
-            pass
+        from .cgroups import remove_dir
+        remove_dir(entry.path)
     forget(entry)
     return what
 
