@@ -118,7 +118,8 @@ class Overlay:
             lab.forget(self._entry)
             self._entry = None
             e = kernel.explain_with_log(e, t0, "overlay")
-            if "incompat" in e.kernel_log and self.workdir:
+            # the kernel's own message may be rate-limited away, so look for the cause too
+            if self.workdir and (self.workdir / "work" / "incompat" / "volatile").exists():
                 e = KernelError(e.call, e.errno, e.path, "", "a volatile mount left "
                                 f"{self.workdir}/work/incompat behind: remove it with "
                                 "overlay.clear_volatile(workdir) and mount again", e.kernel_log)
