@@ -179,39 +179,53 @@ def new_api_available() -> bool:
 
 
 # --- the kernel log -----------------------------------------------------------------------
-def kernel_messages_since(t0: float, match: str = "") -> list[str]:
-    """Lines of the kernel log (/dev/kmsg) stamped after ``t0`` (a time.monotonic() value).
+class KernelLog:
+    """The kernel log (/dev/kmsg) from now on: open it before a call, read what the call logged.
 
     Some filesystems (overlayfs among them) explain a refused mount only here, in the log
-    dmesg(1) prints. Records read "prio,seq,usec,flags;text" (Documentation/ABI/testing/dev-kmsg).
+    dmesg(1) prints. Opening /dev/kmsg and seeking to its end skips every older record;
+    records read "prio,seq,usec,flags;text" (Documentation/ABI/testing/dev-kmsg).
     """
-    out = []
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return out
-    try:
-        while True:
+
+    def __init__(self):
+        try:
+            self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError:
+            self.fd = None           # not root, or no /dev/kmsg: errors just lack the log line
+
+    def read(self, match: str = "") -> list[str]:
+        """New records since opening (or the last read) that contain ``match``."""
+        out = []
+        while self.fd is not None:
             try:
-                rec = os.read(fd, 8192).decode(errors="replace")
+                rec = os.read(self.fd, 8192).decode(errors="replace")
             except BlockingIOError:
                 break
-            except OSError:  # EPIPE: a record was overwritten while we read; go on
+            except OSError:      # EPIPE: a record was overwritten while we read; go on
                 continue
-            head, _, text = rec.partition(";")
-            fields = head.split(",")
-            if len(fields) >= 3 and int(fields[2]) >= t0 * 1e6 and match in text:
-                out.append(text.strip())
-    finally:
-        os.close(fd)
-    return out
+            text = rec.partition(";")[2].strip()
+            if match in text:
+                out.append(text)
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "KernelLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def explain_with_log(err: KernelError, t0: float, match: str) -> KernelError:
-    """The same error with the kernel log lines since ``t0`` that mention ``match`` added."""
+def explain_with_log(err: KernelError, log: KernelLog, match: str) -> KernelError:
+    """The same error with what the kernel logged about it (lines containing ``match``)."""
     if err.kernel_log:
         return err
-    lines = kernel_messages_since(t0, match)
+    lines = log.read(match)
     if not lines:
         return err
     return KernelError(err.call, err.errno, err.path, "", err.fix, "; ".join(lines))

@@ -111,13 +111,13 @@ class Overlay:
         if api == "auto":
             api = "mount" if len(self.option_string()) <= MAX_OPTIONS or not lowerdir_plus() else "new"
         self._entry = lab.record("mount", self.merged, f"overlay, {len(self.lowerdirs)} lower layers")
-        t0 = time.monotonic()
+        klog = kernel.KernelLog()
         try:
             (_mount_new if api == "new" else _mount_classic)(self)
         except KernelError as e:
             lab.forget(self._entry)
             self._entry = None
-            e = kernel.explain_with_log(e, t0, "overlay")
+            e = kernel.explain_with_log(e, klog, "overlay")
             # the kernel's own message may be rate-limited away, so look for the cause too
             if self.workdir and (self.workdir / "work" / "incompat" / "volatile").exists():
                 e = KernelError(e.call, e.errno, e.path, "", "a volatile mount left "
@@ -128,6 +128,8 @@ class Overlay:
             lab.forget(self._entry)
             self._entry = None
             raise
+        finally:
+            klog.close()
         self.used_api = api
         return self
 
