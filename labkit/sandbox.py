@@ -75,17 +75,43 @@ def run_command(argv: list[str], namespaces: Iterable[str] = ("mnt",), timeout: 
 
 
 def enter(namespaces: Iterable[str]) -> None:
-    """unshare(2) the given namespace types; with "mnt", make every mount private."""
+    """unshare(2) the given namespace types; with "mnt", make every mount private; with
+    "user", map uid and gid 0 inside to the caller's own ids (user_namespaces(7): one line
+    mapping one's own id is allowed without privilege; setgroups must be denied first)."""
+    namespaces = tuple(namespaces)
+    uid, gid = os.geteuid(), os.getegid()        # before unshare: afterwards they read 65534
     flags = 0
     for name in namespaces:
         flags |= kernel.NAMESPACES[name]
     if flags:
         kernel.unshare(flags)
+    if "user" in namespaces:
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {gid} 1")
     if "mnt" in namespaces:
         kernel.make_private("/")
 
 
+RESULT_FD = -1     # in a sandbox child: the pipe the result goes back through
+
+
+def close_fds() -> None:
+    """Close every fd above 2 except the result pipe, as a runtime must before exec."""
+    keep = RESULT_FD
+    if keep > 2:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 65536)
+    else:
+        os.closerange(3, 65536)
+
+
 def _child(w: int, fn, args, kwargs, namespaces) -> None:
+    global RESULT_FD
+    RESULT_FD = w
     out = io.StringIO()
     sys.stdout = sys.stderr = out       # Jupyter's streams belong to the parent
     signal.signal(signal.SIGINT, signal.default_int_handler)

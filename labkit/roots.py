@@ -1,0 +1,103 @@
+"""Lesson 05: chroot vs pivot_root, and the ways out of a root that is only changed.
+
+chroot(2) changes one thing: where "/" resolves for this process. The old root is still
+mounted, the working directory may lie outside the new root, and root may call chroot
+again: ``mkdir x; chroot x; cd ..`` (many times) ``; chroot .`` walks out. pivot_root(2)
+changes the root *mount* of the whole mount namespace; once the old root is unmounted
+there is nothing left to walk back to. Two more doors stay open unless closed too:
+
+* without a PID namespace, a freshly mounted /proc still lists the host's processes, and
+  ``/proc/<host pid>/root`` is that process's root directory: the host's;
+* a file descriptor opened on the host before the switch still points at the host.
+
+:func:`attempt` runs one attack against one kind of root in a throwaway child and says
+whether it reached a marker file that exists only on the host.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import kernel, lab, sandbox
+
+ATTACKS = ("chroot-dotdot", "proc-host-root", "leaked-fd")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    root: str            # "chroot" or "pivot_root"
+    attack: str          # one of ATTACKS
+    pid_ns: bool
+    close_fds: bool
+    escaped: bool
+    saw: list[str]       # the top of "/" after the attack
+
+    def __str__(self) -> str:
+        defences = [d for d, on in (("PID namespace", self.pid_ns), ("fds closed", self.close_fds)) if on]
+        verdict = "ESCAPED to the host" if self.escaped else "contained"
+        return f"{self.root:<10} + {', '.join(defences) or 'no other defence':<28} vs {self.attack:<14}: {verdict}"
+
+
+def attempt(rootfs: str | os.PathLike, root: str, attack: str, pid_ns: bool = False,
+            close_fds: bool = False) -> Attempt:
+    """Enter ``rootfs`` with ``root`` ("chroot" or "pivot_root"), then try ``attack``."""
+    if attack not in ATTACKS or root not in ("chroot", "pivot_root"):
+        raise ValueError(f"root is chroot or pivot_root, attack one of {ATTACKS}")
+    rootfs = lab.inside(rootfs)
+    marker = lab.root() / f"host-marker-{secrets.token_hex(4)}"
+    marker.write_text("you are on the host\n")
+    try:
+        escaped, saw = sandbox.run(_inside, str(rootfs), root, attack, str(marker), close_fds, os.getpid(),
+                                   namespaces=("mnt", "pid") if pid_ns else ("mnt",))
+    finally:
+        marker.unlink()
+    return Attempt(root, attack, pid_ns, close_fds, escaped, saw)
+
+
+def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, host_pid: int):
+    leaked = os.open("/", os.O_RDONLY | os.O_DIRECTORY)      # an fd a careless runtime passes on
+    if root == "chroot":
+        os.chroot(rootfs)
+        os.chdir("/")
+    else:
+        kernel.mount(rootfs, rootfs, None, kernel.MS_BIND | kernel.MS_REC)   # must be a mount point
+        old = os.path.join(rootfs, ".old-root")
+        os.makedirs(old, exist_ok=True)
+        kernel.pivot_root(rootfs, old)
+        os.chdir("/")
+        kernel.umount2("/.old-root", kernel.MNT_DETACH)
+        os.rmdir("/.old-root")
+    os.makedirs("/proc", exist_ok=True)
+    kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+    if close_fds:
+        sandbox.close_fds()
+        leaked = None
+    assert not os.path.exists(marker), "the marker must be invisible after the root change"
+    try:
+        if attack == "chroot-dotdot":
+            os.makedirs("/.escape", exist_ok=True)
+            os.chroot("/.escape")           # the cwd (/) is now outside the root
+            for _ in range(64):
+                os.chdir("..")
+            os.chroot(".")
+        elif attack == "proc-host-root":     # the process that started us lives on the host
+            os.chroot(f"/proc/{host_pid}/root")
+        elif leaked is not None:
+            os.fchdir(leaked)
+            os.chroot(".")
+    except OSError:
+        pass
+    return os.path.exists(marker), sorted(os.listdir("/"))[:12]
+
+
+def table(rootfs: str | os.PathLike) -> list[Attempt]:
+    """Every attack against chroot, pivot_root alone, and pivot_root with both defences."""
+    out = []
+    for root, pid_ns, close_fds in (("chroot", False, False), ("pivot_root", False, False),
+                                    ("pivot_root", True, False), ("pivot_root", False, True),
+                                    ("pivot_root", True, True)):
+        for attack in ATTACKS:
+            out.append(attempt(rootfs, root, attack, pid_ns, close_fds))
+    return out
