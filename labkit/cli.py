@@ -6,6 +6,7 @@ and status 1. Commands grow with the lessons (see README.md for the full list).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from . import lab
@@ -114,6 +115,45 @@ def cmd_image(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from . import container
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    c = container.Container.create(args.image, cmd or None, hostname=args.hostname, memory=args.memory,
+                                   pids=args.pids, cpus=args.cpus, volumes=args.volume or [], name=args.name or "")
+    c.start(capture=False)
+    res = c.wait()
+    if args.rm:
+        c.remove()
+    if res.oom_killed or res.signal:
+        print(f"labkit: {res.message}", file=sys.stderr)
+    return res.exit_code
+
+
+def cmd_ps(args) -> int:
+    from . import container
+    print(f"{'CONTAINER':<14} {'NAME':<16} {'IMAGE':<20} {'STATUS':<12} COMMAND")
+    for c in container.containers():
+        done = c.dir / "result.json"
+        status = f"exited {json.loads(done.read_text())['exit_code']}" if done.exists() else "created"
+        print(f"{c.id:<14} {c.cfg.name[:16]:<16} {c.cfg.image[:20]:<20} {status:<12} {' '.join(c.cfg.cmd)[:40]}")
+    return 0
+
+
+def cmd_commit(args) -> int:
+    from . import container
+    img = container.Container.load(args.container).commit(args.name)
+    print(f"{img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers (the last is the container's changes)")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from . import container
+    for ident in args.containers:
+        container.Container.load(ident).remove()
+        print(f"removed {ident}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="Container images from the kernel up.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,6 +196,27 @@ def parser() -> argparse.ArgumentParser:
     im.add_argument("-t", "--tag", metavar="NAME")
     im.add_argument("--busybox", action="store_true", help="the lab's base image from busybox-static")
     image.set_defaults(fn=cmd_image)
+
+    run = sub.add_parser("run", help="run a command in a container: IMAGE -- CMD...")
+    run.add_argument("--memory", help="memory limit, e.g. 64m")
+    run.add_argument("--pids", type=int, help="most processes at once")
+    run.add_argument("--cpus", type=float, help="CPU time, e.g. 0.5")
+    run.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
+                     help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
+    run.add_argument("--hostname")
+    run.add_argument("--name", help="a name to commit or remove it by")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("image", metavar="IMAGE")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    run.set_defaults(fn=cmd_run)
+    sub.add_parser("ps", help="list containers").set_defaults(fn=cmd_ps)
+    cm = sub.add_parser("commit", help="CONTAINER NAME: the container's read-write layer as a new image")
+    cm.add_argument("container")
+    cm.add_argument("name")
+    cm.set_defaults(fn=cmd_commit)
+    rm = sub.add_parser("rm", help="remove containers (their volumes stay)")
+    rm.add_argument("containers", nargs="+")
+    rm.set_defaults(fn=cmd_rm)
     return p
 
 

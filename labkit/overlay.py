@@ -101,6 +101,15 @@ class Overlay:
     def mounted(self) -> bool:
         return self._entry is not None
 
+    def mount_here(self) -> None:
+        """Mount without a ledger entry: only for a child inside its own private mount
+        namespace (a container), where the mount dies with the namespace."""
+        api = self.api if self.api != "auto" else (
+            "mount" if len(self.option_string()) <= MAX_OPTIONS or not lowerdir_plus() else "new")
+        for d in [self.merged, *([self.upperdir, self.workdir] if self.upperdir else [])]:
+            d.mkdir(parents=True, exist_ok=True)
+        (_mount_new if api == "new" else _mount_classic)(self)
+
     def mount(self) -> "Overlay":
         """Mount it (recorded in the ledger first); returns self."""
         if self.mounted:

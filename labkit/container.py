@@ -1,0 +1,365 @@
+"""Lessons 05 and 06: a container is a process, with its own root filesystem.
+
+What ``labkit run IMAGE -- CMD`` does, in order:
+
+1. a cgroup with the limits asked for (--memory, --pids, --cpus), see cgroups.py;
+2. fork; the child joins the cgroup and unshares mnt, uts, ipc, net, pid and cgroup
+   namespaces, then forks again: the grandchild is PID 1 of the new PID namespace;
+3. PID 1 mounts the root filesystem as an overlay of three parts (seed 002):
+   the image's read-only layers, an **init layer** (etc/hostname, etc/hosts,
+   etc/resolv.conf, written for this container only) and a **read-write layer**;
+   bind-mounts the volumes; mounts /proc and a small /dev;
+4. pivot_root(2) into it, unmounts the old root, closes every inherited fd, and
+   execs the command. Its exit status comes back; an OOM kill is named as such.
+
+``commit`` turns the read-write layer alone into a new image layer: not the init layer,
+not the volumes. Everything a container makes is under ``<lab root>/containers/<id>``
+or inside its own namespaces; its cgroup and process are in the lab's ledger.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cgroups, kernel, lab, overlay, sandbox
+from .errors import LabError
+from .image import store as st
+
+NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+
+
+class ContainerError(LabError):
+    """A container that cannot be made, started or found."""
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'64m' -> 67108864 (k, m, g suffixes, powers of 1024)."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, KeyError):
+        raise ContainerError(f"{text!r} is not a size", "write it like 64m, 512k or 1g") from None
+
+
+@dataclass
+class Config:
+    """What the container was asked to be (saved as config.json in its directory)."""
+    id: str
+    image: str
+    cmd: list[str]
+    hostname: str
+    memory: int | None = None
+    pids: int | None = None
+    cpus: float | None = None
+    volumes: list[str] = field(default_factory=list)     # "HOST:CTR" after anonymous ones are made
+    env: list[str] = field(default_factory=list)
+    workdir: str = "/"
+    name: str = ""
+
+
+@dataclass
+class Result:
+    """How a container's command ended."""
+    id: str
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    oom_killed: bool = False
+    signal: str = ""
+
+    @property
+    def message(self) -> str:
+        if self.oom_killed:
+            return ("the container was killed by the OOM killer: it used more memory than its --memory "
+                    "limit. Raise the limit, or make the command use less")
+        if self.signal:
+            return f"the container's command was killed by {self.signal}"
+        return f"the container's command exited with status {self.exit_code}"
+
+
+class Container:
+    """A container's directory, configuration and (while it runs) its processes."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dir = lab.root() / "containers" / cfg.id
+        self.init, self.upper, self.work, self.rootfs = (self.dir / n for n in ("init", "upper", "work", "rootfs"))
+        self.pid: int | None = None
+        self.group: cgroups.Group | None = None
+
+    id = property(lambda self: self.cfg.id)
+
+    # --- making one ---
+    @classmethod
+    def create(cls, image: str, cmd: list[str] | None = None, *, hostname: str | None = None,
+               memory: str | int | None = None, pids: int | None = None, cpus: float | None = None,
+               volumes: list[str] = (), name: str = "", store: st.Store | None = None) -> "Container":
+        store = store or st.Store()
+        img = store.image(image)
+        conf = img.config.get("config", {})
+        cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
+        cid = secrets.token_hex(6)
+        cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
+                     [], list(conf.get("Env", [])), conf.get("WorkingDir") or "/", name or cid)
+        if name and any(c.cfg.name == name for c in containers()):
+            raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
+        c = cls(cfg)
+        lab.inside(c.dir).mkdir(parents=True)
+        for d in (c.upper, c.work, c.rootfs):
+            d.mkdir()
+        cfg.volumes = [_volume(v) for v in volumes]
+        c._write_init_layer()
+        c.lowerdirs = [c.init, *store.unpack(image)]
+        c._save()
+        return c
+
+    def _write_init_layer(self) -> None:
+        """The init layer: files the runtime writes for this container alone (seed 002)."""
+        etc = self.init / "etc"
+        etc.mkdir(parents=True)
+        (etc / "hostname").write_text(self.cfg.hostname + "\n")
+        (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{self.cfg.hostname}\n")
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        (etc / "resolv.conf").write_text(resolv or "nameserver 127.0.0.1\n")
+
+    def _save(self) -> None:
+        (self.dir / "config.json").write_text(json.dumps({**asdict(self.cfg),
+                                                          "lowerdirs": [str(p) for p in self.lowerdirs]}))
+
+    @classmethod
+    def load(cls, ident: str) -> "Container":
+        for c in containers():
+            if ident in (c.cfg.id, c.cfg.name):
+                return c
+        raise ContainerError(f"there is no container {ident!r}", "list them with `labkit ps`")
+
+    # --- running it ---
+    def start(self, capture: bool = True) -> "Container":
+        """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours."""
+        self.group = cgroups.Group(f"c-{self.id}")
+        if self.cfg.memory:
+            self.group.set_memory(self.cfg.memory)
+        if self.cfg.pids:
+            self.group.set_pids(self.cfg.pids)
+        if self.cfg.cpus:
+            self.group.set_cpu(self.cfg.cpus)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out = [os.pipe(), os.pipe()] if capture else None
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(err_r)
+                if out:
+                    os.dup2(out[0][1], 1)
+                    os.dup2(out[1][1], 2)
+                self._child(err_w)
+            finally:
+                os._exit(127)
+        os.close(err_w)
+        self.pid = pid
+        self._entry = lab.record("process", str(pid), f"container {self.id}")
+        if out:
+            os.close(out[0][1])
+            os.close(out[1][1])
+            self._out = (out[0][0], out[1][0])
+        else:
+            self._out = None
+        failure = b""
+        while chunk := os.read(err_r, 4096):     # empty at exec: the fd was close-on-exec
+            failure += chunk
+        os.close(err_r)
+        if failure:
+            self.wait()
+            raise ContainerError(failure.decode(), "check the command and the image (labkit image inspect)")
+        return self
+
+    def _child(self, err_w: int) -> None:
+        """The first child: join the cgroup, make namespaces, fork PID 1, pass its status on."""
+        try:
+            self.group.add(os.getpid())
+            sandbox.enter(NAMESPACES)
+            pid1 = os.fork()
+        except BaseException as e:
+            os.write(err_w, f"could not set the container up: {e}".encode())
+            os._exit(127)
+        if pid1 == 0:
+            self._pid1(err_w)
+        os.close(err_w)
+        signal.signal(signal.SIGTERM, lambda *a: os.kill(pid1, signal.SIGKILL))
+        _, status = os.waitpid(pid1, 0)
+        if os.WIFSIGNALED(status):
+            os._exit(128 + os.WTERMSIG(status))
+        os._exit(os.WEXITSTATUS(status))
+
+    def _pid1(self, err_w: int) -> None:
+        """PID 1 of the container: build the root filesystem, pivot_root into it, exec."""
+        step = "starting"
+        try:
+            step = "setting the hostname"
+            socket.sethostname(self.cfg.hostname)
+            step = "bringing up lo"
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
+            step = "mounting the overlay"
+            ov = overlay.Overlay(self.lowerdirs, self.upper, self.work, self.rootfs)
+            ov.mount_here()
+            r = str(self.rootfs)
+            for spec in self.cfg.volumes:
+                step = f"mounting the volume {spec}"
+                host, ctr = spec.split(":", 1)
+                target = self.rootfs / ctr.lstrip("/")
+                target.mkdir(parents=True, exist_ok=True)
+                kernel.mount(host, str(target), None, kernel.MS_BIND)
+            step = "mounting /proc and /dev"
+            (self.rootfs / "proc").mkdir(exist_ok=True)
+            kernel.mount("proc", f"{r}/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+            (self.rootfs / "dev").mkdir(exist_ok=True)
+            kernel.mount("tmpfs", f"{r}/dev", "tmpfs", kernel.MS_NOSUID, "mode=755,size=64k")
+            for name, (major, minor) in DEVICES.items():
+                os.mknod(f"{r}/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            step = "pivot_root"
+            kernel.mount(r, r, None, kernel.MS_BIND | kernel.MS_REC)
+            old = self.rootfs / ".old-root"
+            old.mkdir(exist_ok=True)
+            kernel.pivot_root(r, str(old))
+            os.chdir("/")
+            kernel.umount2("/.old-root", kernel.MNT_DETACH)
+            os.rmdir("/.old-root")
+            step = "closing inherited fds"
+            os.closerange(3, err_w)
+            os.closerange(err_w + 1, 65536)
+            env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
+            env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+            env["HOSTNAME"] = self.cfg.hostname
+            step = f"changing to the working directory {self.cfg.workdir}"
+            os.chdir(self.cfg.workdir)
+            step = f"executing {self.cfg.cmd[0]!r}"
+            os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
+        except BaseException as e:
+            os.write(err_w, f"container {self.id}: {step} failed: {e}".encode())
+            os._exit(127)
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command to end; collect its output; remove the cgroup."""
+        if self.pid is None:
+            raise ContainerError(f"container {self.id} is not running", "start it first")
+        names = dict(zip(self._out or (), ("stdout", "stderr")))
+        bufs = {"stdout": bytearray(), "stderr": bytearray()}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while names:
+                left = None if deadline is None else max(0, deadline - time.monotonic())
+                ready, _, _ = select.select(list(names), [], [], left)
+                if not ready:
+                    raise ContainerError(f"container {self.id} ran longer than {timeout} s",
+                                         "it was killed; pass a larger timeout")
+                for fd in ready:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        bufs[names[fd]] += chunk
+                    else:
+                        os.close(fd)
+                        del names[fd]
+            _, status = os.waitpid(self.pid, 0)
+        except BaseException:
+            for fd in names:
+                os.close(fd)
+            self.kill()
+            raise
+        code = os.waitstatus_to_exitcode(status)
+        code = code if code >= 0 else 128 - code
+        oom = self.group.oom_kills() > 0 if self.group and self.cfg.memory else False
+        sig = signal.Signals(code - 128).name if code > 128 and code - 128 < 65 else ""
+        res = Result(self.id, code, bufs["stdout"].decode(errors="replace"),
+                     bufs["stderr"].decode(errors="replace"), oom, sig)
+        self._finish()
+        (self.dir / "result.json").write_text(json.dumps(asdict(res)))
+        return res
+
+    def kill(self) -> None:
+        """SIGKILL every process of the container (through its cgroup) and reap."""
+        if self.group:
+            self.group.kill_all()
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.group:
+            self.group.close()
+            self.group = None
+        if self.pid:
+            lab.forget(self._entry)
+            self.pid = None
+
+    # --- after it ran ---
+    def diff(self) -> list[overlay.Change]:
+        """What the command changed: the read-write layer, classified (lesson 01)."""
+        return overlay.upper_changes(self.upper, self.lowerdirs)
+
+    def commit(self, name: str, store: st.Store | None = None) -> st.Image:
+        """A new image: the container's image plus its read-write layer (only)."""
+        store = store or st.Store()
+        return store.add_layer(self.cfg.image, self.upper, name,
+                               f"labkit commit {self.cfg.name}: {' '.join(self.cfg.cmd)}")
+
+    def remove(self) -> None:
+        """Delete the container's directory (its volumes stay: they are not the container's)."""
+        if self.pid:
+            self.kill()
+        lab.remove_tree(self.dir)
+
+
+def _volume(spec: str) -> str:
+    """'HOST:CTR' (HOST under the lab root, made if missing) or 'CTR' (an anonymous volume)."""
+    if ":" in spec:
+        host, ctr = spec.split(":", 1)
+        h = lab.inside(host)
+        h.mkdir(parents=True, exist_ok=True)
+    else:
+        ctr = spec
+        h = lab.root() / "volumes" / secrets.token_hex(6) / "_data"
+        h.mkdir(parents=True)
+    if not ctr.startswith("/") or ".." in Path(ctr).parts:
+        raise ContainerError(f"volume target {ctr!r} must be an absolute path inside the container",
+                             "write it like /data")
+    return f"{h}:{ctr}"
+
+
+def containers() -> list[Container]:
+    """Every container whose directory exists, oldest first."""
+    top = lab.root() / "containers"
+    out = []
+    for d in sorted(top.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if top.exists() else []:
+        data = json.loads(d.read_text())
+        lowers = data.pop("lowerdirs", [])
+        c = Container(Config(**data))
+        c.lowerdirs = [Path(p) for p in lowers]
+        out.append(c)
+    return out
+
+
+def run(image: str, cmd: list[str] | None = None, timeout: float | None = 120, **opts) -> tuple[Container, Result]:
+    """Create, start and wait for a container; returns it (for diff and commit) and its Result."""
+    c = Container.create(image, cmd, **opts)
+    c.start()
+    return c, c.wait(timeout)
