@@ -96,6 +96,13 @@ class Process:
                 pass
             if "pid" not in self.namespaces:
                 os.waitpid(self.pid, 0)      # our own child; a PID-namespace init was adopted
+            for _ in range(200):             # ...and is reaped by its new parent: wait for that
+                try:
+                    if Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+                except OSError:
+                    break
+                time.sleep(0.005)
             lab.forget(self._entry)
             self.pid = 0
 

@@ -1,0 +1,247 @@
+"""Namespaces, escapes, cgroups and containers on the real kernel; nothing left behind."""
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from labkit import cgroups, container, lab, ns, roots
+from labkit.image import store as st
+from labkit.tree import read_tree
+
+from conftest import need
+
+
+@pytest.fixture
+def busybox(lab_root):
+    s = st.Store()
+    st.base_image(s)
+    return s
+
+
+# --- namespaces ---------------------------------------------------------------------------
+def test_process_in_new_namespaces_and_joining_them(lab_root):
+    with ns.Process(("mnt", "uts", "pid", "ipc", "net"), hostname="box") as p:
+        mine, theirs = ns.links(), p.links()
+        assert {t for t in ns.TYPES if mine[t] != theirs[t]} == {"mnt", "uts", "pid", "ipc", "net"}
+        assert p.run(socket.gethostname) == "box"
+        assert p.run(lambda: [n for _, n in socket.if_nameindex()]) == ["lo"]
+        assert p.run(os.getpid) > 1          # a new child in that PID namespace
+        pid = p.pid
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    assert lab.entries() == []
+
+
+def test_user_namespace_maps_root_to_the_caller(lab_root, tmp_path):
+    assert ns.in_user_ns(ns.identity)["uid_map"] == ["0", "0", "1"]
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+        import ctypes
+        ctypes.CDLL(None).prctl(4, 1)          # PR_SET_DUMPABLE, lost by setuid
+        return ns.in_user_ns(ns.identity)
+    from labkit import sandbox
+    ident = sandbox.run(as_nobody, namespaces=())
+    assert ident["uid"] == 0 and ident["uid_map"] == ["0", "65534", "1"]
+    assert ident["CapEff"] != "0000000000000000"     # capabilities, but only inside
+
+
+# --- chroot vs pivot_root ------------------------------------------------------------------
+def test_escapes(busybox):
+    rootfs = busybox.flatten("busybox", lab.scratch("rootfs"))
+    result = {(a.root, a.pid_ns, a.close_fds, a.attack): a.escaped for a in roots.table(rootfs)}
+    assert result[("chroot", False, False, "chroot-dotdot")] is True
+    assert result[("pivot_root", False, False, "chroot-dotdot")] is False
+    assert result[("pivot_root", False, False, "proc-host-root")] is True
+    assert result[("pivot_root", True, False, "proc-host-root")] is False
+    assert result[("pivot_root", False, False, "leaked-fd")] is True
+    assert result[("pivot_root", False, True, "leaked-fd")] is False
+    assert not any(v for (r, p, c, _), v in result.items() if r == "pivot_root" and p and c)
+
+
+# --- cgroups ---------------------------------------------------------------------------------
+def test_controllers_are_discovered():
+    ctl = cgroups.controllers()
+    need(all(c in ctl for c in ("memory", "pids", "cpu")), "memory, pids and cpu cgroup controllers")
+    for c in ctl.values():
+        assert c.version in (1, 2) and c.mountpoint.is_dir()
+
+
+def _in_group(group, fn):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            group.add(os.getpid())
+            fn()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def test_memory_limit_ends_in_an_oom_kill(lab_root):
+    with cgroups.Group("t-mem") as g:
+        g.set_memory(32 << 20)
+
+        def hog():
+            chunks = [bytearray(1 << 20) for _ in range(128)]   # 128 MiB, touched
+            for c in chunks:
+                c[::4096] = b"x" * len(c[::4096])
+        status = _in_group(g, hog)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+        assert g.oom_kills() == 1
+    assert not any("t-mem" in p for p in os.listdir(cgroups.controllers()["memory"].mountpoint / ".."))
+
+
+def test_pids_limit_stops_a_fork_bomb(lab_root):
+    r, w = os.pipe()
+    with cgroups.Group("t-pids") as g:
+        g.set_pids(10)
+
+        def bomb():
+            kids, n = [], 0
+            try:
+                while True:
+                    k = os.fork()
+                    if k == 0:
+                        time.sleep(10)
+                        os._exit(0)
+                    kids.append(k)
+                    n += 1
+            except BlockingIOError:
+                os.write(w, str(n).encode())
+            for k in kids:
+                os.kill(k, 9)
+        _in_group(g, bomb)
+    assert int(os.read(r, 10)) == 9          # the bomb itself is the tenth process
+
+
+def test_cpu_quota_throttles(lab_root):
+    with cgroups.Group("t-cpu") as g:
+        g.set_cpu(0.2, period_us=20_000)
+
+        def spin():
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                pass
+        t = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            g.add(os.getpid())
+            spin()
+            os._exit(0)
+        _, _, usage = os.wait4(pid, 0)
+        share = (usage.ru_utime + usage.ru_stime) / (time.monotonic() - t)
+        assert share < 0.35 and g.cpu_stat().throttled > 5
+
+
+def test_freeze_stops_every_process(lab_root):
+    with cgroups.Group("t-frz") as g:
+        pid = os.fork()
+        if pid == 0:
+            g.add(os.getpid())
+            while True:
+                pass
+        time.sleep(0.1)
+        g.freeze()
+        time.sleep(0.1)
+        before = os.times()
+        cpu1 = _cpu_ticks(pid)
+        time.sleep(0.3)
+        assert _cpu_ticks(pid) == cpu1
+        g.thaw()
+        time.sleep(0.3)
+        assert _cpu_ticks(pid) > cpu1
+    os.waitpid(pid, 0)
+
+
+def _cpu_ticks(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_groups_are_removed_even_after_a_crash(lab_root):
+    code = "from labkit import cgroups; g = cgroups.Group('t-crash'); import os; os._exit(1)"
+    subprocess.run([os.sys.executable, "-c", code], env=dict(os.environ, LABKIT_HOME=str(lab_root)))
+    mem = cgroups.controllers()["memory"].mountpoint / "labkit" / "t-crash"
+    assert mem.exists()
+    assert any("t-crash" in line for line in lab.reset())
+    assert not mem.exists()
+
+
+# --- containers ------------------------------------------------------------------------------
+def test_run_is_isolated(busybox):
+    c, r = container.run("busybox", ["/bin/sh", "-c", "echo $$; hostname; cat /etc/hostname; ls /proc | grep -c '^[0-9]'; ip -o link | wc -l"],
+                         hostname="box")
+    assert r.exit_code == 0, r.stderr
+    pid, host, etc_host, nprocs, links = r.stdout.split()
+    assert (pid, host, etc_host, links) == ("1", "box", "box", "1") and int(nprocs) <= 3
+    assert lab.entries() == [] and not os.path.exists(f"/sys/fs/cgroup/memory/labkit/c-{c.id}")
+
+
+def test_exit_status_output_and_exec_errors(busybox):
+    _, r = container.run("busybox", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (r.exit_code, r.stdout, r.stderr) == (7, "out\n", "err\n")
+    with pytest.raises(container.ContainerError, match="executing '/nope' failed"):
+        container.run("busybox", ["/nope"])
+
+
+def test_oom_is_named(busybox):
+    _, r = container.run("busybox", ["/bin/sh", "-c", "a=x; while true; do a=$a$a$a$a; done"], memory="16m")
+    assert r.oom_killed and r.exit_code == 137 and "OOM killer" in r.message
+
+
+def test_pids_limit_in_a_container(busybox):
+    _, r = container.run("busybox", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait"],
+                         pids=4, timeout=30)
+    assert "can't fork" in r.stderr or "Resource temporarily unavailable" in r.stderr
+
+
+def test_commit_keeps_the_rw_layer_only(busybox, lab_root):
+    c, r = container.run("busybox", ["/bin/sh", "-c", "echo hi > /etc/motd; rm /bin/vi; echo v > /data/in-volume"],
+                         hostname="box", volumes=[f"{lab_root}/vol:/data"])
+    assert r.exit_code == 0, r.stderr
+    kinds = {ch.path: ch.kind for ch in c.diff()}
+    assert kinds["etc/motd"] == "new" and kinds["bin/vi"] == "whiteout" and kinds["data"] == "new"
+    assert (lab_root / "vol" / "in-volume").read_text() == "v\n"    # the volume lives on the host
+    img = c.commit("committed")
+    flat = busybox.flatten("committed", lab.scratch("flat"))
+    tree = read_tree(flat)
+    assert tree["etc/motd"] == "hi\n" and "bin/vi" not in tree
+    assert "etc/hostname" not in tree                     # the init layer is not committed
+    assert tree["data"] is None and "data/in-volume" not in tree   # nor the volume's contents
+    assert img.history[-1]["created_by"].startswith("labkit commit")
+    c.remove()
+    assert (lab_root / "vol" / "in-volume").exists()      # the volume outlives the container
+
+
+def test_anonymous_volume(busybox):
+    c, r = container.run("busybox", ["/bin/sh", "-c", "echo x > /scratch/f"], volumes=["/scratch"])
+    host = c.cfg.volumes[0].split(":")[0]
+    assert r.exit_code == 0 and open(f"{host}/f").read() == "x\n" and host.startswith(str(lab.root() / "volumes"))
+
+
+def test_volume_outside_the_lab_root_is_refused(busybox, tmp_path):
+    with pytest.raises(lab.OutsideLabRoot):
+        container.Container.create("busybox", ["true"], volumes=[f"{tmp_path}:/data"])
+
+
+def test_labkit_image_runs_the_same_under_runc(busybox):
+    """The same image, saved as OCI, unpacked by umoci and run by runc, prints the same."""
+    script = "echo $$; cat /etc/passwd | head -1; ls /bin | wc -l"
+    _, mine = container.run("busybox", ["/bin/sh", "-c", script])
+    out = lab.scratch("runc")
+    busybox.save("busybox", out / "layout", "v1")
+    subprocess.run(["umoci", "unpack", "--image", f"{out / 'layout'}:v1", str(out / "bundle")], check=True,
+                   capture_output=True)
+    spec = json.loads((out / "bundle" / "config.json").read_text())
+    spec["process"]["args"] = ["/bin/sh", "-c", script]
+    spec["process"]["terminal"] = False
+    (out / "bundle" / "config.json").write_text(json.dumps(spec))
+    runc = subprocess.run(["runc", "--root", str(out / "runc-state"), "run", "--bundle", str(out / "bundle"),
+                           f"labkit-test-{os.getpid()}"], capture_output=True, text=True, timeout=60)
+    assert runc.returncode == 0, runc.stderr
+    assert runc.stdout == mine.stdout
