@@ -303,6 +303,8 @@ class Container:
                 pass
         self._finish()
 
+    stop = kill     # a detached container (start() without wait()) is stopped the same way
+
     def _finish(self) -> None:
         if self.group:
             self.group.close()

@@ -233,3 +233,82 @@ def drivers_plot(costs: dict):
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- lesson 05: namespaces and cgroups -----------------------------------------------------------
+def namespace_graph(processes: dict) -> graphviz.Digraph:
+    """Processes ``{label: ns.links() dict}`` pointing at the namespaces they are in; a
+    namespace shared by several processes is one node (namespaces(7): same inode, same one)."""
+    g = graphviz.Digraph("ns", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.1"},
+                         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"})
+    users: dict = {}
+    for label, links in processes.items():
+        for t, inode in links.items():
+            users.setdefault((t, inode), []).append(label)
+    for label in processes:
+        g.node(f"p_{label}", label, shape="box", fillcolor="#fde2b8")
+    for (t, inode), who in sorted(users.items()):
+        g.node(f"{t}_{inode}", f"{t}:[{inode}]", shape="ellipse",
+               fillcolor="#cfe3f7" if len(who) > 1 else "#f7cfcf")
+        for label in who:
+            g.edge(f"p_{label}", f"{t}_{inode}", color="#777777")
+    return g
+
+
+def memory_plot(trace):
+    """Memory charged to the group against time, the limit, and the OOM kill."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    t = [s[0] for s in trace.samples]
+    ax.plot(t, [s[1] / 2**20 for s in trace.samples], label="memory charged to the group")
+    ax.axhline(trace.limit / 2**20, color="red", linestyle="--", label="limit")
+    if trace.killed_by:
+        ax.annotate(f"{trace.killed_by} (oom_kill = {trace.oom_kills})", (t[-1], trace.samples[-1][1] / 2**20),
+                    xytext=(-150, -40), textcoords="offset points", arrowprops={"arrowstyle": "->"})
+    ax.set(xlabel="seconds", ylabel="MiB", title="a memory limit ends in an OOM kill")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def cpu_plot(trace):
+    """CPU share and throttled periods of a spinning child under a quota."""
+    import matplotlib.pyplot as plt
+    fig, a = plt.subplots(figsize=(6, 3.2))
+    t = [s[0] for s in trace.samples]
+    a.plot(t, [s[1] for s in trace.samples], "o-", label="CPU share")
+    a.axhline(trace.cpus, color="red", linestyle="--", label="quota")
+    a.set(xlabel="seconds", ylabel="CPUs used", ylim=(0, 1.05), title="a CPU quota throttles")
+    b = a.twinx()
+    b.plot(t, [s[2] for s in trace.samples], "s:", color="tab:gray", label="throttled periods")
+    b.set_ylabel("throttled periods (total)")
+    a.legend(fontsize=8, loc="upper left")
+    b.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def rootfs_parts(c) -> graphviz.Digraph:
+    """A container's root filesystem: image layers, the init layer, the read-write layer and
+    its volumes, drawn from its directory (container.Container)."""
+    g = graphviz.Digraph("rootfs", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
+                         node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"})
+    prev = None
+    for i, d in enumerate(reversed(c.lowerdirs[1:])):
+        g.node(f"img{i}", f"image layer {d.name[:12]}\\nread-only", fillcolor="#cfe3f7")
+        if prev:
+            g.edge(prev, f"img{i}")
+        prev = f"img{i}"
+    init = ", ".join(sorted(p.name for p in (c.init / "etc").iterdir()))
+    g.node("init", f"init layer\\n{init}\\nread-only, not committed", fillcolor="#e8d9f7")
+    g.edge(prev, "init")
+    changed = len(list(c.upper.rglob("*")))
+    g.node("rw", f"read-write layer\\n{changed} entries\\ncommitted by `commit`", fillcolor="#fde2b8")
+    g.edge("init", "rw")
+    g.node("root", f"container /  ({c.cfg.hostname})", shape="folder", fillcolor="#d9f2d0")
+    g.edge("rw", "root")
+    for i, v in enumerate(c.cfg.volumes):
+        host, ctr = v.split(":", 1)
+        g.node(f"vol{i}", f"volume {ctr}\\nhost dir, not committed", fillcolor="#eeeeee", shape="cylinder")
+        g.edge(f"vol{i}", "root", style="dashed", label="bind")
+    return g

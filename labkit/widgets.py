@@ -92,3 +92,30 @@ def fault_meter() -> w.VBox:
     start.on_click(on_start)
     stop.on_click(lambda _: [ev.set() for ev in list(_RUNNING)])
     return w.VBox([w.HBox([size, pages, rate]), w.HBox([start, stop]), meter, label, plot])
+
+
+# --- lesson 05: pick namespaces, see what changes ------------------------------------------
+def namespace_picker() -> w.VBox:
+    """Tick namespace types, press Start: a process starts in new namespaces of those types,
+    and the picture shows which namespaces it shares with this notebook (ns.Process)."""
+    from . import ns
+    boxes = {t: w.Checkbox(value=t in ("uts", "pid"), description=t, indent=False) for t in ns.TYPES if t != "user"}
+    go = w.Button(description="Start a process", button_style="primary")
+    out = w.Output()
+    state = {}
+
+    def start(_):
+        chosen = tuple(t for t, b in boxes.items() if b.value)
+        if state.get("p"):
+            state["p"].stop()
+        out.clear_output(wait=True)
+        with out:
+            p = state["p"] = ns.Process(chosen, hostname="picked" if "uts" in chosen else None)
+            import socket
+            print(f"new namespaces: {', '.join(chosen) or 'none'}; its hostname: {p.run(socket.gethostname)}")
+            display(viz.namespace_graph({"this notebook": ns.links(), f"process {p.pid}": p.links()}))
+            p.stop()
+            state["p"] = None
+
+    go.on_click(start)
+    return w.VBox([w.HBox(list(boxes.values())), go, out])

@@ -27,7 +27,8 @@ from typing import Callable
 from .. import lab
 from ..errors import LabError
 
-LESSON_MODULES = ("l00_welcome", "l01_overlayfs", "l02_cow", "l03_layers", "l04_drivers")   # later lessons add theirs here
+LESSON_MODULES = ("l00_welcome", "l01_overlayfs", "l02_cow", "l03_layers", "l04_drivers",
+                  "l05_process", "l06_rootfs")   # later lessons add theirs here
 
 
 @dataclass

@@ -1,0 +1,286 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · A container is a process
+#
+# There is no "container" object in the Linux kernel. A container is an ordinary process that
+# the kernel shows a restricted **view** of the machine (namespaces), that may use only so much
+# of it (cgroups), and whose root directory was switched to an image's files. A container
+# runtime does three things for the process it starts: set up namespaces, set cgroup limits,
+# and change the root. Namespaces have limits too: every container still shares the host's
+# kernel, and some things (the clock, kernel modules, /proc/sys knobs) cannot be put into a
+# namespace at all.
+#
+# **What this lesson needs:** root, every namespace type, the memory, pids and cpu cgroup
+# controllers (v1 or v2). Section 1's user namespace also works as an ordinary user.
+# **What it leaves behind:** nothing: processes, cgroups and mounts end with each experiment.
+
+# %%
+import os, socket
+from labkit import lab, ns, roots, cgroups, container, viz, widgets
+from labkit.image import store as st
+from labkit.exercises import hint, l05_process as ex
+
+home = lab.scratch("05-container-process")
+store = st.Store()
+st.base_image(store)
+print("namespace types:", ", ".join(ns.TYPES))
+
+# %% [markdown]
+# ## 1. Namespaces: a process's own view
+#
+# `/proc/PID/ns/` has one link per namespace type; its target names the namespace by an inode
+# number. Two processes with the same number share that namespace. Here a process starts in
+# new mount, UTS, PID, IPC and network namespaces (`ns.Process`); it keeps our user and cgroup
+# namespaces.
+
+# %% tags=["nbval-ignore-output"]
+p = ns.Process(("mnt", "uts", "pid", "ipc", "net"), hostname="box")
+mine, theirs = ns.links(), p.links()
+for t in ns.TYPES:
+    print(f"{t:<7} notebook {mine[t]}  process {theirs[t]}  {'shared' if mine[t] == theirs[t] else 'NEW'}")
+
+# %% [markdown]
+# `p.run(fn)` forks a child that joins the process's namespaces with `setns(2)` (through a
+# *pidfd*, Linux 5.8+) and runs `fn` there. From inside, the hostname is its own, the only
+# network interface is `lo`, and the PID numbers start again at 1:
+
+# %%
+print("hostname inside:", p.run(socket.gethostname), "| outside:", socket.gethostname() != "box")
+print("interfaces inside:", p.run(lambda: [name for _, name in socket.if_nameindex()]))
+print("PID of a new process inside:", p.run(os.getpid) < 10)
+
+# %%
+assert {t for t in ns.TYPES if mine[t] != theirs[t]} == {"mnt", "uts", "pid", "ipc", "net"}
+assert p.run(socket.gethostname) == "box" and socket.gethostname() != "box"
+assert p.run(lambda: [name for _, name in socket.if_nameindex()]) == ["lo"]
+
+# %% [markdown]
+# The picture: red namespaces are the process's own, blue ones are shared with the notebook.
+
+# %% tags=["nbval-ignore-output"]
+viz.namespace_graph({"notebook": mine, f"process {p.pid}": theirs})
+
+# %%
+g = viz.namespace_graph({"notebook": mine, "process": theirs}).source
+assert g.count("#f7cfcf") == 10 and g.count("#cfe3f7") == 2   # 5 new types x 2 processes; user, cgroup shared
+p.stop()
+
+# %% [markdown]
+# **Try it.** Tick namespace types and start a process; the picture shows what it shares.
+
+# %% tags=["nbval-ignore-output"]
+widgets.namespace_picker()
+
+# %% [markdown]
+# ### User namespaces
+#
+# In a new **user** namespace a process can be uid 0, with every capability, while outside
+# it is still the user who started it: `uid_map` says which outside uid "0" stands for. This
+# works without root (for an ordinary user the map is `0 <your uid> 1`), which is how rootless
+# containers start.
+
+# %%
+inside = ns.in_user_ns(ns.identity)
+print("uid inside:", inside["uid"], "| uid_map:", " ".join(inside["uid_map"]),
+      "| a new user namespace:", inside["user_ns"] != ns.links()["user"])
+
+# %%
+assert inside["uid"] == 0 and inside["uid_map"] == ["0", str(os.geteuid()), "1"]
+
+# %% [markdown]
+# ## 2. chroot vs pivot_root
+#
+# Changing the root is the third step. `chroot(2)` only changes where "/" resolves for one
+# process: the old root is still mounted, and root inside can walk out again. The classic way:
+# make a directory, chroot into it (the working directory is now *outside* the root), climb
+# `..` as far as it goes, and chroot there. `pivot_root(2)` replaces the root **mount** of the
+# mount namespace; after the old root is unmounted there is nothing to climb back to.
+# Two more ways out stay open unless closed: without a PID namespace, `/proc/<pid>/root` of a
+# host process is the host's root; and a file descriptor opened on the host before the switch
+# still points there. Each attack below runs in a throwaway child against a busybox root, and
+# tries to reach a marker file that exists only on the host.
+
+# %% tags=["nbval-ignore-output"]
+rootfs = store.flatten("busybox", home / "rootfs")
+attempts = roots.table(rootfs)
+for a in attempts:
+    print(a)
+
+# %% [markdown]
+# *Check cell:* what each defence stops. chroot falls to all three; pivot_root alone stops the
+# `..` climb; a PID namespace stops `/proc/<host pid>/root`; closing inherited fds stops the
+# leaked fd; pivot_root with both defences stops everything here.
+
+# %%
+esc = {(a.root, a.pid_ns, a.close_fds, a.attack): a.escaped for a in attempts}
+assert esc[("chroot", False, False, "chroot-dotdot")]
+assert not esc[("pivot_root", False, False, "chroot-dotdot")]
+assert esc[("pivot_root", False, False, "proc-host-root")] and not esc[("pivot_root", True, False, "proc-host-root")]
+assert esc[("pivot_root", False, False, "leaked-fd")] and not esc[("pivot_root", False, True, "leaked-fd")]
+assert not any(esc[("pivot_root", True, True, attack)] for attack in roots.ATTACKS)
+
+# %% [markdown]
+# ## 3. cgroups: how much it may use
+#
+# A cgroup is a directory in a cgroup file system; writing a PID to its `cgroup.procs` moves
+# that process (and its future children) in; files beside it set limits and report use. Hosts
+# differ: on **cgroup v1** each controller has its own hierarchy (`memory.limit_in_bytes`,
+# `cpu.cfs_quota_us`), on **v2** one tree holds them all (`memory.max`, `cpu.max`). This machine:
+
+# %% tags=["nbval-ignore-output"]
+for name in ("memory", "pids", "cpu", "freezer"):
+    c = cgroups.controllers().get(name)
+    print(f"{name:<8}", f"v{c.version} at {c.mountpoint}" if c else "not available")
+
+# %%
+assert all(cgroups.controllers()[c].version in (1, 2) for c in ("memory", "pids", "cpu"))
+
+# %% [markdown]
+# ### Memory: a limit ends in an OOM kill
+#
+# A child in a group limited to 64 MiB allocates 2 MiB every 10 ms, touching every page. We
+# sample the memory charged to the group until the kernel's OOM killer ends it with SIGKILL;
+# the group counts the kill (`oom_kill`).
+
+# %% tags=["nbval-ignore-output"]
+mem = cgroups.memory_trace(limit=64 << 20)
+fig = viz.memory_plot(mem)
+print(f"killed by {mem.killed_by} at {max(b for _, b in mem.samples) >> 20} MiB; oom_kill = {mem.oom_kills}")
+
+# %%
+assert mem.killed_by == "SIGKILL" and mem.oom_kills == 1
+assert max(b for _, b in mem.samples) <= mem.limit
+
+# %% [markdown]
+# ### pids: a fork bomb meets pids.max
+#
+# With `--pids 4` the container's shell cannot start a fifth process: fork fails with EAGAIN
+# ("Resource temporarily unavailable"), and busybox says so.
+
+# %%
+_, bomb = container.run("busybox", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 3 & done; wait"], pids=4)
+print(bomb.stderr.strip().splitlines()[0])
+
+# %%
+assert "can't fork" in bomb.stderr
+
+# %% [markdown]
+# ### CPU: a quota throttles
+#
+# With a quota of 0.2 CPU (4 ms in every 20 ms period), a spinning child gets 20% of a CPU;
+# every period in which it used up its 4 ms counts as throttled.
+
+# %% tags=["nbval-ignore-output"]
+cpu = cgroups.cpu_trace(cpus=0.2, seconds=1.0)
+fig = viz.cpu_plot(cpu)
+
+# %%
+shares = [s for _, s, _ in cpu.samples[1:-1]]
+assert 0.1 < sum(shares) / len(shares) < 0.3 and cpu.samples[-1][2] > 10
+
+# %% [markdown]
+# ### Freeze
+#
+# A whole group can be stopped at once (`freezer.state = FROZEN` on v1, `cgroup.freeze = 1` on
+# v2) and resumed later: its CPU time stands still meanwhile.
+
+# %%
+import time
+with cgroups.Group("lesson05-freeze", want=("memory",)) as grp:
+    pid = os.fork()
+    if pid == 0:
+        grp.add(os.getpid())
+        while True:
+            pass
+    time.sleep(0.2)
+    grp.freeze(); time.sleep(0.1)
+    ticks = lambda: sum(int(x) for x in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
+    t1 = ticks(); time.sleep(0.3); t2 = ticks()
+    grp.thaw(); time.sleep(0.3); t3 = ticks()
+os.waitpid(pid, 0)
+print("CPU ticks while frozen:", t2 - t1, "| after thawing:", t3 - t2 > 0)
+
+# %%
+assert t2 == t1 and t3 > t2
+
+# %% [markdown]
+# ## 4. All three together: `labkit run`
+#
+# `container.run` (and `labkit run` in a terminal) does all of it: a cgroup, six namespaces,
+# an overlay root filesystem, pivot_root, closed fds, then exec. Inside, the shell is PID 1:
+
+# %%
+c, r = container.run("busybox", ["/bin/sh", "-c", "echo pid $$; hostname; ls /proc | grep -c '^[0-9]'; ip -o link | wc -l"],
+                     hostname="lesson05", memory="64m")
+print("\n".join(r.stdout.splitlines()[:2]), "| interfaces:", r.stdout.split()[-1])
+
+# %%
+pid1, hostname, procs, links = r.stdout.split()[1:]
+assert (pid1, hostname, links) == ("1", "lesson05", "1") and int(procs) <= 3 and r.exit_code == 0
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 05.namespaces
+# Which namespace types should a process get so that it can set its **own hostname** but still
+# **share this notebook's network**? Give a list, e.g. `["mnt"]`.
+
+# %%
+my_types = None
+
+# %%
+ex.check_namespaces(my_types)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `my_types = ["uts"]` (adding mnt, ipc or pid is fine too; net is not).
+# </details>
+#
+# ### Exercise 05.memory
+# Find a memory limit (in bytes) that lets a program allocating **24 MiB** run to the end but
+# stops one allocating **64 MiB**.
+
+# %%
+my_limit = None
+
+# %%
+ex.check_memory_limit(my_limit)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `my_limit = 40 << 20`
+# </details>
+#
+# ### Exercise 05.escape
+# Which single defence turns the `leaked-fd` attack from escaped to contained:
+# `"pid namespace"`, `"close fds"` or `"pivot_root"`?
+
+# %%
+my_defence = None
+
+# %%
+ex.check_escape_defence(my_defence)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `"close fds"`: the descriptor itself is the way out, whatever the root.
+# </details>
+#
+# ## Clean up
+
+# %%
+for cont in container.containers():
+    cont.remove()
+lab.remove_tree(home)
+assert lab.entries() == [] and not home.exists() and container.containers() == []
+print("clean")

@@ -1,0 +1,214 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · The container's root filesystem
+#
+# A container's `/` is a union of three parts:
+#
+# 1. the image's **read-only layers**, shared by every container of that image;
+# 2. the **init layer**, also read-only, with the files the runtime writes for this container
+#    alone: `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`. They belong to the container,
+#    not the image, so `commit` must not save them: that is why they are a layer of their own;
+# 3. the **read-write layer**: every change the container makes (a copy-up, a new file, a
+#    whiteout) lands here, and this, only this, is what `commit` saves.
+#
+# **Volumes** are host directories bind-mounted into the container. The mount point appears in
+# the read-write layer as an empty directory, but the contents stay on the host: they are not
+# committed, and they outlive the container.
+#
+# **What this lesson needs:** root, OverlayFS, the cgroup controllers (lesson 05).
+# **What it leaves behind:** nothing: its containers, images and volumes are removed at the end.
+
+# %%
+import os, tarfile
+from labkit import lab, overlay, container, tree, viz, widgets
+from labkit.image import store as st, waste
+from labkit.exercises import hint, l06_rootfs as ex
+
+home = lab.scratch("06-container-rootfs")
+store = st.Store()
+st.base_image(store)
+script = ("echo 'hello from the container' > /etc/motd; rm /bin/vi; "
+          "echo 'kept on the host' > /data/notes.txt; echo tmp > /scratch/t; cat /etc/hostname")
+c, r = container.run("busybox", ["/bin/sh", "-c", script], hostname="web1", name="lesson06-web",
+                     volumes=[f"{home}/data:/data", "/scratch"])
+print("exit", r.exit_code, "| /etc/hostname inside:", r.stdout.strip())
+
+# %%
+assert r.exit_code == 0 and r.stdout.strip() == "web1"
+
+# %% [markdown]
+# ## 1. The three parts on disk
+#
+# Everything about the container is in one directory under the lab root. The overlay was
+# mounted inside the container's own mount namespace, so it is gone with the container; its
+# parts stay on disk:
+
+# %% tags=["nbval-ignore-output"]
+print("lowerdirs, top first:")
+for d in c.lowerdirs:
+    print("  ", "init layer" if d == c.init else "image layer", os.path.relpath(d, lab.root()))
+print("upperdir:", os.path.relpath(c.upper, lab.root()))
+print("init layer files:", sorted(str(p.relative_to(c.init)) for p in c.init.rglob("*") if p.is_file()))
+
+# %% tags=["nbval-ignore-output"]
+viz.rootfs_parts(c)
+
+# %%
+assert c.lowerdirs[0] == c.init and len(c.lowerdirs) == 1 + len(store.image("busybox").layers)
+assert (c.init / "etc" / "hostname").read_text() == "web1\n"
+assert "127.0.1.1\tweb1" in (c.init / "etc" / "hosts").read_text()
+assert "init layer" in viz.rootfs_parts(c).source and "volume /data" in viz.rootfs_parts(c).source
+
+# %% [markdown]
+# ## 2. What the command changed: the read-write layer
+#
+# Read it with lesson 01's eyes: a new file, a whiteout, copied-up directories, and the two
+# volume mount points, empty:
+
+# %%
+for ch in c.diff():
+    print(ch)
+
+# %%
+kinds = {ch.path: ch.kind for ch in c.diff()}
+assert kinds["etc/motd"] == "new" and kinds["bin/vi"] == "whiteout"
+assert kinds["data"] == "new" and kinds["scratch"] == "new"
+assert os.listdir(c.upper / "data") == [] and os.listdir(c.upper / "scratch") == []
+assert not (c.upper / "etc" / "hostname").exists()          # the init layer's file was not touched
+
+# %% [markdown]
+# **Explore.** A read-only union of exactly these parts (read-write layer on top, then the init
+# layer, then the image) shows which part serves each path:
+
+# %% tags=["nbval-ignore-output"]
+view = overlay.Overlay([c.upper, *c.lowerdirs], None, None, home / "view").mount()
+widgets.layer_explorer(view)
+
+# %%
+print(widgets.explain_path(view, "etc/hostname").split(" (")[0])
+print(widgets.explain_path(view, "etc/motd").split(" (")[0])
+print(widgets.explain_path(view, "bin/sh").split(" (")[0].replace(view.layers[2].name, "<busybox layer>"))
+
+# %%
+assert view.which_layer("etc/hostname").path == c.init and view.which_layer("etc/motd").path == c.upper
+assert view.which_layer("bin/vi") is None
+view.unmount()
+
+# %% [markdown]
+# ## 3. Volumes are not the container's
+#
+# The bind volume's file is in the host directory; the anonymous volume got a directory of its
+# own under `volumes/` in the lab root (Docker uses `/var/lib/docker/volumes/<id>/_data`).
+
+# %%
+bind_host, anon_host = (v.split(":")[0] for v in c.cfg.volumes)
+print("bind volume:", os.path.relpath(bind_host, lab.root()), os.listdir(bind_host))
+print("anonymous volume:", os.path.relpath(anon_host, lab.root()).split("/")[0] + "/…/_data", os.listdir(anon_host))
+
+# %%
+assert open(f"{bind_host}/notes.txt").read() == "kept on the host\n" and os.listdir(anon_host) == ["t"]
+
+# %% [markdown]
+# ## 4. commit saves the read-write layer, and only that
+#
+# The new image is the busybox layer plus one layer made from the upper dir. Its tar has the
+# motd, the whiteout for `vi`, and the two empty mount points; no hostname, no volume contents.
+
+# %%
+img = c.commit("lesson06/web")
+for h in img.history:
+    print(h["created_by"][:70])
+entries = [m.name for m in waste.layer_entries(store, "lesson06/web")[-1]]
+print(entries)
+
+# %%
+assert len(img.layers) == 2 and img.layers[0] == store.image("busybox").layers[0]
+assert {"etc/motd", "bin/.wh.vi", "data", "scratch"} <= set(entries)
+assert not any(e.startswith(("etc/hostname", "etc/hosts", "etc/resolv", "data/", "scratch/")) for e in entries)
+
+# %% [markdown]
+# A new container of the committed image sees the change, gets its **own** hostname from a
+# new init layer, and an empty `/data` unless a volume is mounted there again:
+
+# %%
+c2, r2 = container.run("lesson06/web", ["/bin/sh", "-c", "cat /etc/motd; cat /etc/hostname; ls /data | wc -l; ls /bin/vi 2>&1 | head -1"],
+                       hostname="web2")
+print(r2.stdout)
+
+# %%
+motd, host2, ndata = r2.stdout.splitlines()[:3]
+assert (motd, host2, ndata.strip()) == ("hello from the container", "web2", "0") and "No such file" in r2.stdout
+
+# %% [markdown]
+# ## 5. The volume outlives the container
+#
+# Removing the container deletes its directory, all three of its parts included. The volumes
+# stay, ready for the next container:
+
+# %%
+c.remove(); c2.remove()
+print("container dir exists:", c.dir.exists(), "| bind volume:", os.listdir(bind_host), "| anonymous:", os.listdir(anon_host))
+
+# %%
+assert not c.dir.exists() and os.listdir(bind_host) == ["notes.txt"] and os.listdir(anon_host) == ["t"]
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 06.commit
+# Run a busybox container that writes `hi` into `/srv/hello.txt`, and commit it as
+# `lesson06/hello`.
+
+# %%
+# your code here
+
+# %%
+ex.check_commit()
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# mine, _ = container.run("busybox", ["/bin/sh", "-c", "mkdir -p /srv; echo hi > /srv/hello.txt"])
+# mine.commit("lesson06/hello")
+# ```
+# </details>
+#
+# ### Exercise 06.volume
+# Run a container that writes `/data/result.txt` into a **bind volume** from a host directory
+# under `home`, then remove the container. Pass the host directory to the check.
+
+# %%
+my_volume = None   # the host side of your volume
+
+# %%
+ex.check_volume(my_volume)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_volume = home / "keep"
+# mine, _ = container.run("busybox", ["/bin/sh", "-c", "echo 42 > /data/result.txt"], volumes=[f"{my_volume}:/data"])
+# mine.remove()
+# ```
+# </details>
+#
+# ## Clean up
+
+# %%
+for cont in container.containers():
+    cont.remove()
+for name in [n for n in store.refs() if n.startswith("lesson06/")]:
+    store.remove(name)
+lab.remove_tree(anon_host.rsplit("/", 1)[0])
+lab.remove_tree(home)
+assert lab.entries() == [] and not home.exists() and container.containers() == []
+print("clean")
