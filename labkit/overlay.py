@@ -218,7 +218,7 @@ class Overlay:
                     break
                 if _is_whiteout(p, self.xattr_prefix):
                     return f"whiteout {Path(*parts[:i + 1])} in {layer.name}"
-                if i < len(parts) - 1 and _xattr(p, self.xattr_prefix + "opaque") == b"y":
+                if i < len(parts) - 1 and xattr(p, self.xattr_prefix + "opaque") == b"y":
                     return f"opaque directory {Path(*parts[:i + 1])} in {layer.name}"
         return "hidden"
 
@@ -263,14 +263,14 @@ def upper_changes(upperdir: str | os.PathLike, lowerdirs=(), prefix: str = "trus
 def _classify(p: Path, rel: str, lowerdirs, prefix: str) -> tuple[str, str]:
     if _is_whiteout(p, prefix):
         return "whiteout", "char 0/0" if stat.S_ISCHR(os.lstat(p).st_mode) else "xattr whiteout"
-    if _xattr(p, prefix + "opaque") == b"y":
+    if xattr(p, prefix + "opaque") == b"y":
         return "opaque", "lower contents hidden"
-    redirect = _xattr(p, prefix + "redirect")
+    redirect = xattr(p, prefix + "redirect")
     if redirect is not None:
         return "redirect", f"was {redirect.decode(errors='replace')}"
-    if _xattr(p, prefix + "metacopy") is not None:
+    if xattr(p, prefix + "metacopy") is not None:
         return "metacopy", "metadata only; data still in the lower layer"
-    if _xattr(p, prefix + "origin") is not None:
+    if xattr(p, prefix + "origin") is not None:
         return "copy-up", "copied from a lower layer"
     below = [Path(d).name for d in lowerdirs if os.path.lexists(Path(d) / rel)]
     return "new", f"hides {below[0]}/{rel}" if below else ""
@@ -320,10 +320,11 @@ def _is_whiteout(p: Path, prefix: str) -> bool:
     st = os.lstat(p)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
         return True
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(p, prefix + "whiteout") is not None
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and xattr(p, prefix + "whiteout") is not None
 
 
-def _xattr(p: Path, name: str) -> bytes | None:
+def xattr(p: Path, name: str) -> bytes | None:
+    """The value of extended attribute ``name`` of ``p`` (not following symlinks), or None."""
     try:
         return os.getxattr(p, name, follow_symlinks=False)
     except OSError:
@@ -348,8 +349,8 @@ def _lookup(top: Path, parts: tuple[str, ...], prefix: str) -> tuple[bool, bool,
         if i < len(parts) - 1:
             if not p.is_dir() or p.is_symlink():
                 return False, True, below
-            opaque_above = opaque_above or _xattr(p, prefix + "opaque") == b"y"
-            redirect = _xattr(p, prefix + "redirect")
+            opaque_above = opaque_above or xattr(p, prefix + "opaque") == b"y"
+            redirect = xattr(p, prefix + "redirect")
             if redirect:
                 target = redirect.decode()
                 head = Path(target.lstrip("/")).parts if target.startswith("/") else (*parts[:i], target)

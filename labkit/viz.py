@@ -10,7 +10,7 @@ from pathlib import Path
 
 import graphviz
 
-from .overlay import Overlay, _is_whiteout, _xattr
+from .overlay import Overlay, _is_whiteout, xattr
 
 _STYLE = {"upper": "#fde2b8", "lower": "#cfe3f7", "merged": "#d9f2d0", "hidden": "#eeeeee"}
 
@@ -57,7 +57,7 @@ def _node_style(p: Path, label: str, role: str, highlight: bool, prefix: str) ->
     style = {"label": label, "fillcolor": _STYLE[role]}
     if role != "merged" and _is_whiteout(p, prefix):
         style.update(label=f"{label}\\nwhiteout c 0/0", fillcolor="black", fontcolor="white")
-    elif role != "merged" and p.is_dir() and _xattr(p, prefix + "opaque") == b"y":
+    elif role != "merged" and p.is_dir() and xattr(p, prefix + "opaque") == b"y":
         style.update(label=f"{label}/\\nopaque", style="filled,dashed")
     elif p.is_dir():
         style["label"] = label + "/"

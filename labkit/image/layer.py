@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import lab
 from ..errors import LabError
+from ..overlay import is_whiteout, xattr
 from . import digest
 
 WHITEOUT = ".wh."
@@ -97,7 +98,7 @@ def _walk(top: Path):
 def _entries(top: Path, rel: PurePosixPath, mtime, prefix, links, counts):
     p = top / rel
     st = os.lstat(p)
-    if _is_overlay_whiteout(p, st, prefix):
+    if is_whiteout(p, prefix):
         counts["whiteouts"] += 1
         yield _info(str(rel.parent / (WHITEOUT + rel.name)), tarfile.REGTYPE, st, mtime, mode=0o644), None
         return
@@ -124,7 +125,7 @@ def _entries(top: Path, rel: PurePosixPath, mtime, prefix, links, counts):
     else:
         return   # sockets cannot be stored in a tar
     yield info, data
-    if info.type == tarfile.DIRTYPE and _xattr(p, prefix + "opaque") == b"y":
+    if info.type == tarfile.DIRTYPE and xattr(p, prefix + "opaque") == b"y":
         counts["opaque"] += 1
         yield _info(str(rel / OPAQUE), tarfile.REGTYPE, st, mtime, mode=0o644), None
 
@@ -151,19 +152,6 @@ def _copy_xattrs(p: Path, info: tarfile.TarInfo, prefix: str) -> None:
             info.pax_headers["SCHILY.xattr." + name] = os.getxattr(p, name, follow_symlinks=False).decode()
         except (OSError, UnicodeDecodeError):
             pass   # binary values (security.capability ...) are left out of lesson layers
-
-
-def _is_overlay_whiteout(p: Path, st, prefix: str) -> bool:
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-        return True
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(p, prefix + "whiteout") is not None
-
-
-def _xattr(p: Path, name: str) -> bytes | None:
-    try:
-        return os.getxattr(p, name, follow_symlinks=False)
-    except OSError:
-        return None
 
 
 # --- apply ------------------------------------------------------------------------------------
