@@ -68,6 +68,7 @@ class Config:
     env: list[str] = field(default_factory=list)
     workdir: str = "/"
     name: str = ""
+    user: str = ""          # "uid[:gid]" or a name from the image's /etc/passwd
 
 
 @dataclass
@@ -106,14 +107,19 @@ class Container:
     @classmethod
     def create(cls, image: str, cmd: list[str] | None = None, *, hostname: str | None = None,
                memory: str | int | None = None, pids: int | None = None, cpus: float | None = None,
-               volumes: list[str] = (), name: str = "", store: st.Store | None = None) -> "Container":
+               volumes: list[str] = (), name: str = "", store: st.Store | None = None,
+               layers: tuple[list[Path], Path, Path] | None = None, env: list[str] | None = None,
+               workdir: str | None = None, user: str | None = None) -> "Container":
+        """A container of ``image``. A builder passes ``layers`` = (lowerdirs, upper, work) of a
+        snapshot instead, and the image config's env, workdir and user as they stand."""
         store = store or st.Store()
         img = store.image(image)
         conf = img.config.get("config", {})
         cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
         cid = secrets.token_hex(6)
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
-                     [], list(conf.get("Env", [])), conf.get("WorkingDir") or "/", name or cid)
+                     [], list(conf.get("Env", []) if env is None else env),
+                     workdir or conf.get("WorkingDir") or "/", name or cid, user or conf.get("User", ""))
         if name and any(c.cfg.name == name for c in containers()):
             raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
         c = cls(cfg)
@@ -122,7 +128,11 @@ class Container:
             d.mkdir()
         cfg.volumes = [_volume(v) for v in volumes]
         c._write_init_layer()
-        c.lowerdirs = [c.init, *store.unpack(image)]
+        if layers:
+            lowers, c.upper, c.work = layers
+            c.lowerdirs = [c.init, *lowers]
+        else:
+            c.lowerdirs = [c.init, *store.unpack(image)]
         c._save()
         return c
 
@@ -140,7 +150,8 @@ class Container:
 
     def _save(self) -> None:
         (self.dir / "config.json").write_text(json.dumps({**asdict(self.cfg),
-                                                          "lowerdirs": [str(p) for p in self.lowerdirs]}))
+                                                          "lowerdirs": [str(p) for p in self.lowerdirs],
+                                                          "upper": str(self.upper), "work": str(self.work)}))
 
     @classmethod
     def load(cls, ident: str) -> "Container":
@@ -247,7 +258,14 @@ class Container:
             env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
             env["HOSTNAME"] = self.cfg.hostname
             step = f"changing to the working directory {self.cfg.workdir}"
+            os.makedirs(self.cfg.workdir, exist_ok=True)
             os.chdir(self.cfg.workdir)
+            if self.cfg.user:
+                step = f"becoming user {self.cfg.user}"
+                uid, gid = _user_ids(self.cfg.user)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
             step = f"executing {self.cfg.cmd[0]!r}"
             os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
         except BaseException as e:
@@ -331,6 +349,18 @@ class Container:
         lab.remove_tree(self.dir)
 
 
+def _user_ids(user: str) -> tuple[int, int]:
+    """'uid[:gid]' or a user name, looked up in the container's /etc/passwd (after pivot_root)."""
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        return int(name), int(group) if group.isdigit() else int(name)
+    for line in Path("/etc/passwd").read_text().splitlines():
+        f = line.split(":")
+        if f[0] == name:
+            return int(f[2]), int(group) if group.isdigit() else int(f[3])
+    raise ContainerError(f"no user {name!r} in the image's /etc/passwd", "use a numeric uid, e.g. USER 1000")
+
+
 def _volume(spec: str) -> str:
     """'HOST:CTR' (HOST under the lab root, made if missing) or 'CTR' (an anonymous volume)."""
     if ":" in spec:
@@ -354,8 +384,11 @@ def containers() -> list[Container]:
     for d in sorted(top.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if top.exists() else []:
         data = json.loads(d.read_text())
         lowers = data.pop("lowerdirs", [])
+        upper, work = data.pop("upper", None), data.pop("work", None)
         c = Container(Config(**data))
         c.lowerdirs = [Path(p) for p in lowers]
+        if upper:
+            c.upper, c.work = Path(upper), Path(work)
         out.append(c)
     return out
 

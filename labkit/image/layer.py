@@ -166,7 +166,7 @@ class ApplyReport:
 
 
 def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form: bool = False,
-          allow_devices: bool = False, prefix: str = "trusted.overlay.") -> ApplyReport:
+          merge: bool = False, allow_devices: bool = False, prefix: str = "trusted.overlay.") -> ApplyReport:
     """Apply the layer ``tar_path`` onto ``dest`` (under the lab root).
 
     Flattened (default): ``.wh.NAME`` removes NAME from lower layers' content already in
@@ -174,6 +174,8 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
     hide entries of their own layer (image-spec layer.md, "Whiteouts").
     ``overlay_form=True``: whiteouts become char devices 0/0 and opaque markers become
     ``<prefix>opaque=y``, so ``dest`` can serve as an overlay lowerdir directly.
+    ``merge=True`` (with overlay_form): ``dest`` is a changeset being squashed, so an opaque
+    marker also removes what earlier layers put in the directory.
     The tar is validated completely before the first write.
     """
     dest = lab.inside(dest)
@@ -197,7 +199,7 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
                 d = _safe_dir(dest, parent)
                 if overlay_form:
                     os.setxattr(d, prefix + "opaque", b"y")
-                else:
+                if not overlay_form or merge:
                     for child in sorted(os.listdir(d)):
                         rel = str(PurePosixPath(parent) / child) if parent != "." else child
                         if rel not in written:

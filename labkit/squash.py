@@ -1,0 +1,149 @@
+"""Lesson 07: squash the layers added since a base into one layer (seed 004's COMPRESS).
+
+Two ways, both in the seed:
+
+(a) **merge**: apply the layers one by one, oldest first, into one changeset by the union
+    rules (a newer file replaces an older one, a whiteout removes what came before, an
+    opaque directory empties it). Work grows with the number of layers.
+(b) **diff**: flatten the final image and the base, and compare the two trees: whatever
+    differs is the new layer. Work is independent of the number of layers.
+
+Both end in :func:`canonical`, which writes the smallest changeset for the result (no opaque
+marks, whiteouts only for paths the base has, nothing the base already has byte for byte),
+so both give the same tree, hence the same layer digest. What squashing loses: the history
+of the squashed steps, and the sharing of those layers with other images.
+"""
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from . import lab, overlay
+from .image import layer, store as st
+
+
+def merge(s: st.Store, name: str, base: str, out: Path) -> Path:
+    """(a) Merge the layers of ``name`` above ``base`` into the changeset dir ``out``."""
+    img, n = s.image(name), _base_len(s, name, base)
+    out = lab.fresh_dir(out)
+    for desc in img.layers[n:]:
+        layer.apply(s.open_layer(desc), out, overlay_form=True, merge=True)
+    return out
+
+
+def diff(s: st.Store, name: str, base: str, out: Path, work: Path) -> Path:
+    """(b) Compare the flattened ``name`` with the flattened ``base``; the difference is ``out``."""
+    _base_len(s, name, base)
+    final = s.flatten(name, lab.fresh_dir(work / "final"))
+    old = s.flatten(base, lab.fresh_dir(work / "base"))
+    out = lab.fresh_dir(out)
+    for dirpath, dirnames, filenames in os.walk(final):
+        dirnames.sort()
+        for nm in sorted(dirnames + filenames):
+            rel = Path(dirpath, nm).relative_to(final)
+            if not _same(final / rel, old / rel):
+                _copy_entry(final, rel, out)
+    for dirpath, dirnames, filenames in os.walk(old):
+        for nm in dirnames + filenames:
+            rel = Path(dirpath, nm).relative_to(old)
+            if not os.path.lexists(final / rel) and os.path.lexists(final / rel.parent):
+                _ensure_parents(final, rel, out)
+                overlay.make_whiteout(out / rel)
+        dirnames[:] = [d for d in dirnames if os.path.lexists(final / Path(dirpath, d).relative_to(old))]
+    return out
+
+
+def canonical(cs: Path, base_tree: Path) -> Path:
+    """Reduce the changeset ``cs`` (overlay form) against the flattened base to its smallest form."""
+    for dirpath, dirnames, _ in os.walk(cs):          # 1. opaque dir -> whiteouts for base children
+        d = Path(dirpath)
+        if overlay.xattr(d, "trusted.overlay.opaque") == b"y":
+            os.removexattr(d, "trusted.overlay.opaque")
+            b = base_tree / d.relative_to(cs)
+            if b.is_dir() and not b.is_symlink():
+                for child in os.listdir(b):
+                    if not os.path.lexists(d / child):
+                        overlay.make_whiteout(d / child)
+    for dirpath, dirnames, filenames in os.walk(cs, topdown=False):
+        for nm in filenames + dirnames:
+            p = Path(dirpath, nm)
+            rel = p.relative_to(cs)
+            if overlay.is_whiteout(p):                  # 2. whiteouts for paths the base lacks
+                if not os.path.lexists(base_tree / rel):
+                    p.unlink()
+            elif p.is_dir() and not p.is_symlink():     # 4. dirs the base has, now empty here
+                if not os.listdir(p) and _same(p, base_tree / rel, content=False):
+                    p.rmdir()
+            elif _same(p, base_tree / rel):             # 3. files the base has byte for byte
+                p.unlink()
+    return cs
+
+
+def squash(s: st.Store, name: str, base: str, new_name: str, method: str = "diff") -> st.Image:
+    """A new image: ``base``'s layers plus one layer for everything ``name`` added on top."""
+    work = lab.fresh_dir(lab.root() / "tmp" / f"squash-{method}")
+    try:
+        cs = (diff(s, name, base, work / "cs", work) if method == "diff" else merge(s, name, base, work / "cs"))
+        base_tree = work / "base" if method == "diff" else s.flatten(base, lab.fresh_dir(work / "base"))
+        canonical(cs, base_tree)
+        desc, diff_id = s.add_layer_dir(cs)
+        img, b = s.image(name), s.image(base)
+        config = img.config.get("config", {})
+        steps = len(img.history) - len(b.history)
+        return s.commit(new_name, [(desc, diff_id)],
+                        [{"created_by": f"squash ({method}) of {steps} steps onto {base}: their history is gone"}],
+                        config=config, base=b)
+    finally:
+        lab.remove_tree(work)
+
+
+def _base_len(s: st.Store, name: str, base: str) -> int:
+    img, b = s.image(name), s.image(base)
+    n = len(b.layers)
+    if img.chain_ids[:n] != b.chain_ids:
+        raise st.StoreError(f"{base} is not a base of {name}: their first {n} layers differ",
+                            "squash onto an image that the Dockerfile started FROM (or a TAG on the way)")
+    return n
+
+
+def _same(a: Path, b: Path, content: bool = True) -> bool:
+    """Same type, mode and owner (and, for files, bytes; for symlinks, target)."""
+    if not os.path.lexists(b):
+        return False
+    sa, sb = os.lstat(a), os.lstat(b)
+    if (sa.st_mode, sa.st_uid, sa.st_gid) != (sb.st_mode, sb.st_uid, sb.st_gid):
+        return False
+    if stat.S_ISLNK(sa.st_mode):
+        return os.readlink(a) == os.readlink(b)
+    if stat.S_ISREG(sa.st_mode):
+        return not content or (sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False))
+    if stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    return True
+
+
+def _ensure_parents(src_top: Path, rel: Path, out: Path) -> None:
+    for parent in reversed(rel.parents[:-1] if len(rel.parts) > 1 else []):
+        if not (out / parent).exists():
+            _copy_entry(src_top, parent, out, parents=False)
+
+
+def _copy_entry(src_top: Path, rel: Path, out: Path, parents: bool = True) -> None:
+    if parents:
+        _ensure_parents(src_top, rel, out)
+    src, dst = src_top / rel, out / rel
+    st_ = os.lstat(src)
+    if stat.S_ISDIR(st_.st_mode):
+        dst.mkdir(exist_ok=True)
+    elif stat.S_ISLNK(st_.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(st_.st_mode):
+        shutil.copyfile(src, dst)
+    else:
+        os.mknod(dst, st_.st_mode, st_.st_rdev)
+    os.chown(dst, st_.st_uid, st_.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st_.st_mode):
+        os.chmod(dst, stat.S_IMODE(st_.st_mode))
