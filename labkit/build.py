@@ -1,0 +1,409 @@
+"""Lesson 07: build an image from a Dockerfile, one layer per instruction that changes files.
+
+Each instruction runs on a snapshot (snapshot.py) prepared on top of the previous one:
+
+* ``RUN`` runs the command in a real container (container.py) whose read-write layer *is*
+  the snapshot's upper dir, so the new layer is exactly what the command changed;
+* ``COPY``/``ADD`` copy files from the build context into the upper dir (ADD also unpacks a
+  local tar), with ``--chown`` and the files' modes;
+* ``ENV``, ``WORKDIR``, ``USER``, ``CMD``, ``ENTRYPOINT``, ``EXPOSE``, ``LABEL``, ``ARG``
+  change only the config: a history entry with ``empty_layer``;
+* seed 004's two extra instructions: ``TAG name`` names the image as it stands, and
+  ``COMPRESS base`` squashes every layer added since ``base`` into one (squash.py).
+
+The **build cache** maps (parent ChainID, config, instruction, content of copied files) to
+the layer it produced; an unchanged rebuild runs nothing and says ``CACHED`` for each step.
+Errors name the Dockerfile line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import container, lab, squash
+from .errors import LabError
+from .image import digest, layer, store as st
+from .snapshot import Snapshotter
+
+INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT",
+                "EXPOSE", "LABEL", "ARG", "TAG", "COMPRESS")
+
+
+class BuildError(LabError):
+    """A Dockerfile that cannot be built; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int
+    name: str
+    args: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.args}"
+
+
+def parse(text: str) -> list[Instruction]:
+    """Dockerfile lines -> instructions (comments, blank lines and ``\\`` continuations handled)."""
+    out, buf, start = [], "", 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        name, _, args = buf.strip().partition(" ")
+        if name.upper() not in INSTRUCTIONS:
+            raise BuildError(f"Dockerfile line {start}: unknown instruction {name!r}",
+                             f"use one of {', '.join(INSTRUCTIONS)}")
+        out.append(Instruction(start, name.upper(), args.strip()))
+        buf = ""
+    if buf:
+        raise BuildError(f"Dockerfile line {start}: the last line ends with '\\'", "finish the instruction")
+    if not out or out[0].name not in ("FROM", "ARG"):
+        raise BuildError("Dockerfile line 1: a Dockerfile starts with FROM", "add FROM busybox (or another image)")
+    return out
+
+
+@dataclass
+class Step:
+    """What one instruction did."""
+    instruction: Instruction
+    cached: bool = False
+    layer: str = ""            # DiffID of the layer it made, if any
+
+    def __str__(self) -> str:
+        what = "CACHED" if self.cached else ("layer " + self.layer[7:19] if self.layer else "config only")
+        return f"line {self.instruction.line:>3}: {str(self.instruction)[:60]:<60} {what}"
+
+
+@dataclass
+class _State:
+    base: str = ""
+    layers: list = field(default_factory=list)       # [(Descriptor, diff_id)] above base
+    history: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    args: dict = field(default_factory=dict)
+
+
+class Builder:
+    def __init__(self, context: str | os.PathLike, store: st.Store | None = None, quiet: bool = False):
+        self.context = Path(context).resolve()
+        if not self.context.is_dir():
+            raise BuildError(f"the build context {context} is not a directory", "give the directory with the files to COPY")
+        self.store = store or st.Store()
+        self.snaps = Snapshotter()
+        self.cache_dir = lab.root() / "build-cache"
+        self.cache_dir.mkdir(exist_ok=True)
+        self.quiet = quiet
+        self.steps: list[Step] = []
+
+    # --- the build ---
+    def build(self, dockerfile: str, tag: str, build_args: dict | None = None, squash_all: bool = False) -> st.Image:
+        """Build ``dockerfile`` (its text) and name the result ``tag``."""
+        st.check_name(tag)
+        s = _State(args=dict(build_args or {}))
+        self.steps = []
+        instructions = parse(dockerfile)
+        for i, ins in enumerate(instructions, 1):
+            try:
+                step = self._do(s, ins)
+            except BuildError:
+                raise
+            except LabError as e:
+                raise BuildError(f"Dockerfile line {ins.line} ({ins.name}): {e.problem}", e.fix) from None
+            self.steps.append(step)
+            if not self.quiet:
+                print(f"Step {i}/{len(instructions)} {step}", flush=True)
+        if not s.base:
+            raise BuildError("the Dockerfile has no FROM", "add FROM busybox")
+        img = self._commit(s, tag)
+        if squash_all and s.layers:
+            img = squash.squash(self.store, tag, s.base, tag)
+        return img
+
+    def _do(self, s: _State, ins: Instruction) -> Step:
+        args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name not in ("RUN", "ARG") else ins.args
+        if ins.name != "FROM" and not s.base and ins.name != "ARG":
+            raise BuildError(f"Dockerfile line {ins.line}: {ins.name} before FROM", "put FROM first")
+        handler = getattr(self, f"_{ins.name.lower()}")
+        return handler(s, ins, args)
+
+    def _from(self, s: _State, ins: Instruction, args: str) -> Step:
+        name = args.split()[0] if args else ""
+        if name.startswith("oci:"):
+            path, _, tag = name[4:].rpartition(":")
+            self.store.load(path, tag, f"from/{tag}")
+            name = f"from/{tag}"
+        img = self.store.image(name)
+        s.base, s.layers, s.history = name, [], []
+        s.config = json.loads(json.dumps(img.config.get("config", {})))
+        self._ensure_snapshots(name)
+        return Step(ins)
+
+    def _run(self, s: _State, ins: Instruction, args: str) -> Step:
+        cmd = _command(args, s.args)
+        env = _env_list(s.config) + [f"{k}={v}" for k, v in s.args.items()]
+
+        def make(upper: Path, lowers, work):
+            c = container.Container.create(s.base, cmd, hostname="buildkit", layers=(lowers, upper, work),
+                                           env=env, workdir=s.config.get("WorkingDir") or "/",
+                                           user=s.config.get("User") or None, store=self.store)
+            try:
+                c.start()
+                res = c.wait(timeout=600)
+            finally:
+                lab.remove_tree(c.dir)
+            if res.exit_code != 0:
+                raise BuildError(f"Dockerfile line {ins.line}: RUN {args[:60]} exited with status {res.exit_code}"
+                                 + (f": {res.stderr.strip()[-300:]}" if res.stderr.strip() else ""),
+                                 "fix the command (it ran in a container of the image built so far)")
+        return self._layer_step(s, ins, make, extra="")
+
+    def _copy(self, s: _State, ins: Instruction, args: str, add: bool = False) -> Step:
+        opts, paths = _flags(args)
+        if len(paths) < 2:
+            raise BuildError(f"Dockerfile line {ins.line}: {ins.name} needs a source and a destination",
+                             f"write it like {ins.name} app.py /app/")
+        *sources, dest = paths
+        files = [self._context_path(src, ins) for src in sources]
+        content = hashlib.sha256()
+        for f in files:
+            for p in sorted([f, *f.rglob("*")] if f.is_dir() else [f]):
+                content.update(str(p.relative_to(self.context)).encode() + oct(p.stat().st_mode).encode())
+                if p.is_file():
+                    content.update(p.read_bytes())
+        owner = opts.get("chown")
+
+        def make(upper: Path, lowers, work):
+            workdir = s.config.get("WorkingDir") or "/"
+            target = dest if dest.startswith("/") else os.path.join(workdir, dest)
+            for f in files:
+                if add and f.is_file() and _is_tar(f):
+                    layer.apply(f, _under(upper, target))
+                    continue
+                rel = target.strip("/")
+                into = (dest.endswith(("/", "/.")) or dest in (".", "./") or len(files) > 1 or f.is_dir()
+                        or any((d / rel).is_dir() for d in [upper, *lowers] if rel))
+                final = _under(upper, target) / (f.name if into and not f.is_dir() else "")
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if f.is_dir():
+                    shutil.copytree(f, final, symlinks=True, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(f, final)
+                if owner:
+                    uid, _, gid = owner.partition(":")
+                    for p in [final, *(final.rglob("*") if final.is_dir() else [])]:
+                        os.chown(p, int(uid), int(gid or uid), follow_symlinks=False)
+        return self._layer_step(s, ins, make, extra=content.hexdigest())
+
+    def _add(self, s, ins, args):
+        return self._copy(s, ins, args, add=True)
+
+    # config-only instructions
+    def _env(self, s, ins, args):
+        env = dict(e.split("=", 1) for e in s.config.get("Env", []) if "=" in e)
+        pairs = shlex.split(args)
+        if len(pairs) >= 2 and "=" not in pairs[0]:
+            pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
+        for p in pairs:
+            k, _, v = p.partition("=")
+            env[k] = v
+        s.config["Env"] = [f"{k}={v}" for k, v in env.items()]
+        return self._config_step(s, ins)
+
+    def _workdir(self, s, ins, args):
+        s.config["WorkingDir"] = os.path.join(s.config.get("WorkingDir") or "/", args)
+        return self._config_step(s, ins)
+
+    def _user(self, s, ins, args):
+        s.config["User"] = args
+        return self._config_step(s, ins)
+
+    def _cmd(self, s, ins, args):
+        s.config["Cmd"] = _command(args, {})
+        return self._config_step(s, ins)
+
+    def _entrypoint(self, s, ins, args):
+        s.config["Entrypoint"] = _command(args, {})
+        return self._config_step(s, ins)
+
+    def _expose(self, s, ins, args):
+        ports = s.config.setdefault("ExposedPorts", {})
+        for p in args.split():
+            ports[p if "/" in p else f"{p}/tcp"] = {}
+        return self._config_step(s, ins)
+
+    def _label(self, s, ins, args):
+        labels = s.config.setdefault("Labels", {})
+        for p in shlex.split(args):
+            k, _, v = p.partition("=")
+            labels[k] = v
+        return self._config_step(s, ins)
+
+    def _arg(self, s, ins, args):
+        k, _, v = args.partition("=")
+        s.args.setdefault(k.strip(), v.strip())
+        return self._config_step(s, ins) if s.base else Step(ins)
+
+    def _tag(self, s, ins, args):
+        self._commit(s, args.strip())
+        return Step(ins)
+
+    def _compress(self, s, ins, args):
+        base = args.strip()
+        tmp = f"build-tmp/{uuid.uuid4().hex[:8]}"
+        self._commit(s, tmp)
+        try:
+            img = squash.squash(self.store, tmp, base, tmp)
+        finally:
+            pass
+        b = self.store.image(base)
+        s.base = base
+        s.layers = [(img.layers[-1], img.diff_ids[-1])]
+        s.history = img.history[len(b.history):]
+        self.store.remove_ref(tmp)
+        self._ensure_snapshots(base)
+        self._register_top(s)
+        return Step(ins, layer=img.diff_ids[-1])
+
+    # --- helpers ---
+    def _config_step(self, s: _State, ins: Instruction) -> Step:
+        s.history.append({"created_by": f"{ins.name} {ins.args}", "empty_layer": True})
+        return Step(ins)
+
+    def _layer_step(self, s: _State, ins: Instruction, make, extra: str) -> Step:
+        parent = self._top_chain(s)
+        key = hashlib.sha256(json.dumps([parent, s.config, s.args, str(ins), extra]).encode()).hexdigest()
+        hit = self.cache_dir / f"{key}.json"
+        if hit.exists():
+            rec = json.loads(hit.read_text())
+            desc = st.Descriptor(rec["mediaType"], rec["digest"], rec["size"])
+            if self.store.has_blob(desc.digest):
+                s.layers.append((desc, rec["diff_id"]))
+                s.history.append({"created_by": f"{ins.name} {ins.args}"})
+                self._register_top(s)
+                return Step(ins, cached=True, layer=rec["diff_id"])
+        snap_key = f"build/{uuid.uuid4().hex}"
+        m = self.snaps.prepare(snap_key, parent)
+        try:
+            make(m.upperdir, m.lowerdirs, m.workdir)
+            desc, diff_id = self.store.add_layer_dir(m.upperdir)
+        except BaseException:
+            self.snaps.remove(snap_key)
+            raise
+        s.layers.append((desc, diff_id))
+        s.history.append({"created_by": f"{ins.name} {ins.args}"})
+        self.snaps.commit(self._top_chain(s), snap_key)
+        hit.write_text(json.dumps({**desc.to_json(), "diff_id": diff_id}))
+        return Step(ins, layer=diff_id)
+
+    def _top_chain(self, s: _State) -> str:
+        ids = self.store.image(s.base).diff_ids + [d for _, d in s.layers]
+        return digest.chain_ids(ids)[-1]
+
+    def _ensure_snapshots(self, name: str) -> None:
+        img = self.store.image(name)
+        self.store.unpack(name)
+        parent = None
+        for chain in img.chain_ids:
+            self.snaps.register(chain, parent)
+            parent = chain
+
+    def _register_top(self, s: _State) -> None:
+        """After a cache hit or a squash, make sure the new top layer has a committed snapshot."""
+        chain = self._top_chain(s)
+        d = self.snaps.root / "snapshots" / digest.encoded(chain)
+        if not d.is_dir():
+            tmp = lab.fresh_dir(self.snaps.root / "snapshots" / f".tmp-{uuid.uuid4().hex}")
+            layer.apply(self.store.open_layer(s.layers[-1][0]), tmp, overlay_form=True)
+            tmp.rename(d)
+        ids = self.store.image(s.base).diff_ids + [dd for _, dd in s.layers]
+        chains = digest.chain_ids(ids)
+        self.snaps.register(chain, chains[-2] if len(chains) > 1 else None)
+
+    def _commit(self, s: _State, name: str) -> st.Image:
+        return self.store.commit(name, list(s.layers), list(s.history), config=s.config,
+                                 base=self.store.image(s.base))
+
+    def _context_path(self, src: str, ins: Instruction) -> Path:
+        p = (self.context / src).resolve()
+        if p != self.context and self.context not in p.parents:
+            raise BuildError(f"Dockerfile line {ins.line}: {src!r} is outside the build context",
+                             "COPY only files inside the context directory")
+        if not p.exists():
+            raise BuildError(f"Dockerfile line {ins.line}: {src!r} is not in the build context {self.context}",
+                             "check the file name")
+        return p
+
+
+def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, squash_all: bool = False,
+          build_args: dict | None = None, quiet: bool = False) -> tuple[st.Image, list[Step]]:
+    """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag``; returns the image and its steps."""
+    b = Builder(context, quiet=quiet)
+    text = dockerfile if dockerfile is not None else (Path(context) / "Dockerfile").read_text()
+    img = b.build(text, tag, build_args, squash_all)
+    return img, b.steps
+
+
+def _command(args: str, build_args: dict) -> list[str]:
+    """Exec form ``["a", "b"]`` as is; shell form through /bin/sh -c."""
+    a = args.strip()
+    if a.startswith("["):
+        try:
+            v = json.loads(a)
+            if isinstance(v, list) and all(isinstance(x, str) for x in v):
+                return v
+        except ValueError:
+            pass
+    return ["/bin/sh", "-c", a]
+
+
+def _env(config: dict) -> dict:
+    return dict(e.split("=", 1) for e in config.get("Env", []) if "=" in e)
+
+
+def _env_list(config: dict) -> list[str]:
+    return list(config.get("Env", []))
+
+
+def _expand(text: str, values: dict) -> str:
+    """$VAR and ${VAR} from ARG and ENV values (unknown names become empty, as in Docker)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: str(values.get(m.group(1) or m.group(2), "")), text)
+
+
+def _flags(args: str) -> tuple[dict, list[str]]:
+    opts, paths = {}, []
+    for tok in shlex.split(args):
+        if tok.startswith("--") and "=" in tok:
+            k, _, v = tok[2:].partition("=")
+            opts[k] = v
+        else:
+            paths.append(tok)
+    return opts, paths
+
+
+def _under(upper: Path, target: str) -> Path:
+    p = (upper / target.lstrip("/")).resolve()
+    if p != upper and upper not in p.parents:
+        raise BuildError(f"destination {target!r} leaves the image", "use a path inside the image")
+    return p
+
+
+def _is_tar(p: Path) -> bool:
+    import tarfile
+    try:
+        return tarfile.is_tarfile(p) and not p.suffix in (".gz", ".xz", ".bz2") or False
+    except OSError:
+        return False
