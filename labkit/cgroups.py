@@ -256,3 +256,85 @@ def remove_dir(path: str | os.PathLike) -> None:
         p.parent.rmdir()
     except OSError:
         pass
+
+
+# --- the lesson's experiments ---------------------------------------------------------------
+@dataclass
+class MemoryTrace:
+    """Memory charged to a group, sampled while a child grows until the limit stops it."""
+    limit: int
+    samples: list          # (seconds, bytes charged)
+    killed_by: str         # "SIGKILL" when the OOM killer ended it
+    oom_kills: int
+
+
+def memory_trace(limit: int = 64 << 20, step: int = 2 << 20, interval: float = 0.01,
+                 most: int = 1 << 30) -> MemoryTrace:
+    """A child in a fresh group allocates ``step`` bytes every ``interval`` s; we sample
+    memory.usage_in_bytes / memory.current until it dies (or reaches ``most``)."""
+    import secrets
+    with Group(f"trace-mem-{secrets.token_hex(3)}", want=("memory",)) as g:
+        g.set_memory(limit)
+        pid = os.fork()
+        if pid == 0:
+            g.add(os.getpid())
+            held, total = [], 0
+            while total < most:
+                b = bytearray(step)
+                b[::4096] = b"x" * len(b[::4096])       # touch every page: really charged
+                held.append(b)
+                total += step
+                time.sleep(interval)
+            os._exit(0)
+        t0, samples = time.monotonic(), []
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            try:
+                samples.append((time.monotonic() - t0, g.memory_current()))
+            except OSError:
+                pass
+            if done:
+                break
+            time.sleep(0.003)
+        sig = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else ""
+        return MemoryTrace(limit, samples, sig, g.oom_kills())
+
+
+@dataclass
+class CpuTrace:
+    cpus: float            # the quota asked for, in CPUs
+    samples: list          # (seconds, CPU share over the last sample, throttled periods so far)
+
+
+def cpu_trace(cpus: float = 0.2, seconds: float = 1.0, interval: float = 0.1) -> CpuTrace:
+    """A child spins in a group limited to ``cpus``; we sample its CPU share and the
+    periods in which the quota ran out (cpu.stat nr_throttled)."""
+    import secrets
+    with Group(f"trace-cpu-{secrets.token_hex(3)}", want=("cpu",)) as g:
+        g.set_cpu(cpus, period_us=20_000)
+        pid = os.fork()
+        if pid == 0:
+            g.add(os.getpid())
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+        tick = os.sysconf("SC_CLK_TCK")
+        t0 = last_t = time.monotonic()
+        last_cpu, samples = _cpu_seconds(pid, tick), []
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            time.sleep(interval)
+            now, cpu = time.monotonic(), _cpu_seconds(pid, tick)
+            if cpu is None:
+                continue
+            samples.append((now - t0, (cpu - last_cpu) / (now - last_t), g.cpu_stat().throttled))
+            last_t, last_cpu = now, cpu
+        return CpuTrace(cpus, samples)
+
+
+def _cpu_seconds(pid: int, tick: int) -> float | None:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / tick

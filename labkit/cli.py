@@ -103,6 +103,10 @@ def cmd_image(args) -> int:
         path, tag = _oci_ref(args.oci)
         img = s.load(path, tag, args.tag)
         print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
+    elif args.action == "squash":
+        from . import squash
+        img = squash.squash(s, args.name, args.onto, args.tag, args.method)
+        print(f"{img.name}: {len(img.layers)} layers ({args.onto}'s plus one); history of the squashed steps is gone")
     elif args.action == "import":
         if args.busybox:
             img = st.base_image(s, args.tag or "busybox")
@@ -154,6 +158,18 @@ def cmd_rm(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    from pathlib import Path
+    from . import build
+    dockerfile = Path(args.file).read_text() if args.file else None
+    build_args = dict(a.split("=", 1) for a in args.build_arg or [])
+    img, steps = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args)
+    cached = sum(s.cached for s in steps)
+    print(f"built {img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers"
+          + (f"; {cached} step(s) from the cache" if cached else ""))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="Container images from the kernel up.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,7 +211,20 @@ def parser() -> argparse.ArgumentParser:
     im.add_argument("rootfs", nargs="?", metavar="ROOTFS")
     im.add_argument("-t", "--tag", metavar="NAME")
     im.add_argument("--busybox", action="store_true", help="the lab's base image from busybox-static")
+    sq = isub.add_parser("squash", help="NAME --onto BASE -t NEW [--method diff|merge]")
+    sq.add_argument("name", metavar="NAME")
+    sq.add_argument("--onto", required=True, metavar="BASE")
+    sq.add_argument("-t", "--tag", required=True, metavar="NEW")
+    sq.add_argument("--method", choices=["diff", "merge"], default="diff")
     image.set_defaults(fn=cmd_image)
+
+    b = sub.add_parser("build", help="build an image from a Dockerfile: -f Dockerfile -t NAME [--squash] CONTEXT")
+    b.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    b.add_argument("-t", "--tag", required=True, metavar="NAME")
+    b.add_argument("--squash", action="store_true", help="squash everything after FROM into one layer")
+    b.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    b.add_argument("context", metavar="CONTEXT")
+    b.set_defaults(fn=cmd_build)
 
     run = sub.add_parser("run", help="run a command in a container: IMAGE -- CMD...")
     run.add_argument("--memory", help="memory limit, e.g. 64m")

@@ -245,3 +245,12 @@ def test_labkit_image_runs_the_same_under_runc(busybox):
                            f"labkit-test-{os.getpid()}"], capture_output=True, text=True, timeout=60)
     assert runc.returncode == 0, runc.stderr
     assert runc.stdout == mine.stdout
+
+
+def test_memory_and_cpu_traces_for_the_lesson(lab_root):
+    mem = cgroups.memory_trace(limit=32 << 20, step=4 << 20, interval=0)
+    assert mem.killed_by == "SIGKILL" and mem.oom_kills == 1 and mem.samples
+    ok = cgroups.memory_trace(limit=64 << 20, step=4 << 20, interval=0, most=16 << 20)
+    assert ok.killed_by == "" and ok.oom_kills == 0
+    cpu = cgroups.cpu_trace(cpus=0.2, seconds=0.5)
+    assert cpu.samples and cpu.samples[-1][2] > 5

@@ -218,7 +218,13 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
                 if overlay_form:
                     os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
                 continue
+            target = dest / name
+            # a directory made where a whiteout stood must hide what is below (overlay makes
+            # such a directory opaque too)
+            replaces_whiteout = overlay_form and m.isdir() and os.path.lexists(target) and is_whiteout(target, prefix)
             _write_member(tar, m, name, dest, dir_attrs)
+            if replaces_whiteout:
+                os.setxattr(target, prefix + "opaque", b"y")
             written.add(name)
             report.written += 1
     for path, m in reversed(dir_attrs):    # children first changed the dirs' mtimes

@@ -1,0 +1,201 @@
+"""The snapshotter, the Dockerfile builder and both squash methods on the real kernel."""
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as hs
+
+from labkit import build, container, lab, overlay, squash
+from labkit.image import store as st
+from labkit.snapshot import Snapshotter, SnapshotError
+from labkit.tree import read_tree, write_tree
+
+
+@pytest.fixture
+def busybox(lab_root):
+    s = st.Store()
+    st.base_image(s)
+    return s
+
+
+def _ctx(files: dict, dockerfile: str):
+    d = lab.scratch("ctx")
+    write_tree(d, files)
+    (d / "Dockerfile").write_text(dockerfile)
+    return d
+
+
+# --- snapshotter ---------------------------------------------------------------------------
+def test_snapshotter_verbs(lab_root):
+    sn = Snapshotter()
+    m = sn.prepare("base-work")
+    (m.upperdir / "a").write_text("1")
+    base = sn.commit("base", "base-work")
+    assert base.kind == "committed" and base.parent is None
+    m2 = sn.prepare("child-work", "base")
+    assert m2.lowerdirs == [sn.dir("base")] and m2.upperdir.is_dir()
+    with overlay.Overlay(m2.lowerdirs, m2.upperdir, m2.workdir, lab.root() / "m") as ov:
+        (ov.merged / "b").write_text("2")
+        assert sorted(os.listdir(ov.merged)) == ["a", "b"]
+    sn.commit("child", "child-work")
+    v = sn.view("look", "child")
+    assert v.upperdir is None and len(v.lowerdirs) == 2
+    assert [i.key for i in sn.walk()] == ["base", "child", "look"]
+    assert sn.usage("child") > 0
+    with pytest.raises(SnapshotError, match="parent of"):
+        sn.remove("child")
+    with pytest.raises(SnapshotError, match="only an active snapshot"):
+        sn.commit("x", "look")
+    sn.remove("look"), sn.remove("child"), sn.remove("base")
+    assert sn.walk() == []
+
+
+# --- the builder -----------------------------------------------------------------------------
+DOCKERFILE = """\
+FROM busybox
+ARG WHO=world
+ENV GREETING="hello"
+WORKDIR /app
+COPY --chown=1000:1000 hello.txt .
+COPY site/ /srv/site/
+ADD bundle.tar /opt/
+RUN echo "$GREETING $WHO" > /app/run.txt && rm /bin/vi
+TAG lab/intermediate
+USER 1000
+RUN id -u > /tmp/uid
+LABEL team=lab
+EXPOSE 8080
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /app/run.txt"]
+"""
+
+
+def _bundle(d):
+    with tarfile.open(d / "bundle.tar", "w") as t:
+        info = tarfile.TarInfo("tool/readme")
+        data = b"from a tar\n"
+        info.size = len(data)
+        import io
+        t.addfile(info, io.BytesIO(data))
+
+
+def test_every_instruction(busybox):
+    ctx = _ctx({"hello.txt": "hi\n", "site/index.html": "<h1/>\n"}, DOCKERFILE)
+    _bundle(ctx)
+    img, steps = build.build(ctx, "lab/app", quiet=True)
+    tree = read_tree(busybox.flatten("lab/app", lab.scratch("flat")))
+    assert tree["app/hello.txt"] == "hi\n" and tree["srv/site/index.html"] == "<h1/>\n"
+    assert tree["opt/tool/readme"] == "from a tar\n"
+    assert tree["app/run.txt"] == "hello world\n" and "bin/vi" not in tree
+    assert tree["tmp/uid"] == "1000\n"
+    assert os.stat(lab.root() / "scratch" / "flat" / "app" / "hello.txt").st_uid == 1000
+    conf = img.config["config"]
+    assert conf["User"] == "1000" and conf["WorkingDir"] == "/app" and "GREETING=hello" in conf["Env"]
+    assert conf["Labels"] == {"team": "lab"} and "8080/tcp" in conf["ExposedPorts"]
+    assert conf["Entrypoint"] == ["/bin/sh", "-c"] and conf["Cmd"] == ["cat /app/run.txt"]
+    layered = [h for h in img.history if not h.get("empty_layer")]
+    assert len(layered) == len(img.layers) == 1 + 5         # base + COPY, COPY, ADD, RUN, RUN
+    assert sum(1 for h in img.history if h.get("empty_layer")) == 8
+    assert len(busybox.image("lab/intermediate").layers) == 5   # TAG: the image as it stood
+    _, r = container.run("lab/app")
+    assert r.stdout == "hello world\n"
+
+
+def test_rebuild_is_all_cache_and_same_digest(busybox):
+    ctx = _ctx({"hello.txt": "hi\n"}, "FROM busybox\nCOPY hello.txt /\nRUN echo x > /x\n")
+    one, steps1 = build.build(ctx, "lab/c", quiet=True)
+    two, steps2 = build.build(ctx, "lab/c", quiet=True)
+    assert not any(s.cached for s in steps1) and [s.cached for s in steps2 if s.layer] == [True, True]
+    assert one.manifest_desc.digest == two.manifest_desc.digest
+    (ctx / "hello.txt").write_text("changed\n")
+    three, steps3 = build.build(ctx, "lab/c", quiet=True)
+    assert [s.cached for s in steps3 if s.layer] == [False, False]     # a changed file misses from there on
+    assert three.manifest_desc.digest != one.manifest_desc.digest
+
+
+def test_errors_name_the_line(busybox):
+    ctx = _ctx({}, "")
+    with pytest.raises(build.BuildError, match="line 3: unknown instruction 'RUNN'"):
+        build.build(ctx, "lab/e", "FROM busybox\n\nRUNN true\n", quiet=True)
+    with pytest.raises(build.BuildError, match="line 2: RUN exit 3 exited with status 3"):
+        build.build(ctx, "lab/e", "FROM busybox\nRUN exit 3\n", quiet=True)
+    with pytest.raises(build.BuildError, match="line 2: 'nothere' is not in the build context"):
+        build.build(ctx, "lab/e", "FROM busybox\nCOPY nothere /\n", quiet=True)
+    with pytest.raises(build.BuildError, match="outside the build context"):
+        build.build(ctx, "lab/e", "FROM busybox\nCOPY ../../etc/passwd /\n", quiet=True)
+    with pytest.raises(build.BuildError, match="starts with FROM"):
+        build.build(ctx, "lab/e", "RUN true\n", quiet=True)
+    with pytest.raises(build.BuildError, match=r"line 1 \(FROM\): there is no image"):
+        build.build(ctx, "lab/e", "FROM nothing\n", quiet=True)
+    assert lab.entries() == [] and container.containers() == []
+
+
+def test_compress_and_squash_flag(busybox):
+    ctx = _ctx({"a": "1"}, "FROM busybox\nCOPY a /a\nRUN echo 2 > /b\nRUN rm /a\nCOMPRESS busybox\n")
+    img, _ = build.build(ctx, "lab/z", quiet=True)
+    assert len(img.layers) == 2 and "squash" in img.history[-1]["created_by"]
+    tree = read_tree(busybox.flatten("lab/z", lab.scratch("f")))
+    assert tree["b"] == "2\n" and "a" not in tree
+    ctx2 = _ctx({"a": "1"}, "FROM busybox\nCOPY a /a\nRUN echo 2 > /b\n")
+    flat, _ = build.build(ctx2, "lab/s", squash_all=True, quiet=True)
+    assert len(flat.layers) == 2
+
+
+def test_built_image_runs_the_same_under_runc(busybox):
+    ctx = _ctx({}, "FROM busybox\nRUN echo built > /msg\nCMD [\"cat\", \"/msg\"]\n")
+    build.build(ctx, "lab/r", quiet=True)
+    _, mine = container.run("lab/r")
+    out = lab.scratch("runc")
+    busybox.save("lab/r", out / "layout", "v1")
+    subprocess.run(["umoci", "unpack", "--image", f"{out / 'layout'}:v1", str(out / "bundle")], check=True,
+                   capture_output=True)
+    spec = json.loads((out / "bundle" / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    (out / "bundle" / "config.json").write_text(json.dumps(spec))
+    r = subprocess.run(["runc", "--root", str(out / "state"), "run", "--bundle", str(out / "bundle"),
+                        f"labkit-build-{os.getpid()}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == mine.stdout == "built\n"
+
+
+# --- squash: both methods, random stacks ---------------------------------------------------------
+NAMES = ["a", "b", "c"]
+change = hs.tuples(hs.sampled_from(["add", "delete", "opaque", "mkdir"]), hs.sampled_from(NAMES),
+                   hs.sampled_from(NAMES), hs.text("xyz", min_size=1, max_size=3))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(layers=hs.lists(hs.lists(change, min_size=1, max_size=4), min_size=1, max_size=4))
+def test_squash_methods_agree_on_random_stacks(busybox, layers):
+    d = lab.scratch("rand")
+    write_tree(d / "base", {"a/a": "base", "b": "base", "c/": None})
+    busybox.add_layer("busybox", d / "base", "rand/base", "base")
+    prev = "rand/base"
+    for i, changes in enumerate(layers):
+        up = d / f"l{i}"
+        up.mkdir()
+        for op, top, sub, text in changes:
+            p = up / top / sub
+            if os.path.lexists(up / top) and not (up / top).is_dir():
+                continue        # a whiteout or a file named top: nothing goes below it here
+            if op == "add":
+                p.parent.mkdir(exist_ok=True)
+                if not os.path.lexists(p):
+                    p.write_text(text)
+            elif op == "delete" and not os.path.lexists(up / top):
+                overlay.make_whiteout(up / top)
+            elif op == "opaque":
+                (up / top).mkdir(exist_ok=True)
+                overlay.make_opaque(up / top)
+            elif op == "mkdir":
+                (up / top).mkdir(exist_ok=True)
+        busybox.add_layer(prev, up, f"rand/l{i}", f"layer {i}")
+        prev = f"rand/l{i}"
+    a = squash.squash(busybox, prev, "rand/base", "rand/merged", "merge")
+    b = squash.squash(busybox, prev, "rand/base", "rand/diffed", "diff")
+    assert a.layers[-1].digest == b.layers[-1].digest
+    want = read_tree(busybox.flatten(prev, lab.scratch("want")))
+    assert read_tree(busybox.flatten("rand/merged", lab.scratch("got"))) == want
+    for name in [n for n in busybox.refs() if n.startswith("rand/")]:
+        busybox.remove_ref(name)
