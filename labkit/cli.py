@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as e:
         print(f"labkit: {e}", file=sys.stderr)
         return 1
+    except OSError as e:        # a file named on the command line that is not there, say
+        print(f"labkit: {e.strerror}: {e.filename}. Check the path and try again.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

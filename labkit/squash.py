@@ -147,3 +147,34 @@ def _copy_entry(src_top: Path, rel: Path, out: Path, parents: bool = True) -> No
     os.chown(dst, st_.st_uid, st_.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st_.st_mode):
         os.chmod(dst, stat.S_IMODE(st_.st_mode))
+
+
+def measure(s: st.Store, layers: int, files: int = 20, base: str = "busybox") -> dict:
+    """Time both methods on a synthetic stack: ``layers`` layers of ``files`` small files
+    each, every layer also rewriting and deleting some of the previous one's."""
+    import time
+    from .tree import write_tree
+    work = lab.fresh_dir(lab.root() / "tmp" / f"squash-measure-{layers}")
+    prev = base
+    try:
+        for i in range(layers):
+            spec = {f"data/l{i}/f{j}": f"{i}-{j}\n" * 50 for j in range(files)}
+            if i:
+                spec.update({f"data/l{i - 1}/f{j}": f"rewritten in {i}\n" for j in range(0, files, 4)})
+            up = write_tree(work / f"l{i}", spec)
+            if i:
+                for j in range(1, files, 4):
+                    overlay.make_whiteout(up / "data" / f"l{i - 1}" / f"f{j}")
+            prev = s.add_layer(prev, up, f"measure/{layers}/l{i}", f"step {i}").name
+        out = {"layers": layers}
+        for method in ("merge", "diff"):
+            t = time.perf_counter()
+            img = squash(s, prev, base, f"measure/{layers}/{method}", method)
+            out[method] = time.perf_counter() - t
+            out[method + "_digest"] = img.layers[-1].digest
+        return out
+    finally:
+        for name in [n for n in s.refs() if n.startswith(f"measure/{layers}/")]:
+            s.remove_ref(name)
+        s.gc()
+        lab.remove_tree(work)

@@ -312,3 +312,32 @@ def rootfs_parts(c) -> graphviz.Digraph:
         g.node(f"vol{i}", f"volume {ctr}\\nhost dir, not committed", fillcolor="#eeeeee", shape="cylinder")
         g.edge(f"vol{i}", "root", style="dashed", label="bind")
     return g
+
+
+# --- lesson 07: snapshots and squashing -------------------------------------------------------
+def snapshot_tree(infos, names: dict | None = None) -> graphviz.Digraph:
+    """Committed and active snapshots (snapshot.Info) as a tree, children above parents."""
+    names = names or {}
+    g = graphviz.Digraph("snapshots", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
+                         node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"})
+    colour = {"committed": "#cfe3f7", "active": "#fde2b8", "view": "#eeeeee"}
+    short = lambda k: names.get(k, k[7:19] if k.startswith("sha256:") else k[:24])
+    nid = lambda k: "s_" + k.replace(":", "_").replace("/", "_")
+    for i in infos:
+        g.node(nid(i.key), f"{short(i.key)}\\n{i.kind}", fillcolor=colour[i.kind])
+        if i.parent:
+            g.edge(nid(i.key), nid(i.parent))
+    return g
+
+
+def squash_plot(rows):
+    """Squash time against the number of layers, both methods (rows of squash.measure)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    n = [r["layers"] for r in rows]
+    ax.plot(n, [r["merge"] for r in rows], "o-", label="(a) merge layer by layer")
+    ax.plot(n, [r["diff"] for r in rows], "s-", label="(b) diff final against base")
+    ax.set(xlabel="layers squashed", ylabel="seconds", title="squash time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -199,3 +199,32 @@ def test_squash_methods_agree_on_random_stacks(busybox, layers):
     assert read_tree(busybox.flatten("rand/merged", lab.scratch("got"))) == want
     for name in [n for n in busybox.refs() if n.startswith("rand/")]:
         busybox.remove_ref(name)
+
+
+def test_exercises(busybox):
+    from labkit.exercises import l07_build as ex
+    bad = "FROM busybox\nCOPY app.py /app/\nRUN echo slow > /slow\n"
+    good = "FROM busybox\nRUN echo slow > /slow\nCOPY app.py /app/\n"
+    assert not ex.check_cache_order(bad).ok and ex.check_cache_order(good).ok
+    leak = lab.scratch("leak")
+    write_tree(leak, {"Dockerfile": "FROM busybox\nCOPY token /root/.token\nRUN mkdir -p /app && echo d > /app/data && rm /root/.token\n",
+                      "token": "t\n"})
+    build.build(leak, "lesson07/leaky", quiet=True)
+    assert not ex.check_squashed("lesson07/leaky").ok
+    squash.squash(busybox, "lesson07/leaky", "busybox", "lesson07/clean")
+    assert ex.check_squashed("lesson07/clean").ok
+
+
+def test_cli_build_and_squash(busybox):
+    import sys
+    ctx = _ctx({"a": "1"}, "FROM busybox\nCOPY a /a\nRUN echo 2 > /b\n")
+    env = dict(os.environ, LABKIT_HOME=str(lab.root()))
+    r = subprocess.run([sys.executable, "-m", "labkit", "build", "-t", "cli/app", str(ctx)], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "built cli/app" in r.stdout and "Step 3/3" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "labkit", "image", "squash", "cli/app", "--onto", "busybox",
+                        "-t", "cli/flat", "--method", "merge"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and len(busybox.image("cli/flat").layers) == 2
+    r = subprocess.run([sys.executable, "-m", "labkit", "build", "-t", "cli/bad", "-f", str(ctx / "nope"), str(ctx)],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0

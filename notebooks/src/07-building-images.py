@@ -1,0 +1,273 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Building images
+#
+# A Dockerfile is a list of steps; each step that changes files becomes one layer, and every
+# step, file-changing or not, leaves one line of **history**. labkit's builder runs each step
+# on a **snapshot** (containerd's model: *prepare* a writable snapshot on top of the previous
+# one, run the step, *commit* it); a `RUN` runs in a real container whose read-write layer is
+# that snapshot, so the new layer is exactly what the command changed. A build cache skips
+# steps whose inputs did not change. Then the seed's two extra instructions: `TAG` names the
+# image as it stands halfway, and `COMPRESS` squashes the layers added since a base into one.
+#
+# **What this lesson needs:** root, OverlayFS, cgroups (a RUN step is a container).
+# **What it leaves behind:** nothing: the images it builds are removed at the end.
+
+# %%
+import os, time, tarfile
+from labkit import lab, build, squash, container, viz, widgets
+from labkit.snapshot import Snapshotter
+from labkit.image import store as st, waste
+from labkit.tree import write_tree, read_tree
+from labkit.exercises import hint, l07_build as ex
+
+home = lab.scratch("07-building-images")
+store = st.Store()
+st.base_image(store)
+ctx = write_tree(home / "ctx", {"hello.txt": "hello from COPY\n", "site/index.html": "<h1>hi</h1>\n"})
+dockerfile = """\
+FROM busybox
+ARG GREETING=hello
+ENV APP_HOME=/app
+WORKDIR /app
+COPY hello.txt .
+COPY site/ /srv/site/
+RUN echo "$GREETING from RUN" > /app/run.txt && rm /bin/vi
+TAG lesson07/halfway
+RUN echo "app:x:1000:1000::/app:/bin/sh" >> /etc/passwd
+USER 1000
+CMD ["cat", "/app/run.txt"]
+"""
+_ = (ctx / "Dockerfile").write_text(dockerfile)
+
+# %% [markdown]
+# ## 1. One step, one layer (or one line of history)
+#
+# The builder prints a line per step: which made a layer (and its DiffID), which only changed
+# the config.
+
+# %% tags=["nbval-ignore-output"]
+img, steps = build.build(ctx, "lesson07/app")
+
+# %%
+made = [s for s in steps if s.layer]
+assert [s.instruction.name for s in made] == ["COPY", "COPY", "RUN", "RUN"]
+assert len(img.layers) == len(store.image("busybox").layers) + 4
+assert sum(1 for h in img.history if h.get("empty_layer")) == 5       # ARG ENV WORKDIR USER CMD
+_, r = container.run("lesson07/app")
+assert r.stdout == "hello from RUN\n"
+
+# %% [markdown]
+# `history` is what `docker history` shows: one line per step, the size of its layer:
+
+# %% tags=["nbval-ignore-output"]
+layers = iter(img.layers)
+for h in img.history:
+    size = 0 if h.get("empty_layer") else next(layers).size
+    print(f"{size:>8}  {h['created_by'][:70]}")
+
+# %% [markdown]
+# ## 2. Snapshots
+#
+# Every committed layer is a snapshot named by its ChainID, stacked on its parent's; the
+# `RUN` steps ran on *active* snapshots that were then committed. The tree, from the
+# snapshotter's own records:
+
+# %% tags=["nbval-ignore-output"]
+sn = Snapshotter()
+names = {c: f"{i}: {h}" for i, (c, h) in enumerate(zip(img.chain_ids, ["busybox"] + [str(s.instruction)[:24] for s in made]))}
+viz.snapshot_tree([i for i in sn.walk() if i.key in img.chain_ids], names)
+
+# %%
+chain = {i.key: i.parent for i in sn.walk()}
+assert all(chain[c] == p for p, c in zip(img.chain_ids, img.chain_ids[1:]))
+
+# %% [markdown]
+# The snapshotter's verbs, by hand: *prepare* a writable snapshot on the image's top layer,
+# mount it, write, *commit* it, and look at it read-only with *view*:
+
+# %%
+m = sn.prepare("by-hand", img.chain_ids[-1])
+print("lowerdirs:", len(m.lowerdirs), "| upperdir empty:", os.listdir(m.upperdir) == [])
+from labkit import overlay
+with overlay.Overlay(m.lowerdirs, m.upperdir, m.workdir, home / "mnt") as o:
+    (o.merged / "app" / "by-hand.txt").write_text("written in an active snapshot\n")
+info = sn.commit("by-hand/committed", "by-hand")
+v = sn.view("by-hand/view", "by-hand/committed")
+print(info.kind, "| it uses disk:", sn.usage("by-hand/committed") > 0, "| the view is read-only:", v.upperdir is None)
+
+# %%
+assert info.kind == "committed" and v.upperdir is None and len(v.lowerdirs) == len(m.lowerdirs) + 1
+sn.remove("by-hand/view"); sn.remove("by-hand/committed")
+
+# %% [markdown]
+# ## 3. The build cache
+#
+# Building again changes nothing, so nothing runs: every file-changing step is `CACHED` and
+# the image digest is the same. Change a copied file and the cache misses from that step on,
+# because every later step's cache key includes its parent layer.
+
+# %% tags=["nbval-ignore-output"]
+t = time.perf_counter()
+again, steps2 = build.build(ctx, "lesson07/app")
+warm = time.perf_counter() - t
+print(f"rebuild: {warm:.2f} s")
+
+# %%
+assert all(s.cached for s in steps2 if s.layer) and again.manifest_desc.digest == img.manifest_desc.digest
+(ctx / "site" / "index.html").write_text("<h1>changed</h1>\n")
+_, steps3 = build.build(ctx, "lesson07/app", quiet=True)
+print([(s.instruction.name, "CACHED" if s.cached else "ran") for s in steps3 if s.layer])
+assert [s.cached for s in steps3 if s.layer] == [True, False, False, False]
+
+# %% [markdown]
+# ## 4. TAG and COMPRESS
+#
+# The seed adds two instructions. `TAG lesson07/halfway` above named the image as it stood
+# after the first `RUN`:
+
+# %%
+half = store.image("lesson07/halfway")
+print("halfway:", len(half.layers), "layers, last step:", half.history[-1]["created_by"][:40])
+assert half.layers == store.image("lesson07/app").layers[:len(half.layers)]
+
+# %% [markdown]
+# `COMPRESS base` squashes every layer added since `base` into one layer whose parent is
+# `base`; the config stays the one of the last step:
+
+# %%
+compressed, _ = build.build(ctx, "lesson07/compressed", dockerfile + "COMPRESS busybox\n", quiet=True)
+print(len(compressed.layers), "layers;", compressed.history[-1]["created_by"])
+assert len(compressed.layers) == 2 and compressed.config["config"]["Cmd"] == ["cat", "/app/run.txt"]
+assert read_tree(store.flatten("lesson07/compressed", home / "c1")) == read_tree(store.flatten("lesson07/app", home / "c2"))
+
+# %% [markdown]
+# ## 5. Two ways to squash
+#
+# The seed weighs two algorithms: (a) merge the layers one by one by the union rules (newest
+# wins, whiteouts and opaque directories applied), or (b) flatten the final image and the base
+# and take their difference. Both end in the same smallest changeset, so with reproducible
+# tars they give **the same layer, byte for byte**:
+
+# %%
+a = squash.squash(store, "lesson07/app", "busybox", "lesson07/sq-merge", "merge")
+b = squash.squash(store, "lesson07/app", "busybox", "lesson07/sq-diff", "diff")
+print("same layer digest:", a.layers[-1].digest == b.layers[-1].digest)
+print([mm.name for mm in tarfile.open(store.open_layer(b.layers[-1]))])
+
+# %%
+assert a.layers[-1].digest == b.layers[-1].digest
+assert read_tree(store.flatten("lesson07/sq-merge", home / "s1")) == read_tree(store.flatten("lesson07/app", home / "s2"))
+
+# %% [markdown]
+# Their cost differs: (a) does work for every layer, (b) for the size of the final tree. Here
+# for 2 to 24 layers of 20 files each (every layer also rewrites and deletes some files of the
+# one before):
+
+# %% tags=["nbval-ignore-output"]
+rows = [squash.measure(store, n) for n in (2, 6, 12, 24)]
+for r_ in rows:
+    print(f"{r_['layers']:>3} layers: merge {r_['merge']:.2f} s, diff {r_['diff']:.2f} s, same digest {r_['merge_digest'] == r_['diff_digest']}")
+fig = viz.squash_plot(rows)
+
+# %%
+assert all(r_["merge_digest"] == r_["diff_digest"] for r_ in rows)
+
+# %% [markdown]
+# What squashing costs: the history of the squashed steps is gone (one line says so), and the
+# squashed layer is new, so it is no longer shared with images built on the same steps
+# (`lesson07/halfway` shares three layers with `lesson07/app`, none with the squashed one):
+
+# %%
+sq, app_now = store.image("lesson07/sq-diff"), store.image("lesson07/app")
+shared = lambda x, y: len(set(d.digest for d in x.layers) & set(d.digest for d in y.layers))
+print("history lines:", len(app_now.history), "->", len(sq.history))
+print("layers shared with lesson07/halfway:", shared(app_now, half), "->", shared(sq, half))
+assert len(sq.history) == 2 and shared(sq, half) == 1 and shared(app_now, half) == len(half.layers)
+
+# %% [markdown]
+# **Explore** the layers of the build: pick one and see what its tar holds.
+
+# %% tags=["nbval-ignore-output"]
+import ipywidgets as w
+from IPython.display import display
+pick = w.Dropdown(options=[(h["created_by"][:50], i) for i, h in enumerate(h for h in img.history if not h.get("empty_layer"))],
+                  description="layer")
+shown = w.HTML()
+def show(_=None):
+    names_ = [mm.name for mm in waste.layer_entries(store, "lesson07/app")[pick.value]]
+    shown.value = "<pre>" + "\n".join(names_[:25]) + ("\n…" if len(names_) > 25 else "") + "</pre>"
+pick.observe(show, names="value"); show()
+display(w.VBox([pick, shown]))
+
+# %%
+assert "app/hello.txt" in [mm.name for mm in waste.layer_entries(store, "lesson07/app")[1]]
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 07.cache: order for the cache
+# Write a Dockerfile (as a string) with `FROM busybox`, a slow step `RUN sleep 1 && echo slow > /slow`,
+# and `COPY app.py /app/`, ordered so that **changing `app.py` does not run the slow step again**.
+
+# %%
+my_dockerfile = ""   # your answer
+
+# %%
+ex.check_cache_order(my_dockerfile)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_dockerfile = "FROM busybox\nRUN sleep 1 && echo slow > /slow\nCOPY app.py /app/\n"
+# ```
+# </details>
+#
+# ### Exercise 07.squash: squash a secret away
+# `lesson07/leaky` copied a token into `/root/.token` and deleted it in a later step (lesson 03
+# showed it is still in the image). Make an image with the same final tree whose layers no
+# longer hold the token, and pass its name.
+
+# %%
+leak = write_tree(home / "leak", {"Dockerfile": "FROM busybox\nCOPY token /root/.token\nRUN mkdir -p /app && echo data > /app/data && rm /root/.token\n",
+                                   "token": "s3cret-token\n"})
+build.build(leak, "lesson07/leaky", quiet=True)
+my_image = None   # your answer: an image name
+
+# %%
+ex.check_squashed(my_image)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# squash.squash(store, "lesson07/leaky", "busybox", "lesson07/clean")
+# my_image = "lesson07/clean"
+# ```
+# </details>
+#
+# ## Going further
+# * **Git operations on images.** `squash` is a *merge* of commits; *rebasing* an image onto a
+#   new base is `squash.diff` of the image against its old base, applied on the new one. Both are
+#   a few lines on top of this lesson's modules.
+# * **Docker in Docker** runs a container engine inside a container; it needs the privileges
+#   and the cgroup and overlay set-up of lesson 05 inside that container, which is why it is
+#   used for build farms rather than for running services.
+#
+# ## Clean up
+
+# %%
+for name in [n for n in store.refs() if n.startswith("lesson07/")]:
+    store.remove_ref(name)
+store.gc()
+lab.remove_tree(home)
+assert set(store.refs()) == {"busybox"} and lab.entries() == [] and not home.exists()
+print("clean")
