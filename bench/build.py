@@ -2,10 +2,9 @@
 Dockerfile (goal: under 0.5 s). There is no docker here to compare with, so the squash
 methods are compared with each other."""
 import os
-import shutil
-import tempfile
 import time
 
+from bench import lab_home
 from labkit import build, lab, squash
 from labkit.image import store as st
 from labkit.tree import write_tree
@@ -24,9 +23,11 @@ CMD ["cat", "/app/one"]
 
 
 def main() -> None:
-    own = "LABKIT_HOME" not in os.environ
-    if own:
-        os.environ["LABKIT_HOME"] = tempfile.mkdtemp(prefix="labkit-bench-")
+    with lab_home():
+        _main()
+
+
+def _main() -> None:
     s = st.Store()
     st.base_image(s)
     print(f"\nsquash, layers of 20 files (s)  [{os.uname().release}, {os.cpu_count()} cpus]")
@@ -43,9 +44,6 @@ def main() -> None:
     warm = time.perf_counter() - t
     print(f"\n10-instruction Dockerfile: cold build {cold:.2f} s, warm rebuild {warm:.3f} s "
           f"({sum(x.cached for x in steps)} steps cached; goal < 0.5 s)")
-    lab.reset()
-    if own:
-        shutil.rmtree(os.environ.pop("LABKIT_HOME"))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
+from bench import lab_home
 from labkit import lab
 from labkit.image import store as st
 
@@ -33,9 +33,11 @@ def _time(argv, **kw) -> float | None:
 
 
 def main() -> None:
-    own = "LABKIT_HOME" not in os.environ
-    if own:
-        os.environ["LABKIT_HOME"] = tempfile.mkdtemp(prefix="labkit-bench-")
+    with lab_home():
+        _main()
+
+
+def _main() -> None:
     s = st.Store()
     st.base_image(s)
     w = lab.scratch("bench-run")
@@ -71,9 +73,6 @@ def main() -> None:
         ratio = f"{t / base:6.2f}x" if t and base else "     -"
         print(f"{name:<34} {shown} {ratio}")
     print("(labkit's time includes starting its Python interpreter, ~60 ms of it)")
-    lab.reset()
-    if own:
-        shutil.rmtree(os.environ.pop("LABKIT_HOME"))
 
 
 if __name__ == "__main__":

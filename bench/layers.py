@@ -9,9 +9,9 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 
+from bench import lab_home
 from labkit import lab
 from labkit.image import layer, store as st
 from labkit.tree import write_big_file
@@ -41,9 +41,11 @@ def _tree(d):
 
 
 def main() -> None:
-    own = "LABKIT_HOME" not in os.environ
-    if own:
-        os.environ["LABKIT_HOME"] = tempfile.mkdtemp(prefix="labkit-bench-")
+    with lab_home():
+        _main()
+
+
+def _main() -> None:
     w = lab.scratch("bench-layers")
     src = w / "tree"
     _tree(src)
@@ -79,9 +81,6 @@ def main() -> None:
     print(f"{'':<58} {'labkit':>8} {'tool':>8} {'ratio':>7}")
     for name, a, b in rows:
         print(f"{name:<58} {a:>8.3f} {b:>8.3f} {a / b:>6.2f}x")
-    lab.reset()
-    if own:
-        shutil.rmtree(os.environ.pop("LABKIT_HOME"))
 
 
 if __name__ == "__main__":

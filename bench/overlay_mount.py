@@ -7,12 +7,11 @@ Three ways to mount the same stack, each timed from the call to a mounted tree:
 The ratio column is labkit's best against mount(8). Medians of REPEAT runs.
 """
 import os
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 
+from bench import lab_home
 from labkit import lab, overlay
 from labkit.kernel import MNT_DETACH, umount2
 
@@ -46,9 +45,11 @@ def measure(n: int) -> dict:
 
 
 def main() -> None:
-    own = "LABKIT_HOME" not in os.environ
-    if own:
-        os.environ["LABKIT_HOME"] = tempfile.mkdtemp(prefix="labkit-bench-")
+    with lab_home():
+        _main()
+
+
+def _main() -> None:
     print(f"\noverlay mount, median of {REPEAT} (ms)  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"{'layers':>6} {'labkit mount(2)':>16} {'labkit new API':>15} {'mount(8)':>9} {'labkit/mount(8)':>16}")
     for n in LAYERS:
@@ -56,9 +57,6 @@ def main() -> None:
         best = min(r["mount"], r["new"])
         print(f"{n:>6} {r['mount'] * 1e3:>16.3f} {r['new'] * 1e3:>15.3f} {r['mount(8)'] * 1e3:>9.3f} "
               f"{best / r['mount(8)']:>15.2f}x")
-    lab.reset()
-    if own:
-        shutil.rmtree(os.environ.pop("LABKIT_HOME"))
 
 
 if __name__ == "__main__":

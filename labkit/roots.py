@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import kernel, lab, sandbox
 

@@ -148,7 +148,6 @@ def test_freeze_stops_every_process(lab_root):
         time.sleep(0.1)
         g.freeze()
         time.sleep(0.1)
-        before = os.times()
         cpu1 = _cpu_ticks(pid)
         time.sleep(0.3)
         assert _cpu_ticks(pid) == cpu1

@@ -6,7 +6,6 @@ import time
 import pytest
 
 from labkit import cow, lab, sandbox
-from labkit.errors import LabError
 
 
 def test_private_buffer_is_copied_on_write_and_shared_mmap_is_not(lab_root):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from labkit import exercises, lab, overlay
+from labkit import exercises, lab
 from labkit.exercises import hint, l00_welcome, l01_overlayfs as ex01, progress
 
 

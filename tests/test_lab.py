@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ from labkit import kernel, lab
 from labkit.errors import OutsideLabRoot
 from labkit.mountinfo import is_mountpoint, mounts_under
 
-from conftest import ON_CI, need, run_python
+from conftest import need, run_python
 
 
 @pytest.mark.parametrize("path", ["/etc", "/tmp", "/", "{root}/../elsewhere", "{root}"])

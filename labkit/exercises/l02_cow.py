@@ -34,7 +34,7 @@ def check_fault_prediction(guess):
 @exercise("02.exactly", f"make a child dirty exactly {EXACTLY} pages", hints=[
     "Your function gets the Buffer; buf.write([...]) writes one byte to each page you list.",
     "Writing the same page twice copies it once; writing five different pages copies five.",
-    f"def my_writer(buf): buf.write([0, 1, 2, 3, 4])",
+    "def my_writer(buf): buf.write([0, 1, 2, 3, 4])",
 ])
 def check_dirty_exactly(fn):
     """``fn(buf)`` runs in a forked child; exactly EXACTLY pages of a 32-page buffer must be copied."""

@@ -1,7 +1,6 @@
 """Lesson 05 exercises: pick namespaces, size a memory limit, close an escape."""
 from __future__ import annotations
 
-import os
 import socket
 
 from .. import cgroups, ns
