@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,3 +408,63 @@ def _is_tar(p: Path) -> bool:
         return tarfile.is_tarfile(p) and not p.suffix in (".gz", ".xz", ".bz2") or False
     except OSError:
         return False
+
+
+# --- the seed's "online compile": a build image made from the host's own toolchain ----------
+TOOLCHAIN = ("gcc", "libc6-dev")
+SKIP = ("/usr/share/doc/", "/usr/share/man/", "/usr/share/info/", "/usr/share/locale/", "/usr/share/lintian/")
+
+
+def toolchain_image(name: str = "lab/toolchain", store: st.Store | None = None) -> st.Image:
+    """busybox plus the host's installed gcc and libc6-dev (and everything they depend on),
+    copied file by file from dpkg's lists: a C build image without any download. Cached by name."""
+    store = store or st.Store()
+    if name in store.refs():
+        return store.image(name)
+    st.base_image(store)
+    packages = _closure(TOOLCHAIN)
+    root = lab.fresh_dir(lab.root() / "tmp" / "toolchain-rootfs")
+    try:
+        for pkg in sorted(packages):
+            files = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True).stdout.splitlines()
+            for f in files:
+                if not f.startswith("/") or f.startswith(SKIP) or not os.path.lexists(f):
+                    continue
+                dst = root / f.lstrip("/")
+                if os.path.isdir(f):         # a real directory here, even where the host has a
+                    dst.mkdir(parents=True, exist_ok=True)   # usrmerge link (/lib -> usr/lib)
+                elif not os.path.lexists(dst):
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    if os.path.islink(f):
+                        os.symlink(os.readlink(f), dst)
+                    else:
+                        shutil.copy2(f, dst)
+        return store.add_layer("busybox", root, name, f"host toolchain: {' '.join(sorted(packages))}")
+    finally:
+        lab.remove_tree(root)
+
+
+def _closure(roots) -> set[str]:
+    """Installed packages needed by ``roots`` (Depends and Pre-Depends, first installed alternative)."""
+    if not shutil.which("dpkg-query"):
+        raise BuildError("dpkg-query is missing: the toolchain image is made from Debian packages",
+                         "run the lab on Debian 12 (scripts/provision.sh installs gcc)")
+    seen, todo = set(), list(roots)
+    while todo:
+        pkg = todo.pop()
+        if pkg in seen:
+            continue
+        fields = subprocess.run(["dpkg-query", "-W", "-f", "${Status}|${Depends},${Pre-Depends}", pkg],
+                                capture_output=True, text=True).stdout
+        status, _, depends = fields.partition("|")
+        if "install ok installed" not in status:
+            raise BuildError(f"the package {pkg} is not installed", f"apt-get install {pkg}")
+        seen.add(pkg)
+        for alt in filter(None, (a.strip() for a in depends.split(","))):
+            for choice in alt.split("|"):
+                name = re.split(r"[ (:]", choice.strip())[0]
+                ok = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", name], capture_output=True, text=True)
+                if "install ok installed" in ok.stdout:
+                    todo.append(name)
+                    break
+    return seen

@@ -22,7 +22,7 @@ fi
 
 # Debian packages. Later lessons add their tools here; nothing else is fetched from anywhere.
 deb_packages=(
-  python3 python3-venv python3-dev gcc make git   # the venv, and wheels that compile
+  python3 python3-venv python3-dev gcc libc6-dev make git   # the venv; lesson 07's toolchain image
   graphviz                                        # pictures in every lesson (dot)
   busybox-static                                  # the offline base image
   skopeo umoci runc                               # the real OCI tools labkit is checked against

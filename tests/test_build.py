@@ -228,3 +228,16 @@ def test_cli_build_and_squash(busybox):
     r = subprocess.run([sys.executable, "-m", "labkit", "build", "-t", "cli/bad", "-f", str(ctx / "nope"), str(ctx)],
                        env=env, capture_output=True, text=True)
     assert r.returncode != 0
+
+
+def test_online_compile_keeps_only_the_last_layer(busybox):
+    from labkit.image import waste
+    build.toolchain_image()
+    ctx = _ctx({"hello.c": '#include <stdio.h>\nint main(void){puts("compiled");return 0;}\n'}, "")
+    build.build(ctx, "lab/cc", "FROM lab/toolchain\nCOPY hello.c /src/\nRUN mkdir -p /out && gcc -static -o /out/hello /src/hello.c\n",
+                quiet=True)
+    out = lab.scratch("bin") / "hello"
+    out.write_bytes(waste.read_from_layer(busybox, "lab/cc", -1, "out/hello"))
+    out.chmod(0o755)
+    assert subprocess.run([str(out)], capture_output=True, text=True).stdout == "compiled\n"
+    assert build.toolchain_image().manifest_desc == busybox.image("lab/toolchain").manifest_desc   # cached

@@ -18,7 +18,8 @@
 # image as it stands halfway, and `COMPRESS` squashes the layers added since a base into one.
 #
 # **What this lesson needs:** root, OverlayFS, cgroups (a RUN step is a container).
-# **What it leaves behind:** nothing: the images it builds are removed at the end.
+# **What it leaves behind:** the `lab/toolchain` build image (about 200 MiB, made once from the
+# host's gcc); the other images it builds are removed at the end.
 
 # %%
 import os, time, tarfile
@@ -211,6 +212,32 @@ display(w.VBox([pick, shown]))
 assert "app/hello.txt" in [mm.name for mm in waste.layer_entries(store, "lesson07/app")[1]]
 
 # %% [markdown]
+# ## 6. The seed's online compiler: keep only the last layer
+#
+# Seed 004 used Docker Hub as a compiler: a Dockerfile whose last step is `gcc`, built
+# remotely; then only the **last layer** is downloaded, because it holds just what the compile
+# wrote. Here the build image is made from this machine's own gcc and libc6-dev (copied from
+# dpkg's file lists, no download), and the binary comes out of the last layer's tar.
+
+# %%
+build.toolchain_image()
+cc = write_tree(home / "cc", {"hello.c": '#include <stdio.h>\nint main(void) { puts("hello from the last layer"); return 0; }\n'})
+built, _ = build.build(cc, "lesson07/hello-build",
+                       "FROM lab/toolchain\nCOPY hello.c /src/\nRUN mkdir -p /out && gcc -O2 -static -o /out/hello /src/hello.c\n",
+                       quiet=True)
+last = waste.layer_entries(store, "lesson07/hello-build")[-1]
+print("the last layer holds:", [mm.name for mm in last])
+binary = home / "hello"
+binary.write_bytes(waste.read_from_layer(store, "lesson07/hello-build", -1, "out/hello"))
+binary.chmod(0o755)
+import subprocess
+print(subprocess.run([str(binary)], capture_output=True, text=True).stdout.strip())
+
+# %%
+assert "out/hello" in [mm.name for mm in last] and len(last) <= 4
+assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "hello from the last layer\n"
+
+# %% [markdown]
 # ## Exercises
 #
 # ### Exercise 07.cache: order for the cache
@@ -269,5 +296,5 @@ for name in [n for n in store.refs() if n.startswith("lesson07/")]:
     store.remove_ref(name)
 store.gc()
 lab.remove_tree(home)
-assert set(store.refs()) == {"busybox"} and lab.entries() == [] and not home.exists()
+assert set(store.refs()) == {"busybox", "lab/toolchain"} and lab.entries() == [] and not home.exists()
 print("clean")
