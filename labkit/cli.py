@@ -170,6 +170,33 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_registry(args) -> int:
+    from werkzeug.serving import run_simple
+    from .registry import auth, server
+    host, _, port = args.addr.rpartition(":")
+    a = auth.TokenAuth(args.auth, anonymous_pull=args.anonymous_pull) if args.auth else None
+    print(f"labkit registry on http://{args.addr}/v2/, storing under {args.root}"
+          + (" (token auth)" if a else ""), flush=True)
+    run_simple(host or "127.0.0.1", int(port), server.Registry(args.root, a), threaded=True)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .image import store as st
+    from .registry import client
+    d = client.push(st.Store(), args.name, args.ref, args.user, args.password)
+    print(f"pushed {args.name} to {args.ref} ({d})")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .image import store as st
+    from .registry import client
+    img = client.pull(st.Store(), args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password)
+    print(f"pulled {args.ref} as {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="Container images from the kernel up.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,6 +252,27 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
     b.add_argument("context", metavar="CONTEXT")
     b.set_defaults(fn=cmd_build)
+
+    reg = sub.add_parser("registry", help="registry serve --addr 127.0.0.1:PORT --root DIR [--auth USERS]")
+    rsub = reg.add_subparsers(dest="action", required=True)
+    rs = rsub.add_parser("serve")
+    rs.add_argument("--addr", default="127.0.0.1:5000")
+    rs.add_argument("--root", required=True, help="where blobs and manifests are stored")
+    rs.add_argument("--auth", metavar="USERS", help="a file of name:sha256(password) lines: token auth on")
+    rs.add_argument("--anonymous-pull", action="store_true", help="with --auth: let anyone pull")
+    reg.set_defaults(fn=cmd_registry)
+    for verb in ("push", "pull"):
+        v = sub.add_parser(verb, help=f"{verb} an image: " + ("NAME HOST:PORT/REPO:TAG" if verb == "push"
+                                                              else "HOST:PORT/REPO:TAG [-t NAME] [--parallel N]"))
+        if verb == "push":
+            v.add_argument("name", metavar="NAME")
+        v.add_argument("ref", metavar="HOST:PORT/REPO:TAG")
+        if verb == "pull":
+            v.add_argument("-t", "--tag", metavar="NAME")
+            v.add_argument("--parallel", type=int, default=4)
+        v.add_argument("--user")
+        v.add_argument("--password")
+        v.set_defaults(fn=cmd_push if verb == "push" else cmd_pull)
 
     run = sub.add_parser("run", help="run a command in a container: IMAGE -- CMD...")
     run.add_argument("--memory", help="memory limit, e.g. 64m")

@@ -1,0 +1,251 @@
+"""Lesson 08: push and pull, the v2 way (seed 001): the manifest first, then layers in
+parallel, each verified by its sha256; an interrupted layer resumes with a Range request and
+a failed layer is retried alone. Push goes layers, config, manifest, skipping blobs the
+registry has. httpx does HTTP; what this module adds is the protocol.
+
+    pull(store, "127.0.0.1:5000/lab/busybox:v1", name="busybox-copy", parallel=4)
+    push(store, "busybox", "127.0.0.1:5000/lab/busybox:v1")
+
+Every request is appended to ``trace`` (if given) with its start and end time, which is what
+the lesson's timeline (Gantt chart) draws.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .. import lab
+from ..errors import LabError
+from ..image import digest as dg, store as st
+
+ACCEPT = ", ".join([st.MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"])
+CHUNK = 1 << 20
+
+
+class RegistryError(LabError):
+    """The registry said no, or the bytes it sent were not what was asked for."""
+
+
+@dataclass
+class Event:
+    what: str             # "manifest", "config", "layer 2/5" ...
+    method: str
+    url: str
+    start: float
+    end: float = 0.0
+    status: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Ref:
+    host: str
+    repo: str
+    tag: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Ref":
+        m = re.fullmatch(r"([^/]+)/(.+?)(?::([\w][\w.-]{0,127}))?", text)
+        if not m or ":" not in m.group(1) and "." not in m.group(1) and m.group(1) != "localhost":
+            raise RegistryError(f"{text!r} is not HOST:PORT/REPO:TAG", "write it like 127.0.0.1:5000/lab/busybox:v1")
+        return cls(m.group(1), m.group(2), m.group(3) or "latest")
+
+
+@dataclass
+class Session:
+    """One registry, with bearer-token auth done as the WWW-Authenticate challenge says."""
+    host: str
+    user: str | None = None
+    password: str | None = None
+    trace: list | None = None
+    fail_after: dict = field(default_factory=dict)    # test hook: {what: bytes} cuts a transfer once
+    _tokens: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.http = httpx.Client(base_url=f"http://{self.host}", timeout=60, follow_redirects=True)
+
+    def request(self, method: str, path: str, what: str = "", scope: str = "", **kw) -> httpx.Response:
+        ev = Event(what or path, method, path, time.monotonic())
+        headers = dict(kw.pop("headers", {}))
+        if scope in self._tokens:
+            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+        r = self.http.request(method, path, headers=headers, **kw)
+        if r.status_code == 401 and "bearer" in r.headers.get("WWW-Authenticate", "").lower():
+            self._tokens[scope] = self._token(r.headers["WWW-Authenticate"])
+            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+            r = self.http.request(method, path, headers=headers, **kw)
+        ev.end, ev.status = time.monotonic(), r.status_code
+        ev.bytes = len(r.content) if not kw.get("stream") else 0
+        if self.trace is not None:
+            self.trace.append(ev)
+        return r
+
+    def _token(self, challenge: str) -> str:
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        auth = (self.user, self.password) if self.user else None
+        r = self.http.get(params["realm"], params={k: v for k, v in params.items() if k != "realm"}, auth=auth)
+        if r.status_code != 200:
+            raise RegistryError(f"the token service refused ({r.status_code}): {r.text[:200]}",
+                                "check the user name and password (labkit push/pull --user)")
+        return r.json().get("token") or r.json()["access_token"]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
+    if r.status_code not in ok:
+        try:
+            err = r.json()["errors"][0]
+            detail = f"{err['code']}: {err['message']}"
+        except (ValueError, KeyError, IndexError, TypeError):
+            detail = r.text[:200]
+        raise RegistryError(f"{what} failed with HTTP {r.status_code} ({detail})",
+                            "see the registry's log; `labkit registry serve` prints every request")
+    return r
+
+
+# --- pull ----------------------------------------------------------------------------------
+def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
+         trace: list | None = None, only_last_layer: bool = False, retries: int = 3,
+         fail_after: dict | None = None) -> st.Image | Path:
+    """Pull ``ref`` into ``store`` as ``name``. ``parallel=1`` is the v1-style serial pull.
+    ``only_last_layer``: fetch just the top layer (seed 004) and return its path."""
+    r = Ref.parse(ref)
+    s = Session(r.host, user, password, trace, dict(fail_after or {}))
+    scope = f"repository:{r.repo}:pull"
+    try:
+        resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", scope,
+                                headers={"Accept": ACCEPT}), f"GET manifest {r.repo}:{r.tag}")
+        body = resp.content
+        mdigest = dg.of_bytes(body)
+        if resp.headers.get("Docker-Content-Digest", mdigest) != mdigest:
+            raise RegistryError(f"the manifest hashes to {mdigest}, the registry says "
+                                f"{resp.headers['Docker-Content-Digest']}", "the registry or the network changed it")
+        manifest = json.loads(body)
+        layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
+        cfg = st.Descriptor.from_json(manifest["config"])
+        work = lab.fresh_dir(lab.root() / "tmp" / f"pull-{uuid.uuid4().hex[:8]}")
+        try:
+            jobs = [(f"layer {i + 1}/{len(layers)}", d) for i, d in enumerate(layers)]
+            if only_last_layer:
+                jobs = jobs[-1:]
+            else:
+                jobs = [("config", cfg)] + jobs
+            with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+                files = list(pool.map(lambda j: _fetch(s, r, scope, j[0], j[1], work, retries), jobs))
+            if only_last_layer:
+                out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
+                files[0].rename(out)
+                return out
+            for (what, desc), f in zip(jobs, files):
+                with open(f, "rb") as src:
+                    store.put_blob(src, desc.media_type, expect=desc.digest)
+            mdesc = store.put_bytes(body, manifest.get("mediaType", st.MANIFEST))
+            store.set_ref(st.check_name(name or r.repo.split("/")[-1]), mdesc)
+            return store.image(name or r.repo.split("/")[-1])
+        finally:
+            lab.remove_tree(work)
+    finally:
+        s.close()
+
+
+def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work: Path, retries: int) -> Path:
+    """Download one blob, resuming with Range after a cut, verifying its digest at the end."""
+    out = work / dg.encoded(desc.digest)
+    for attempt in range(retries + 1):
+        have = out.stat().st_size if out.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        ev = Event(what + (f" (resume at {have})" if have else ""), "GET", f"/v2/{r.repo}/blobs/{desc.digest}",
+                   time.monotonic())
+        try:
+            with s.http.stream("GET", f"/v2/{r.repo}/blobs/{desc.digest}", headers={
+                    **headers, **({"Authorization": f"Bearer {s._tokens[scope]}"} if scope in s._tokens else {})}) as resp:
+                if resp.status_code == 401:
+                    s.request("HEAD", f"/v2/{r.repo}/blobs/{desc.digest}", what, scope)   # get a token
+                    continue
+                _check(resp, f"GET {what}", ok=(200, 206))
+                mode = "ab" if resp.status_code == 206 else "wb"
+                with open(out, mode) as f:
+                    for chunk in resp.iter_bytes(CHUNK):
+                        f.write(chunk)
+                        ev.bytes += len(chunk)
+                        cut = s.fail_after.get(what)
+                        if cut is not None and f.tell() >= cut:
+                            s.fail_after.pop(what)
+                            raise httpx.ReadError("connection cut (test)")
+            ev.status = resp.status_code
+        except httpx.TransportError:
+            ev.status = -1
+            if attempt == retries:
+                raise RegistryError(f"{what} failed {retries + 1} times", "check the network; pull again to resume")
+            continue
+        finally:
+            ev.end = time.monotonic()
+            if s.trace is not None:
+                s.trace.append(ev)
+        got, size = dg.of_file(out)
+        if got == desc.digest and size == desc.size:
+            return out
+        out.unlink()
+        if attempt == retries:
+            raise RegistryError(f"{what} arrived as {got}, not {desc.digest}",
+                                "the registry or the network corrupts data; it was discarded")
+    raise RegistryError(f"{what} could not be fetched", "pull again")
+
+
+# --- push ----------------------------------------------------------------------------------
+def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: list | None = None,
+         chunk: int = 4 << 20, mount_from: str | None = None) -> str:
+    """Push image ``name`` to ``ref``: blobs the registry lacks (chunked), then the manifest.
+    Returns the manifest digest."""
+    r = Ref.parse(ref)
+    s = Session(r.host, user, password, trace)
+    scope = f"repository:{r.repo}:pull,push"
+    try:
+        img = store.image(name)
+        for what, desc in [(f"layer {i + 1}/{len(img.layers)}", d) for i, d in enumerate(img.layers)] + \
+                          [("config", img.config_desc)]:
+            head = s.request("HEAD", f"/v2/{r.repo}/blobs/{desc.digest}", f"HEAD {what}", scope)
+            if head.status_code == 200:
+                continue                                       # the registry has it: skip
+            if mount_from:
+                m = s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"mount {what}", scope,
+                              params={"mount": desc.digest, "from": mount_from})
+                if m.status_code == 201:
+                    continue
+                loc = _check(m, f"start upload of {what}", ok=(202,)).headers["Location"]
+            else:
+                loc = _check(s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"start {what}", scope),
+                             f"start upload of {what}", ok=(202,)).headers["Location"]
+            with store.open_blob(desc) as f:
+                offset = 0
+                while data := f.read(chunk):
+                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{len(data)}", scope, content=data,
+                                            headers={"Content-Range": f"{offset}-{offset + len(data) - 1}",
+                                                     "Content-Type": "application/octet-stream"}),
+                                  f"PATCH {what}", ok=(202,))
+                    loc = resp.headers["Location"]
+                    offset += len(data)
+            _check(s.request("PUT", loc, f"finish {what}", scope, params={"digest": desc.digest}),
+                   f"PUT {what}", ok=(201,))
+        with store.open_blob(img.manifest_desc) as f:
+            body = f.read()
+        _check(s.request("PUT", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", scope, content=body,
+                         headers={"Content-Type": img.manifest_desc.media_type}), "PUT manifest", ok=(201,))
+        return img.manifest_desc.digest
+    finally:
+        s.close()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -1,0 +1,369 @@
+"""Lesson 08: a small OCI-distribution registry that real clients (skopeo) trust.
+
+The route table below is the distribution spec's endpoint table (spec.md, "Endpoints"),
+one line per endpoint; each handler cites its end-N. HTTP is werkzeug's (routing, request
+parsing, a threaded server); the protocol is ours:
+
+* every response carries ``Docker-Content-Digest`` where the spec asks for it;
+* uploads: POST (start, monolithic with ?digest=, or cross-repo ?mount=&from=), PATCH chunks
+  with Content-Range (416 when out of order), GET status, PUT ?digest= (verified), DELETE;
+* manifests are stored as the exact bytes pushed, with their media type, and refused while a
+  blob they reference is missing; tags list with n and last; referrers;
+* errors are the spec's JSON with its codes; bad names, digests and ranges get them too, and
+  nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
+
+from ..image import digest as dg
+from .storage import NAME, TAG, Filesystem
+
+MAX_MANIFEST = 4 << 20
+CHUNK = 1 << 20
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", OCI_INDEX,
+                  "application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json")
+
+ROUTES = Map([
+    Rule("/v2/", endpoint="base"),                                                            # end-1
+    Rule("/v2/<path:name>/blobs/uploads/", endpoint="upload_start", methods=["POST"]),        # end-4a, 4b, 11
+    Rule("/v2/<path:name>/blobs/uploads/<uid>", endpoint="upload",
+         methods=["GET", "PATCH", "PUT", "DELETE"]),                                          # end-13, 5, 6
+    Rule("/v2/<path:name>/blobs/<ref>", endpoint="blob", methods=["GET", "HEAD", "DELETE"]),  # end-2, 10
+    Rule("/v2/<path:name>/manifests/<ref>", endpoint="manifest",
+         methods=["GET", "HEAD", "PUT", "DELETE"]),                                           # end-3, 7, 9
+    Rule("/v2/<path:name>/tags/list", endpoint="tags", methods=["GET"]),                      # end-8a, 8b
+    Rule("/v2/<path:name>/referrers/<ref>", endpoint="referrers", methods=["GET"]),           # end-12a, 12b
+    Rule("/token", endpoint="token"),                                                         # the token service
+], strict_slashes=False)
+
+STATUS = {"BLOB_UNKNOWN": 404, "BLOB_UPLOAD_INVALID": 400, "BLOB_UPLOAD_UNKNOWN": 404, "DIGEST_INVALID": 400,
+          "MANIFEST_BLOB_UNKNOWN": 404, "MANIFEST_INVALID": 400, "MANIFEST_UNKNOWN": 404, "NAME_INVALID": 400,
+          "NAME_UNKNOWN": 404, "SIZE_INVALID": 400, "UNAUTHORIZED": 401, "DENIED": 403, "UNSUPPORTED": 415,
+          "TOOMANYREQUESTS": 429}
+
+
+class Problem(Exception):
+    """Answer with the spec's error JSON."""
+
+    def __init__(self, code: str, message: str, status: int | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.status, self.headers = code, message, status or STATUS[code], headers or {}
+
+
+def error(code: str, message: str, status: int | None = None, headers: dict | None = None) -> Response:
+    body = json.dumps({"errors": [{"code": code, "message": message, "detail": {}}]})
+    return Response(body, status or STATUS[code], headers or {}, content_type="application/json")
+
+
+class Registry:
+    """The WSGI application. ``auth`` (auth.TokenAuth) makes it ask for bearer tokens."""
+
+    def __init__(self, root, auth=None, log: list | None = None):
+        from .. import lab
+        self.fs = Filesystem(lab.inside(root))       # the registry writes only under the lab root
+        self.auth = auth
+        self.log = log           # if a list, every request is appended: (method, path, status)
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            endpoint, args = ROUTES.bind_to_environ(environ).match()
+            if endpoint != "token" and self.auth:
+                self.auth.require(request, args.get("name"))
+            if "name" in args and not NAME.fullmatch(args["name"]):
+                raise Problem("NAME_INVALID", f"{args['name']!r} is not a repository name")
+            response = getattr(self, f"on_{endpoint}")(request, **args)
+        except Problem as p:
+            response = error(p.code, p.message, p.status, p.headers)
+        except HTTPException as e:
+            response = error("UNSUPPORTED", e.description or str(e), e.code)
+        except ValueError as e:
+            response = error("NAME_INVALID", f"invalid name or reference: {e}")
+        if self.log is not None:
+            self.log.append((request.method, request.path + (f"?{request.query_string.decode()}"
+                                                             if request.query_string else ""), response.status_code))
+        return response(environ, start_response)
+
+    # end-1
+    def on_base(self, request):
+        return Response("{}", 200, {"Docker-Distribution-API-Version": "registry/2.0"},
+                        content_type="application/json")
+
+    def on_token(self, request):
+        if not self.auth:
+            raise Problem("UNSUPPORTED", "this registry runs without authentication", 404)
+        return self.auth.token_response(request)
+
+    # end-2, end-10
+    def on_blob(self, request, name, ref):
+        d = _digest(ref)
+        if request.method == "DELETE":
+            if not self.fs.unlink(name, d):
+                raise Problem("BLOB_UNKNOWN", f"{d} is not in {name}")
+            return Response(status=202)
+        if not self.fs.linked(name, d):
+            raise Problem("BLOB_UNKNOWN", f"{d} is not in {name}")
+        size = self.fs.blob_size(d)
+        headers = {"Docker-Content-Digest": d, "Accept-Ranges": "bytes"}
+        if request.method == "HEAD":
+            return Response(status=200, headers={**headers, "Content-Length": str(size)},
+                            content_type="application/octet-stream")
+        f = self.fs.open_blob(d)
+        rng = request.range
+        if rng and rng.units == "bytes" and len(rng.ranges) == 1:
+            start, stop = rng.range_for_length(size) or (None, None)
+            if start is None:
+                f.close()
+                return Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            f.seek(start)
+            body = _limited(f, stop - start)
+            return Response(body, 206, {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{size}",
+                                        "Content-Length": str(stop - start)},
+                            content_type="application/octet-stream", direct_passthrough=True)
+        return Response(wrap_file(request.environ, f, CHUNK), 200, {**headers, "Content-Length": str(size)},
+                        content_type="application/octet-stream", direct_passthrough=True)
+
+    # end-4a, end-4b, end-11
+    def on_upload_start(self, request, name):
+        mount, source = request.args.get("mount"), request.args.get("from")
+        if mount and source:
+            d = _digest(mount)
+            if NAME.fullmatch(source) and self.fs.linked(source, d):
+                self.fs.link(name, d)
+                return Response(status=201, headers={"Location": f"/v2/{name}/blobs/{d}", "Docker-Content-Digest": d})
+        uid = self.fs.start_upload(name)
+        want = request.args.get("digest")
+        if want is not None:                                   # monolithic upload in one POST
+            d = _digest(want)
+            self.fs.append(self.fs.upload(uid, name), _body(request))
+            if not self.fs.finish_upload(uid, name, d):
+                self.fs.cancel_upload(uid)
+                raise Problem("DIGEST_INVALID", f"the body does not hash to {d}")
+            return Response(status=201, headers={"Location": f"/v2/{name}/blobs/{d}", "Docker-Content-Digest": d})
+        return Response(status=202, headers={"Location": f"/v2/{name}/blobs/uploads/{uid}", "Range": "0-0",
+                                             "Docker-Upload-UUID": uid, "Content-Length": "0"})
+
+    # end-13, end-5, end-6, and DELETE of an upload
+    def on_upload(self, request, name, uid):
+        data = self.fs.upload(uid, name)
+        if data is None:
+            raise Problem("BLOB_UPLOAD_UNKNOWN", f"no upload {uid} in {name} (finished, cancelled or expired)")
+        size = data.stat().st_size
+        loc = {"Location": f"/v2/{name}/blobs/uploads/{uid}", "Docker-Upload-UUID": uid,
+               "Range": f"0-{max(size - 1, 0)}"}
+        if request.method == "GET":
+            return Response(status=204, headers=loc)
+        if request.method == "DELETE":
+            self.fs.cancel_upload(uid)
+            return Response(status=204)
+        if request.method == "PATCH":
+            cr = request.headers.get("Content-Range")
+            if cr:
+                m = re.fullmatch(r"(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?", cr.strip())
+                if not m or int(m.group(2)) < int(m.group(1)):
+                    raise Problem("BLOB_UPLOAD_INVALID", f"malformed Content-Range {cr!r}")
+                if int(m.group(1)) != size:
+                    return error("BLOB_UPLOAD_INVALID", f"chunk starts at {m.group(1)}, the upload has {size} bytes",
+                                 416, loc)
+            size = self.fs.append(data, _body(request))
+            loc["Range"] = f"0-{max(size - 1, 0)}"
+            return Response(status=202, headers=loc)
+        d = _digest(request.args.get("digest", ""))            # PUT: finish
+        self.fs.append(data, _body(request))
+        if not self.fs.finish_upload(uid, name, d):
+            raise Problem("DIGEST_INVALID", f"the uploaded bytes do not hash to {d}")
+        return Response(status=201, headers={"Location": f"/v2/{name}/blobs/{d}", "Docker-Content-Digest": d})
+
+    # end-3, end-7, end-9
+    def on_manifest(self, request, name, ref):
+        if not (ref.startswith("sha256:") or TAG.fullmatch(ref)):
+            raise Problem("MANIFEST_INVALID" if request.method == "PUT" else "MANIFEST_UNKNOWN",
+                          f"{ref!r} is neither a tag nor a digest", 400)
+        if ref.startswith("sha256:"):
+            _digest(ref)
+        if request.method == "PUT":
+            return self._put_manifest(request, name, ref)
+        d = self.fs.resolve(name, ref)
+        if request.method == "DELETE":
+            if not self.fs.delete_manifest(name, ref):
+                raise Problem("MANIFEST_UNKNOWN", f"{ref} is not in {name}")
+            return Response(status=202)
+        if d is None or self.fs.blob_size(d) is None:
+            raise Problem("MANIFEST_UNKNOWN", f"{ref} is not in {name}")
+        with self.fs.open_blob(d) as f:
+            body = f.read()
+        headers = {"Docker-Content-Digest": d, "Content-Length": str(len(body))}
+        mt = self.fs.manifest_type(name, d)
+        return Response(b"" if request.method == "HEAD" else body, 200, headers, content_type=mt)
+
+    def _put_manifest(self, request, name, ref):
+        length = request.content_length
+        if length is not None and length > MAX_MANIFEST:
+            raise Problem("MANIFEST_INVALID", f"a manifest of {length} bytes is over the {MAX_MANIFEST} limit", 413)
+        body = request.stream.read(MAX_MANIFEST + 1)
+        if len(body) > MAX_MANIFEST:
+            raise Problem("MANIFEST_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", 413)
+        media_type = (request.mimetype or "").strip()
+        try:
+            doc = json.loads(body)
+            assert isinstance(doc, dict)
+        except (ValueError, AssertionError):
+            raise Problem("MANIFEST_INVALID", "the manifest is not a JSON object") from None
+        media_type = doc.get("mediaType") or media_type
+        if media_type not in MANIFEST_TYPES:
+            raise Problem("MANIFEST_INVALID", f"unsupported manifest media type {media_type!r}")
+        d = dg.of_bytes(body)
+        if ref.startswith("sha256:") and ref != d:
+            raise Problem("DIGEST_INVALID", f"the manifest hashes to {d}, not {ref}")
+        for ref_desc in _references(doc):
+            rd = _digest(ref_desc.get("digest", ""))
+            if ref_desc["kind"] == "blob" and not self.fs.linked(name, rd):
+                raise Problem("MANIFEST_BLOB_UNKNOWN", f"blob {rd} is not in {name}: push it first")
+            if ref_desc["kind"] == "manifest" and self.fs.resolve(name, rd) is None:
+                raise Problem("MANIFEST_BLOB_UNKNOWN", f"manifest {rd} is not in {name}: push it first")
+        with self.lock:
+            if self.fs.blob_size(d) is None:
+                uid = self.fs.start_upload(name)
+                self.fs.append(self.fs.upload(uid, name), [body])
+                self.fs.finish_upload(uid, name, d)
+            self.fs.put_manifest(name, d, media_type, None if ref.startswith("sha256:") else ref)
+        headers = {"Location": f"/v2/{name}/manifests/{d}", "Docker-Content-Digest": d}
+        if isinstance(doc.get("subject"), dict):
+            headers["OCI-Subject"] = doc["subject"].get("digest", "")
+        return Response(status=201, headers=headers)
+
+    # end-8a, end-8b
+    def on_tags(self, request, name):
+        tags = self.fs.tags(name)
+        if tags is None:
+            raise Problem("NAME_UNKNOWN", f"there is no repository {name}")
+        last = request.args.get("last")
+        if last:
+            tags = [t for t in tags if t > last]
+        headers = {}
+        n = request.args.get("n")
+        if n is not None:
+            if not n.isdigit():
+                raise Problem("UNSUPPORTED", f"n={n!r} is not a number", 400)
+            if len(tags) > int(n):
+                tags = tags[:int(n)]
+                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1] if tags else ""}>; rel="next"'
+        return Response(json.dumps({"name": name, "tags": tags}), 200, headers, content_type="application/json")
+
+    # end-12a, end-12b
+    def on_referrers(self, request, name, ref):
+        d = _digest(ref)
+        want = request.args.get("artifactType")
+        found = []
+        for rev in self.fs.revisions(name):
+            if self.fs.blob_size(rev) is None or self.fs.blob_size(rev) > MAX_MANIFEST:
+                continue
+            with self.fs.open_blob(rev) as f:
+                try:
+                    doc = json.loads(f.read())
+                except ValueError:
+                    continue
+            if (doc.get("subject") or {}).get("digest") != d:
+                continue
+            art = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType", "")
+            if want and art != want:
+                continue
+            entry = {"mediaType": doc.get("mediaType", MANIFEST_TYPES[0]), "digest": rev,
+                     "size": self.fs.blob_size(rev), "artifactType": art}
+            if doc.get("annotations"):
+                entry["annotations"] = doc["annotations"]
+            found.append(entry)
+        headers = {"OCI-Filters-Applied": "artifactType"} if want else {}
+        return Response(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}), 200,
+                        headers, content_type=OCI_INDEX)
+
+
+def _digest(text: str) -> str:
+    try:
+        return dg.validate(text)
+    except dg.DigestError:
+        raise Problem("DIGEST_INVALID", f"{text[:80]!r} is not a sha256 digest") from None
+
+
+def _body(request):
+    stream = request.stream
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def _limited(f, n):
+    try:
+        while n > 0:
+            chunk = f.read(min(CHUNK, n))
+            if not chunk:
+                break
+            n -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
+def _references(doc: dict):
+    """Descriptors a manifest needs present: config and layers, or an index's manifests."""
+    if "manifests" in doc:
+        for m in doc.get("manifests") or []:
+            yield {**m, "kind": "manifest"}
+        return
+    if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("layers", []), list):
+        raise Problem("MANIFEST_INVALID", "an image manifest needs a config descriptor and a layers list")
+    yield {**doc["config"], "kind": "blob"}
+    for layer in doc.get("layers") or []:
+        yield {**layer, "kind": "blob"}
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log on stderr (the registry's ``log`` list has every request)."""
+
+    def log(self, *args) -> None:
+        pass
+
+
+@dataclass
+class Server:
+    """A registry served on a background thread (for notebooks and tests)."""
+    app: Registry
+    host: str
+    port: int
+
+    def __post_init__(self):
+        self._srv = make_server(self.host, self.port, self.app, threaded=True, request_handler=_Quiet)
+        self.port = self._srv.server_port
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._srv.shutdown()
+        self._srv.server_close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:
+    """Start a registry storing under ``root`` (port 0: any free port)."""
+    return Server(Registry(root, auth, log), host, port)

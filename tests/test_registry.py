@@ -1,0 +1,252 @@
+"""The registry against the distribution spec's rules and against skopeo; the client's
+parallel, resumable pull and chunked push; token auth; a bounded load test."""
+import hashlib
+import json
+import subprocess
+import threading
+
+import httpx
+import pytest
+
+from labkit import lab, tree
+from labkit.image import digest as dg, store as st
+from labkit.registry import auth, client, server
+
+
+@pytest.fixture
+def store(lab_root):
+    s = st.Store()
+    st.base_image(s)
+    d = lab.scratch("fat")
+    tree.write_tree(d, {"data/blob": 4 << 20})
+    s.add_layer("busybox", d, "fat", "COPY blob")
+    return s
+
+
+@pytest.fixture
+def reg(lab_root):
+    log = []
+    with server.serve(lab.root() / "registry", log=log) as srv:
+        srv.log = log
+        yield srv
+
+
+def http(srv):
+    return httpx.Client(base_url=f"http://{srv.address}", timeout=30)
+
+
+# --- skopeo, the real client ---------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["oci", "v2s2"])
+def test_skopeo_push_inspect_tags_pull_delete(store, reg, fmt):
+    out = store.save("fat", lab.root() / "layout", "v1")
+    dest = f"docker://{reg.address}/lab/fat:v1"
+    run = lambda *a: subprocess.run(["skopeo", *a], capture_output=True, text=True, timeout=120)
+    r = run("copy", "--dest-tls-verify=false", "--format", fmt, f"oci:{out}:v1", dest)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("inspect", "--tls-verify=false", dest).stdout)
+    assert len(info["Layers"]) == 2
+    assert json.loads(run("list-tags", "--tls-verify=false", f"docker://{reg.address}/lab/fat").stdout)["Tags"] == ["v1"]
+    back = lab.root() / "back"
+    r = run("copy", "--src-tls-verify=false", dest, f"oci:{back}:v1")
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["umoci", "unpack", "--image", f"{back}:v1", str(lab.root() / "bundle")], check=True,
+                   capture_output=True)
+    assert tree.read_tree(lab.root() / "bundle" / "rootfs") == tree.read_tree(store.flatten("fat", lab.scratch("f")))
+    assert run("delete", "--tls-verify=false", dest).returncode == 0
+    assert http(reg).get("/v2/lab/fat/manifests/v1").status_code == 404
+    methods = [m for m, _, _ in reg.log]
+    assert "PATCH" in methods and all(code < 500 for _, _, code in reg.log)
+
+
+# --- labkit's client -----------------------------------------------------------------------------
+def test_push_then_pull_parallel_and_serial(store, reg):
+    trace = []
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1", trace=trace)
+    order = [e.what for e in trace if e.method == "PUT"]
+    assert order[-1] == "manifest" and order.index("finish config") > order.index("finish layer 2/2")
+    for par in (1, 4):
+        img = client.pull(store, f"{reg.address}/lab/fat:v1", name=f"back{par}", parallel=par)
+        assert img.manifest_desc.digest == store.image("fat").manifest_desc.digest
+    again = []
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1", trace=again)
+    assert [e.method for e in again] == ["HEAD", "HEAD", "HEAD", "PUT"]     # nothing uploaded twice
+
+
+def test_interrupted_layer_resumes_with_range(store, reg):
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    trace = []
+    img = client.pull(store, f"{reg.address}/lab/fat:v1", name="resumed", trace=trace,
+                      fail_after={"layer 2/2": 1 << 20})
+    layer2 = [e for e in trace if e.what.startswith("layer 2/2")]
+    assert [e.status for e in layer2] == [-1, 206] and "resume at" in layer2[1].what
+    assert [e.status for e in trace if e.what.startswith("layer 1/2")] == [200]     # the other layer: once
+    assert img.diff_ids == store.image("fat").diff_ids
+
+
+def test_corrupted_blob_is_caught(store, reg):
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    layer = store.image("fat").layers[-1]
+    p = lab.root() / "registry" / "blobs" / "sha256" / dg.encoded(layer.digest)
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(client.RegistryError, match="arrived as"):
+        client.pull(store, f"{reg.address}/lab/fat:v1", name="bad", retries=1)
+    assert "bad" not in store.refs()
+
+
+def test_only_the_last_layer(store, reg):
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    trace = []
+    p = client.pull(store, f"{reg.address}/lab/fat:v1", only_last_layer=True, trace=trace)
+    assert [e.what for e in trace] == ["manifest", "layer 2/2"]
+    assert dg.of_file(p)[0] == store.image("fat").layers[-1].digest
+
+
+# --- the spec's rules -----------------------------------------------------------------------------
+def _start(c, repo="lab/x"):
+    r = c.post(f"/v2/{repo}/blobs/uploads/")
+    assert r.status_code == 202
+    return r.headers["Location"]
+
+
+def test_chunked_upload_rules(reg):
+    c = http(reg)
+    loc = _start(c)
+    assert c.patch(loc, content=b"abc", headers={"Content-Range": "0-2"}).status_code == 202
+    status = c.get(loc)
+    assert status.status_code == 204 and status.headers["Range"] == "0-2"
+    bad = c.patch(loc, content=b"zzz", headers={"Content-Range": "7-9"})
+    assert bad.status_code == 416 and bad.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert c.patch(loc, content=b"def", headers={"Content-Range": "3-5"}).status_code == 202
+    wrong = c.put(loc, params={"digest": dg.of_bytes(b"nope")})
+    assert wrong.status_code == 400 and wrong.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    loc = _start(c)
+    c.patch(loc, content=b"abcdef")
+    done = c.put(loc, params={"digest": dg.of_bytes(b"abcdef")})
+    assert done.status_code == 201 and done.headers["Docker-Content-Digest"] == dg.of_bytes(b"abcdef")
+    assert c.get(loc).status_code == 404                  # a finished upload is gone
+    part = c.get(f"/v2/lab/x/blobs/{dg.of_bytes(b'abcdef')}", headers={"Range": "bytes=2-4"})
+    assert part.status_code == 206 and part.content == b"cde"
+
+
+def test_monolithic_post_and_cross_repo_mount(reg):
+    c = http(reg)
+    d = dg.of_bytes(b"hello")
+    assert c.post("/v2/lab/a/blobs/uploads/", params={"digest": d}, content=b"hello").status_code == 201
+    assert c.head(f"/v2/lab/b/blobs/{d}").status_code == 404          # not linked into b yet
+    m = c.post("/v2/lab/b/blobs/uploads/", params={"mount": d, "from": "lab/a"})
+    assert m.status_code == 201 and c.head(f"/v2/lab/b/blobs/{d}").status_code == 200
+    assert c.post("/v2/lab/c/blobs/uploads/", params={"mount": d, "from": "lab/none"}).status_code == 202
+
+
+def _manifest(c, repo, tag, blobs=()):
+    for b in blobs:
+        c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": dg.of_bytes(b)}, content=b)
+    cfg = b"{}"
+    c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": dg.of_bytes(cfg)}, content=cfg)
+    doc = {"schemaVersion": 2, "mediaType": st.MANIFEST,
+           "config": {"mediaType": st.CONFIG, "digest": dg.of_bytes(cfg), "size": 2},
+           "layers": [{"mediaType": st.LAYER, "digest": dg.of_bytes(b), "size": len(b)} for b in blobs]}
+    return doc, c.put(f"/v2/{repo}/manifests/{tag}", content=json.dumps(doc), headers={"Content-Type": st.MANIFEST})
+
+
+def test_manifest_rules(reg):
+    c = http(reg)
+    doc, r = _manifest(c, "lab/m", "v1", [b"layer"])
+    assert r.status_code == 201
+    body = c.get("/v2/lab/m/manifests/v1")
+    assert body.content == json.dumps(doc).encode() and body.headers["Content-Type"] == st.MANIFEST
+    assert body.headers["Docker-Content-Digest"] == dg.of_bytes(body.content)
+    missing = dict(doc, layers=[{"mediaType": st.LAYER, "digest": dg.of_bytes(b"absent"), "size": 6}])
+    r = c.put("/v2/lab/m/manifests/v2", content=json.dumps(missing), headers={"Content-Type": st.MANIFEST})
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    huge = c.put("/v2/lab/m/manifests/v3", content=b"{" + b" " * (server.MAX_MANIFEST + 10) + b"}",
+                 headers={"Content-Type": st.MANIFEST})
+    assert huge.status_code == 413
+    assert c.put("/v2/lab/m/manifests/v4", content=b"not json", headers={"Content-Type": st.MANIFEST}).status_code == 400
+    assert c.delete(f"/v2/lab/m/manifests/{body.headers['Docker-Content-Digest']}").status_code == 202
+    assert c.get("/v2/lab/m/manifests/v1").json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_tags_list_paginates(reg):
+    c = http(reg)
+    for t in ("a", "b", "c", "d"):
+        _manifest(c, "lab/t", t)
+    assert c.get("/v2/lab/t/tags/list").json()["tags"] == ["a", "b", "c", "d"]
+    page = c.get("/v2/lab/t/tags/list", params={"n": 2})
+    assert page.json()["tags"] == ["a", "b"] and "last=b" in page.headers["Link"]
+    assert c.get("/v2/lab/t/tags/list", params={"n": 2, "last": "b"}).json()["tags"] == ["c", "d"]
+    assert c.get("/v2/lab/none/tags/list").json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+def test_referrers(reg):
+    c = http(reg)
+    _, r = _manifest(c, "lab/r", "v1")
+    subject = r.headers["Docker-Content-Digest"]
+    cfg = b'{"sig": 1}'
+    c.post("/v2/lab/r/blobs/uploads/", params={"digest": dg.of_bytes(cfg)}, content=cfg)
+    art = {"schemaVersion": 2, "mediaType": st.MANIFEST, "artifactType": "application/vnd.lab.signature",
+           "config": {"mediaType": "application/vnd.lab.signature", "digest": dg.of_bytes(cfg), "size": len(cfg)},
+           "layers": [], "subject": {"mediaType": st.MANIFEST, "digest": subject, "size": 1}}
+    put = c.put("/v2/lab/r/manifests/" + dg.of_bytes(json.dumps(art).encode()), content=json.dumps(art),
+                headers={"Content-Type": st.MANIFEST})
+    assert put.status_code == 201 and put.headers["OCI-Subject"] == subject
+    refs = c.get(f"/v2/lab/r/referrers/{subject}").json()["manifests"]
+    assert [m["artifactType"] for m in refs] == ["application/vnd.lab.signature"]
+    assert c.get(f"/v2/lab/r/referrers/{subject}", params={"artifactType": "other"}).json()["manifests"] == []
+
+
+@pytest.mark.parametrize("path,code", [
+    ("/v2/lab/x/blobs/sha256:zz", "DIGEST_INVALID"),
+    ("/v2/lab/x/blobs/sha256:..%2f..%2fetc%2fpasswd", ("DIGEST_INVALID", "UNSUPPORTED")),
+    ("/v2/Bad_Name/blobs/" + "sha256:" + "0" * 64, "NAME_INVALID"),
+    ("/v2/lab/x/blobs/uploads/not-an-upload", "BLOB_UPLOAD_UNKNOWN"),
+    ("/v2/lab/x/blobs/" + "sha256:" + "0" * 64, "BLOB_UNKNOWN"),
+])
+def test_hostile_or_unknown_requests_get_spec_errors(reg, path, code):
+    r = http(reg).get(path)
+    assert r.status_code < 500 and r.json()["errors"][0]["code"] in (code if isinstance(code, tuple) else (code,))
+    assert not list((lab.root() / "registry" / "repositories").iterdir())     # nothing written
+
+
+# --- auth -----------------------------------------------------------------------------------------
+def test_token_auth(store, lab_root):
+    users = lab.root() / "users"
+    users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
+    a = auth.TokenAuth(users, anonymous_pull=True)
+    with server.serve(lab.root() / "registry", auth=a) as srv:
+        r = http(srv).get("/v2/lab/fat/tags/list")
+        assert r.status_code == 401 and 'Bearer realm="' in r.headers["WWW-Authenticate"]
+        with pytest.raises(client.RegistryError, match="401"):
+            client.push(store, "fat", f"{srv.address}/lab/fat:v1")           # anonymous: pull only
+        with pytest.raises(client.RegistryError, match="token service refused"):
+            client.push(store, "fat", f"{srv.address}/lab/fat:v1", user="alice", password="wrong")
+        client.push(store, "fat", f"{srv.address}/lab/fat:v1", user="alice", password="secret")
+        img = client.pull(store, f"{srv.address}/lab/fat:v1", name="anon")    # anonymous pull allowed
+        assert img.diff_ids == store.image("fat").diff_ids
+
+
+# --- load -----------------------------------------------------------------------------------------
+def test_32_clients_at_once(reg):
+    blobs = [hashlib.sha256(str(i).encode()).digest() * 4096 for i in range(32)]
+    errors = []
+
+    def worker(i):
+        try:
+            with http(reg) as c:
+                for _ in range(3):
+                    d = dg.of_bytes(blobs[i])
+                    r = c.post(f"/v2/lab/load{i % 4}/blobs/uploads/", params={"digest": d}, content=blobs[i])
+                    assert r.status_code == 201, r.text
+                    got = c.get(f"/v2/lab/load{i % 4}/blobs/{d}")
+                    assert got.status_code == 200 and dg.of_bytes(got.content) == d
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    assert list((lab.root() / "registry" / "uploads").iterdir()) == []
