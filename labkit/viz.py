@@ -341,3 +341,22 @@ def squash_plot(rows):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- lesson 08: registries ---------------------------------------------------------------------
+def pull_gantt(traces: dict):
+    """One row per request of each pull (client.Event), from its start to its end."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(traces), 1, figsize=(8, 1.2 + 0.35 * max(len(t) for t in traces.values()) * len(traces) / 2),
+                             sharex=True)
+    axes = axes if len(traces) > 1 else [axes]
+    for ax, (par, trace) in zip(axes, traces.items()):
+        t0 = min(e.start for e in trace)
+        for i, e in enumerate(trace):
+            ax.barh(i, e.end - e.start, left=e.start - t0, color="#4c72b0" if "layer" in e.what else "#dd8452")
+            ax.text(e.end - t0, i, f" {e.what}", va="center", fontsize=7)
+        ax.set_yticks([])
+        ax.set_title(f"parallel={par}: {max(e.end for e in trace) - t0:.2f} s", fontsize=9)
+    axes[-1].set_xlabel("seconds since the manifest request")
+    fig.tight_layout()
+    return fig

@@ -105,6 +105,10 @@ class Session:
 def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
     if r.status_code not in ok:
         try:
+            r.read()                     # a streamed error response: read its JSON body
+        except httpx.HTTPError:
+            pass
+        try:
             err = r.json()["errors"][0]
             detail = f"{err['code']}: {err['message']}"
         except (ValueError, KeyError, IndexError, TypeError):
@@ -164,6 +168,8 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
     out = work / dg.encoded(desc.digest)
     for attempt in range(retries + 1):
         have = out.stat().st_size if out.exists() else 0
+        if have and have == desc.size and dg.of_file(out)[0] == desc.digest:
+            return out                   # the cut came after the last byte: nothing to resume
         headers = {"Range": f"bytes={have}-"} if have else {}
         ev = Event(what + (f" (resume at {have})" if have else ""), "GET", f"/v2/{r.repo}/blobs/{desc.digest}",
                    time.monotonic())
@@ -182,6 +188,7 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
                         cut = s.fail_after.get(what)
                         if cut is not None and f.tell() >= cut:
                             s.fail_after.pop(what)
+                            f.truncate(cut)        # the connection died right after byte `cut`
                             raise httpx.ReadError("connection cut (test)")
             ev.status = resp.status_code
         except httpx.TransportError:

@@ -345,6 +345,7 @@ class Server:
 
     def __post_init__(self):
         self._srv = make_server(self.host, self.port, self.app, threaded=True, request_handler=_Quiet)
+        self._srv.daemon_threads = True
         self.port = self._srv.server_port
         self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
         self._thread.start()
@@ -367,3 +368,47 @@ class Server:
 def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:
     """Start a registry storing under ``root`` (port 0: any free port)."""
     return Server(Registry(root, auth, log), host, port)
+
+
+class Slow:
+    """WSGI middleware: wait ``delay`` seconds before answering each request, like a long
+    link would. The lab's kernel has no netem qdisc, so the round-trip time is added here;
+    bandwidth is limited by the kernel (tc tbf) where the lesson asks for it."""
+
+    def __init__(self, app, delay: float):
+        self.app, self.delay = app, delay
+
+    def __call__(self, environ, start_response):
+        import time
+        time.sleep(self.delay)
+        return self.app(environ, start_response)
+
+
+def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float = 0.05,
+             rate: str | None = "100mbit") -> dict:
+    """Serial and parallel pulls of ``name`` over a slow link, in a private network namespace
+    (a child process: its loopback, its tc shaping and its server die with it).
+    Returns ``{parallel: [client.Event ...]}``."""
+    from .. import sandbox
+    from . import client
+
+    def inside():
+        import subprocess
+        subprocess.run(["ip", "link", "set", "lo", "up", "mtu", "1500"], check=True)
+        if rate:      # tbf drops packets larger than its bucket: keep the MTU below the burst
+            subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
+                            "burst", "64kb", "latency", "400ms"], check=True)
+        srv = Server(Slow(Registry(root), delay), "127.0.0.1", 0)
+        try:
+            client.push(image_store, name, f"{srv.address}/lab/timeline:v1")
+            out = {}
+            for par in layers_parallel:
+                trace = []
+                client.pull(image_store, f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
+                            parallel=par, trace=trace)
+                image_store.remove_ref(f"timeline-{par}")
+                out[par] = trace
+            return out
+        finally:
+            srv.stop()
+    return sandbox.run(inside, namespaces=("net",), timeout=300)

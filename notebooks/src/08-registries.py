@@ -1,0 +1,254 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Registries
+#
+# A registry stores blobs (layers and configs) and manifests, and speaks a small HTTP API, the
+# OCI distribution spec (Docker's "registry v2"). v2 fixed what made v1 slow (seed 004): in v1
+# a client walked an image's ancestry layer by layer, one request after the other; in v2 the
+# **manifest** lists every layer by digest up front, so the client fetches them **in
+# parallel**, checks each one's sha256, and can **resume** a cut download with a Range request.
+# A push goes the other way round: layers first, then the config, the manifest **last**.
+# In this lesson labkit's own registry (`labkit registry serve`) and client (`labkit push`,
+# `labkit pull`) talk on this machine, and you see every request.
+#
+# **What this lesson needs:** root (for the network namespace in section 6), iproute2's `tc`.
+# **What it leaves behind:** nothing: the registries stop and their storage is removed at the end.
+
+# %%
+import json, httpx
+from labkit import lab, tree, viz
+from labkit.image import store as st, digest as dg
+from labkit.registry import server, client, auth
+from labkit.exercises import hint, l08_registry as ex
+
+home = lab.scratch("08-registries")
+store = st.Store()
+st.base_image(store)
+prev = "busybox"
+for i in range(4):
+    tree.write_tree(home / f"l{i}", {f"layer{i}/data": 512 << 10})
+    prev = store.add_layer(prev, home / f"l{i}", f"lesson08/img{i}", f"COPY data {i}").name
+image = prev
+log = []
+reg = server.serve(home / "registry", log=log)
+print(f"a registry on 127.0.0.1 (port {'free' if reg.port else '?'}); image {image} has {len(store.image(image).layers)} layers")
+
+# %% [markdown]
+# ## 1. A push, request by request
+#
+# For each blob: `HEAD` (does the registry have it?), `POST` (start an upload), `PATCH` (send
+# bytes, with their Content-Range), `PUT ?digest=` (finish: the registry hashes what it got
+# and refuses a mismatch). Then the manifest, last:
+
+# %% tags=["nbval-ignore-output"]
+trace = []
+client.push(store, image, f"{reg.address}/lab/app:v1", trace=trace)
+for e in trace:
+    print(f"{e.method:<6} {e.status}  {e.what}")
+
+# %%
+methods = [(e.method, e.what) for e in trace]
+assert methods[-1] == ("PUT", "manifest")
+assert all(m in {"HEAD", "POST", "PATCH", "PUT"} for m, _ in methods)
+assert [w for m, w in methods if m == "PUT"][-2] == "finish config"
+
+# %% [markdown]
+# The registry refuses a manifest while a blob it names is missing, which is why the manifest
+# goes last:
+
+# %%
+doc = json.loads(store.open_blob(store.image(image).manifest_desc).read())
+r = httpx.put(f"http://{reg.address}/v2/lab/empty/manifests/v1", content=json.dumps(doc),
+              headers={"Content-Type": st.MANIFEST})
+print(r.status_code, r.json()["errors"][0]["code"])
+assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+
+# %% [markdown]
+# Pushing again sends nothing but `HEAD`s and the manifest: the registry has every blob.
+
+# %%
+again = []
+client.push(store, image, f"{reg.address}/lab/app:v1", trace=again)
+print([e.method for e in again])
+assert [e.method for e in again] == ["HEAD"] * 6 + ["PUT"]      # 5 layers, the config, then the manifest
+
+# %% [markdown]
+# ## 2. A pull: manifest first, then every layer, each checked
+#
+# The client reads the manifest, checks it against its digest, then fetches the config and
+# the layers (four at a time here) and checks each against the digest the manifest gives:
+
+# %% tags=["nbval-ignore-output"]
+trace = []
+pulled = client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/pulled", parallel=4, trace=trace)
+for e in trace:
+    print(f"{e.method:<4} {e.status}  {e.what:<12} {e.bytes:>8} bytes")
+
+# %%
+assert trace[0].what == "manifest" and pulled.manifest_desc.digest == store.image(image).manifest_desc.digest
+
+# %% [markdown]
+# ## 3. A digest mismatch is caught
+#
+# Flip one byte of a layer in the registry's storage, as a broken disk or a meddling proxy
+# would. The client notices: the bytes no longer hash to the digest the manifest promised.
+
+# %%
+top = store.image(image).layers[-1]
+blob = home / "registry" / "blobs" / "sha256" / dg.encoded(top.digest)
+good = blob.read_bytes()
+blob.write_bytes(good[:1000] + bytes([good[1000] ^ 1]) + good[1001:])
+try:
+    client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/tampered", retries=0)
+    caught = None
+except client.RegistryError as e:
+    caught = str(e)
+print(caught.split(",")[0])
+_ = blob.write_bytes(good)
+
+# %%
+assert caught and "arrived as" in caught and "lesson08/tampered" not in store.refs()
+
+# %% [markdown]
+# ## 4. Resume after a cut connection
+#
+# The test hook `fail_after` cuts the top layer's download after 256 KiB. The client asks again
+# with `Range: bytes=262144-`; the registry answers `206 Partial Content` with the rest. The
+# other layers are not fetched again.
+
+# %% tags=["nbval-ignore-output"]
+trace = []
+client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/resumed", trace=trace,
+            fail_after={"layer 5/5": 256 << 10})
+for e in trace:
+    print(f"{e.status:>4}  {e.what}")
+
+# %%
+top_events = [e for e in trace if e.what.startswith("layer 5/5")]
+assert [e.status for e in top_events] == [-1, 206] and "resume at 262144" in top_events[1].what
+assert sum(1 for e in trace if e.what.startswith("layer 1/5")) == 1
+
+# %% [markdown]
+# ## 5. Tokens
+#
+# A registry with authentication answers 401 and says where to get a token and for what
+# (`WWW-Authenticate: Bearer realm=…,scope="repository:…:pull"`). The client asks the token
+# service (with a user name and password, or anonymously), then repeats the request with
+# `Authorization: Bearer …`.
+
+# %%
+users = home / "users"
+users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
+secure = server.serve(home / "registry-auth", auth=auth.TokenAuth(users, anonymous_pull=True))
+r = httpx.get(f"http://{secure.address}/v2/lab/app/tags/list")
+print(r.status_code, r.headers["WWW-Authenticate"].replace(secure.address, "HOST"))
+client.push(store, image, f"{secure.address}/lab/app:v1", user="alice", password="secret")
+try:
+    client.push(store, image, f"{secure.address}/lab/other:v1")
+    anonymous_push = "allowed"
+except client.RegistryError:
+    anonymous_push = "refused"
+print("anonymous push:", anonymous_push, "| anonymous pull:",
+      client.pull(store, f"{secure.address}/lab/app:v1", name="lesson08/anon").name)
+
+# %%
+assert r.status_code == 401 and 'scope="repository:lab/app:pull"' in r.headers["WWW-Authenticate"]
+assert anonymous_push == "refused"
+
+# %% [markdown]
+# ## 6. Serial (v1-like) against parallel (v2) over a slow link
+#
+# An image of eight 1 MiB layers, pulled one layer at a time and four at a time, over a link
+# with 50 ms between request and answer. Everything runs in a private network namespace (a
+# child process): its loopback, the server in it and any `tc` shaping vanish with it. This
+# machine's kernel has no `netem` qdisc, so the delay is added by the server before each
+# answer (`server.Slow`); bandwidth, when limited, is limited by the kernel (`tc tbf`).
+
+# %% tags=["nbval-ignore-output"]
+prev8 = "busybox"
+for i in range(8):
+    tree.write_tree(home / f"m{i}", {f"part{i}/data": 1 << 20})
+    prev8 = store.add_layer(prev8, home / f"m{i}", f"lesson08/eight{i}", f"COPY part {i}").name
+latency = server.timeline(home / "registry-tl", store, prev8, layers_parallel=(1, 4), delay=0.05, rate=None)
+fig = viz.pull_gantt(latency)
+span = {p: max(e.end for e in t) - min(e.start for e in t) for p, t in latency.items()}
+print(f"latency-bound: serial {span[1]:.2f} s, parallel {span[4]:.2f} s")
+
+# %%
+assert span[1] > 2 * span[4]
+
+# %% [markdown]
+# When the link's **bandwidth** is the limit (here 40 Mbit/s, shaped by the kernel), parallel
+# requests share it, and the gain shrinks to what the per-request delays cost:
+
+# %% tags=["nbval-ignore-output"]
+narrow = server.timeline(home / "registry-tl2", store, prev8, layers_parallel=(1, 4), delay=0.05, rate="40mbit")
+nspan = {p: max(e.end for e in t) - min(e.start for e in t) for p, t in narrow.items()}
+print(f"bandwidth-bound: serial {nspan[1]:.2f} s, parallel {nspan[4]:.2f} s")
+fig = viz.pull_gantt(narrow)
+
+# %%
+assert nspan[1] / nspan[4] < span[1] / span[4]
+
+# %% [markdown]
+# ## 7. Only the last layer
+#
+# Seed 004's trick for a remote build: the last layer of a compile image holds only what the
+# compiler wrote, so fetch that one layer and nothing else:
+
+# %%
+trace = []
+last = client.pull(store, f"{reg.address}/lab/app:v1", only_last_layer=True, trace=trace)
+print([e.what for e in trace], dg.of_file(last)[0] == store.image(image).layers[-1].digest)
+assert [e.what for e in trace] == ["manifest", "layer 5/5"]
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 08.order
+# What is the **last** request of every push (method and what it sends)?
+
+# %%
+my_last_request = None
+
+# %%
+ex.check_push_order(my_last_request)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `"PUT manifest"`
+# </details>
+#
+# ### Exercise 08.resume
+# Which request header lets a client resume a cut blob download?
+
+# %%
+my_header = None
+
+# %%
+ex.check_resume_header(my_header)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# `"Range"`
+# </details>
+#
+# ## Clean up
+
+# %%
+reg.stop(); secure.stop()
+for name in [n for n in store.refs() if n.startswith("lesson08/")]:
+    store.remove_ref(name)
+store.gc()
+lab.remove_tree(home)
+assert lab.entries() == [] and not home.exists()
+print("clean")
