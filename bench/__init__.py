@@ -18,3 +18,14 @@ def lab_home():
         lab.reset()
         if own:
             shutil.rmtree(os.environ.pop("LABKIT_HOME"), ignore_errors=True)
+
+
+def with_lab(fn):
+    """Run a benchmark's main() inside lab_home()."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with lab_home():
+            return fn(*args, **kwargs)
+    return run

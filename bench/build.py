@@ -4,7 +4,7 @@ methods are compared with each other."""
 import os
 import time
 
-from bench import lab_home
+from bench import with_lab
 from labkit import build, lab, squash
 from labkit.image import store as st
 from labkit.tree import write_tree
@@ -22,12 +22,8 @@ CMD ["cat", "/app/one"]
 """
 
 
+@with_lab
 def main() -> None:
-    with lab_home():
-        _main()
-
-
-def _main() -> None:
     s = st.Store()
     st.base_image(s)
     print(f"\nsquash, layers of 20 files (s)  [{os.uname().release}, {os.cpu_count()} cpus]")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from bench import lab_home
+from bench import with_lab
 from labkit import lab
 from labkit.image import store as st
 
@@ -32,12 +32,8 @@ def _time(argv, **kw) -> float | None:
     return statistics.median(runs)
 
 
+@with_lab
 def main() -> None:
-    with lab_home():
-        _main()
-
-
-def _main() -> None:
     s = st.Store()
     st.base_image(s)
     w = lab.scratch("bench-run")

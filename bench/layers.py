@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 
-from bench import lab_home
+from bench import with_lab
 from labkit import lab
 from labkit.image import layer, store as st
 from labkit.tree import write_big_file
@@ -40,12 +40,8 @@ def _tree(d):
         write_big_file(d / "big" / f"{i:02d}.bin", 8 << 20)
 
 
+@with_lab
 def main() -> None:
-    with lab_home():
-        _main()
-
-
-def _main() -> None:
     w = lab.scratch("bench-layers")
     src = w / "tree"
     _tree(src)

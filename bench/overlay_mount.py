@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 
-from bench import lab_home
+from bench import with_lab
 from labkit import lab, overlay
 from labkit.kernel import MNT_DETACH, umount2
 
@@ -44,12 +44,8 @@ def measure(n: int) -> dict:
     return out
 
 
+@with_lab
 def main() -> None:
-    with lab_home():
-        _main()
-
-
-def _main() -> None:
     print(f"\noverlay mount, median of {REPEAT} (ms)  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"{'layers':>6} {'labkit mount(2)':>16} {'labkit new API':>15} {'mount(8)':>9} {'labkit/mount(8)':>16}")
     for n in LAYERS:

@@ -75,7 +75,6 @@ class TokenAuth:
         action = "pull" if request.method in ("GET", "HEAD") else "push"
         if request.method == "DELETE":
             action = "delete"
-        scope = f"repository:{repo}:{action}" if repo else ""
         auth = request.headers.get("Authorization", "")
         claims = self._verify(auth[7:]) if auth.lower().startswith("bearer ") else None
         if claims and (not repo or any(a["name"] == repo and (action in a["actions"] or
