@@ -28,6 +28,7 @@ deb_packages=(
   skopeo umoci runc                               # the real OCI tools labkit is checked against
   btrfs-progs                                     # lesson 04: btrfs snapshots
   iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
+  docker-registry                                 # lesson 08: the reference registry to compare with
 )
 missing=()
 for p in "${deb_packages[@]}"; do
@@ -38,6 +39,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian starts docker-registry as a service on :5000; the lab runs its own when it needs one.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 else
   say "Debian packages: all ${#deb_packages[@]} present"
 fi

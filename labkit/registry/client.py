@@ -242,7 +242,10 @@ def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: 
                                   f"PATCH {what}", ok=(202,))
                     loc = resp.headers["Location"]
                     offset += len(data)
-            _check(s.request("PUT", loc, f"finish {what}", scope, params={"digest": desc.digest}),
+            # keep the query the registry put in Location (docker-registry keeps its upload
+            # state there) and add the digest to it
+            sep = "&" if "?" in loc else "?"
+            _check(s.request("PUT", f"{loc}{sep}digest={desc.digest.replace(':', '%3A')}", f"finish {what}", scope),
                    f"PUT {what}", ok=(201,))
         with store.open_blob(img.manifest_desc) as f:
             body = f.read()
