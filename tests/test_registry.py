@@ -256,28 +256,11 @@ def test_client_against_debian_docker_registry(store, lab_root):
     """labkit's client pushes to and pulls from the reference registry (Debian's docker-registry,
     which keeps its upload state in the Location query and rotates it on every PATCH)."""
     import shutil
-    import socket
-    import time
     from conftest import need
+    from labkit.registry import reference
     need(shutil.which("docker-registry") is not None, "Debian's docker-registry")
-    root = lab.scratch("docker-registry")
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                                     f"http:\n  addr: 127.0.0.1:{port}\n")
-    p = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        client.push(store, "fat", f"127.0.0.1:{port}/lab/fat:v1", chunk=1 << 20)    # several PATCHes
-        img = client.pull(store, f"127.0.0.1:{port}/lab/fat:v1", name="from-docker-registry", parallel=4)
+    with reference.docker_registry(lab.root() / "docker-registry") as address:
+        client.push(store, "fat", f"{address}/lab/fat:v1", chunk=1 << 20)    # several PATCHes
+        img = client.pull(store, f"{address}/lab/fat:v1", name="from-docker-registry", parallel=4)
         assert img.diff_ids == store.image("fat").diff_ids
-    finally:
-        p.terminate()
-        p.wait()
+    assert lab.entries() == []

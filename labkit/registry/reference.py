@@ -1,0 +1,43 @@
+"""Debian's docker-registry (distribution 2.8), the reference the lab compares itself with.
+
+    with reference.docker_registry(lab.root() / "docker-registry") as address:
+        client.push(store, "busybox", f"{address}/lab/busybox:v1")
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+from .. import lab
+from ..errors import LabError
+
+
+@contextmanager
+def docker_registry(root):
+    """Run docker-registry on a free loopback port, storing under ``root``; yields HOST:PORT."""
+    if not shutil.which("docker-registry"):
+        raise LabError("docker-registry is not installed", "apt-get install docker-registry (provision.sh does it)")
+    root = lab.fresh_dir(root)
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                                     f"http:\n  addr: 127.0.0.1:{port}\n")
+    p = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    entry = lab.record("process", str(p.pid), "docker-registry")
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        p.terminate()
+        p.wait()
+        lab.forget(entry)
