@@ -155,7 +155,7 @@ class Builder:
 
     def _run(self, s: _State, ins: Instruction, args: str) -> Step:
         cmd = _command(args, s.args)
-        env = _env_list(s.config) + [f"{k}={v}" for k, v in s.args.items()]
+        env = list(s.config.get("Env", [])) + [f"{k}={v}" for k, v in s.args.items()]
 
         def make(upper: Path, lowers, work):
             c = container.Container.create(s.base, cmd, hostname="buildkit", layers=(lowers, upper, work),
@@ -266,10 +266,7 @@ class Builder:
         base = args.strip()
         tmp = f"build-tmp/{uuid.uuid4().hex[:8]}"
         self._commit(s, tmp)
-        try:
-            img = squash.squash(self.store, tmp, base, tmp)
-        finally:
-            pass
+        img = squash.squash(self.store, tmp, base, tmp)
         b = self.store.image(base)
         s.base = base
         s.layers = [(img.layers[-1], img.diff_ids[-1])]
@@ -375,10 +372,6 @@ def _env(config: dict) -> dict:
     return dict(e.split("=", 1) for e in config.get("Env", []) if "=" in e)
 
 
-def _env_list(config: dict) -> list[str]:
-    return list(config.get("Env", []))
-
-
 def _expand(text: str, values: dict) -> str:
     """$VAR and ${VAR} from ARG and ENV values (unknown names become empty, as in Docker)."""
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: str(values.get(m.group(1) or m.group(2), "")), text)
@@ -405,7 +398,7 @@ def _under(upper: Path, target: str) -> Path:
 def _is_tar(p: Path) -> bool:
     import tarfile
     try:
-        return tarfile.is_tarfile(p) and not p.suffix in (".gz", ".xz", ".bz2") or False
+        return p.suffix not in (".gz", ".xz", ".bz2") and tarfile.is_tarfile(p)
     except OSError:
         return False
 

@@ -104,21 +104,25 @@ class Overlay:
     def mount_here(self) -> None:
         """Mount without a ledger entry: only for a child inside its own private mount
         namespace (a container), where the mount dies with the namespace."""
-        api = self.api if self.api != "auto" else (
-            "mount" if len(self.option_string()) <= MAX_OPTIONS or not lowerdir_plus() else "new")
+        self._make_dirs()
+        (_mount_new if self._pick_api() == "new" else _mount_classic)(self)
+
+    def _pick_api(self) -> str:
+        """mount(2) while the options fit one page, else the new API (if it takes lowerdir+)."""
+        if self.api != "auto":
+            return self.api
+        return "mount" if len(self.option_string()) <= MAX_OPTIONS or not lowerdir_plus() else "new"
+
+    def _make_dirs(self) -> None:
         for d in [self.merged, *([self.upperdir, self.workdir] if self.upperdir else [])]:
             d.mkdir(parents=True, exist_ok=True)
-        (_mount_new if api == "new" else _mount_classic)(self)
 
     def mount(self) -> "Overlay":
         """Mount it (recorded in the ledger first); returns self."""
         if self.mounted:
             raise OverlayError(f"{self.merged} is already mounted by this Overlay", "call unmount() first")
-        for d in [self.merged, *([self.upperdir, self.workdir] if self.upperdir else [])]:
-            d.mkdir(parents=True, exist_ok=True)
-        api = self.api
-        if api == "auto":
-            api = "mount" if len(self.option_string()) <= MAX_OPTIONS or not lowerdir_plus() else "new"
+        self._make_dirs()
+        api = self._pick_api()
         self._entry = lab.record("mount", self.merged, f"overlay, {len(self.lowerdirs)} lower layers")
         klog = kernel.KernelLog()
         try:

@@ -70,12 +70,6 @@ def _id(i: int, rel: str) -> str:
     return f"n{i}_{rel}".replace("/", "_").replace(".", "_dot_").replace(" ", "_")
 
 
-def svg_text(g: graphviz.Digraph) -> str:
-    """The SVG of a graph without graphviz's version comment (stable across versions)."""
-    import re
-    return re.sub(r"<!--.*?-->\n?", "", g.pipe(format="svg").decode())
-
-
 def copy_up_plot(rows):
     """Copy-up time and upper-dir disk use against file size (rows of overlay.CopyUp)."""
     import matplotlib.pyplot as plt

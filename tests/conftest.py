@@ -35,6 +35,15 @@ def lab_root(tmp_path, monkeypatch):
     assert not left, f"the test left mounts behind: {left}"
 
 
+@pytest.fixture
+def busybox(lab_root):
+    """The image store of a fresh lab root, holding the busybox base image."""
+    from labkit.image import store as st
+    s = st.Store()
+    st.base_image(s)
+    return s
+
+
 def run_python(code: str, env_home, check=True, **kw) -> subprocess.CompletedProcess:
     """Run a snippet in a fresh interpreter (a separate "Jupyter kernel") with the lab root."""
     env = dict(os.environ, LABKIT_HOME=str(env_home))

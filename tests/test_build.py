@@ -8,16 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from labkit import build, container, lab, overlay, squash
-from labkit.image import store as st
 from labkit.snapshot import Snapshotter, SnapshotError
 from labkit.tree import read_tree, write_tree
-
-
-@pytest.fixture
-def busybox(lab_root):
-    s = st.Store()
-    st.base_image(s)
-    return s
 
 
 def _ctx(files: dict, dockerfile: str):

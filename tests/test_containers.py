@@ -8,17 +8,9 @@ import time
 import pytest
 
 from labkit import cgroups, container, lab, ns, roots
-from labkit.image import store as st
 from labkit.tree import read_tree
 
 from conftest import need
-
-
-@pytest.fixture
-def busybox(lab_root):
-    s = st.Store()
-    st.base_image(s)
-    return s
 
 
 # --- namespaces ---------------------------------------------------------------------------

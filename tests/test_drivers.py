@@ -7,14 +7,12 @@ import sys
 import pytest
 
 from labkit import drivers, lab, tree
-from labkit.image import store as st
 from labkit.mountinfo import mounts_under
 
 
 @pytest.fixture
-def fat(lab_root):
-    s = st.Store()
-    st.base_image(s)
+def fat(busybox):
+    s = busybox
     d = lab.scratch("fat")
     tree.write_tree(d, {"data/blob": 16 << 20})
     s.add_layer("busybox", d, "fat", "COPY blob")

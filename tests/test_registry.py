@@ -14,9 +14,8 @@ from labkit.registry import auth, client, server
 
 
 @pytest.fixture
-def store(lab_root):
-    s = st.Store()
-    st.base_image(s)
+def store(busybox):
+    s = busybox
     d = lab.scratch("fat")
     tree.write_tree(d, {"data/blob": 4 << 20})
     s.add_layer("busybox", d, "fat", "COPY blob")

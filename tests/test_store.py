@@ -12,10 +12,8 @@ from labkit.tree import read_tree, write_tree
 
 
 @pytest.fixture
-def store(lab_root):
-    s = st.Store()
-    st.base_image(s)
-    return s
+def store(busybox):
+    return busybox
 
 
 def test_layout_on_disk(store):

@@ -11,7 +11,6 @@ the lesson's timeline (Gantt chart) draws.
 """
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -255,6 +254,3 @@ def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: 
     finally:
         s.close()
 
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

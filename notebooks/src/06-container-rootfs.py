@@ -62,6 +62,8 @@ viz.rootfs_parts(c)
 
 # %%
 assert c.lowerdirs[0] == c.init and len(c.lowerdirs) == 1 + len(store.image("busybox").layers)
+from labkit.mountinfo import is_mountpoint
+assert not is_mountpoint(c.rootfs) and lab.entries() == []      # the overlay died with the container
 assert (c.init / "etc" / "hostname").read_text() == "web1\n"
 assert "127.0.1.1\tweb1" in (c.init / "etc" / "hosts").read_text()
 assert "init layer" in viz.rootfs_parts(c).source and "volume /data" in viz.rootfs_parts(c).source

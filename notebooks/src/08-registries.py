@@ -183,6 +183,9 @@ print(f"latency-bound: serial {span[1]:.2f} s, parallel {span[4]:.2f} s")
 
 # %%
 assert span[1] > 2 * span[4]
+import subprocess
+assert "tbf" not in subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
+assert lab.entries() == []          # the namespace, its shaping and its server are gone
 
 # %% [markdown]
 # When the link's **bandwidth** is the limit (here 40 Mbit/s, shaped by the kernel), parallel
