@@ -2,6 +2,7 @@
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 PORT     ?= 8888
+IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
@@ -14,8 +15,8 @@ provision:
 lab: provision
 	@$(VENV)/bin/labkit notebook sync
 	@$(VENV)/bin/jupyter trust -q $(LABKIT_WORKDIR)/*.ipynb
-	@echo "labkit: JupyterLab on http://127.0.0.1:$(PORT)/ (the URL with the token follows)"
-	@$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=127.0.0.1 --port=$(PORT) \
+	@echo "labkit: JupyterLab on http://$(IP):$(PORT)/ (the URL with the token follows)"
+	@$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) --port=$(PORT) \
 		--ServerApp.root_dir=$(LABKIT_WORKDIR)
 
 test: provision

@@ -1,8 +1,11 @@
-"""Registry: serial vs parallel pull of 8 layers with 50 ms per request (goal: >= 3x), and
+"""Registry: serial vs parallel pull of 8 layers with 50 ms per request (goal: >= 3x),
 skopeo push/pull throughput against labkit's registry and Debian's docker-registry on the
-same blobs, as a ratio (goal: labkit at least 0.8x)."""
+same blobs, as a ratio (goal: labkit at least 0.8x), and the memory both registries and
+labkit's client need for a 1 GiB blob (goal: flat, i.e. far below the blob's size)."""
 import os
+import socket
 import subprocess
+import sys
 import time
 
 from bench import with_lab
@@ -21,7 +24,7 @@ def main() -> None:
         prev = s.add_layer(prev, write_tree(lab.scratch(f"bench-reg-{i}"), {f"p{i}/d": 1 << 20}),
                            f"bench/reg{i}", f"layer {i}").name
     t = server.timeline(lab.root() / "bench-registry", s, prev, layers_parallel=(1, 8), delay=0.05, rate=None)
-    span = {p: max(e.end for e in tr) - min(e.start for e in tr) for p, tr in t.items()}
+    span = {p: t.span(p) for p in (1, 8)}
     print(f"\nregistry pull of 8 x 1 MiB layers, 50 ms per request  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"serial {span[1]:.2f} s, parallel(8) {span[8]:.2f} s, speed-up {span[1] / span[8]:.1f}x (goal >= 3x)")
     layout = s.save(prev, lab.root() / "bench-layout", "v1")
@@ -36,6 +39,81 @@ def main() -> None:
         print(f"  {name:<16} push {size / push / 2**20:6.0f}   pull {size / pull / 2**20:6.0f}")
     (lp, ll), (dp, dl) = rows["labkit registry"], rows["docker-registry"]
     print(f"  labkit/docker-registry throughput: push {dp / lp:.2f}x, pull {dl / ll:.2f}x (goal >= 0.8x)")
+    big_blob(s)
+
+
+def big_blob(s: st.Store, size: int = 1 << 30) -> None:
+    """Push a 1 GiB layer with `labkit push` and pull it back with `labkit pull`, each a
+    process of its own; report every process's peak resident memory (VmHWM, ru_maxrss).
+    (skopeo would gzip the layer on push and shrink this repetitive blob to a few MiB.)"""
+    s.add_layer("busybox", write_tree(lab.scratch("bench-big"), {"big/blob": size}), "bench/big", "1 GiB").name
+    lab.remove_tree(lab.root() / "bench-big")
+    port = _free_port()
+    srv = subprocess.Popen(LABKIT + ["registry", "serve", "--addr", f"127.0.0.1:{port}", "--root",
+                                     str(lab.root() / "bench-big-registry")], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port)
+        idle = _hwm(srv.pid)
+        push, push_peak = _labkit("push", "bench/big", f"127.0.0.1:{port}/bench/big:v1")
+        pull, pull_peak = _labkit("pull", "-q", f"127.0.0.1:{port}/bench/big:v1", "-t", "big-back")
+        peak = _hwm(srv.pid)
+    finally:
+        srv.terminate()
+        srv.wait()
+    print(f"1 GiB blob: labkit push {push:.1f} s, pull {pull:.1f} s; peak memory: labkit registry "
+          f"{idle / 2**20:.0f} MiB idle -> {peak / 2**20:.0f} MiB after both, client push {push_peak / 2**20:.0f} MiB, "
+          f"pull {pull_peak / 2**20:.0f} MiB (goal: flat)")
+    with reference.docker_registry(lab.root() / "bench-big-docker") as address:
+        pid = _listener_pid(int(address.rsplit(":", 1)[1]))
+        idle = _hwm(pid)
+        _labkit("push", "bench/big", f"{address}/bench/big:v1")
+        _labkit("pull", "-q", f"{address}/bench/big:v1", "-t", "big-back2")
+        print(f"  docker-registry, the same push and pull: {idle / 2**20:.0f} MiB idle -> {_hwm(pid) / 2**20:.0f} MiB")
+
+
+LABKIT = [sys.executable, "-m", "labkit.cli"]
+
+
+def _labkit(*argv: str) -> tuple[float, int]:
+    """Run one labkit command; its seconds and its own peak RSS in bytes (wait4(2))."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(LABKIT + list(argv), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise RuntimeError(f"labkit {' '.join(argv)} failed ({p.returncode})")
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def _hwm(pid: int) -> int:
+    """Peak resident set size of a running process, from /proc/PID/status (proc(5))."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def _wait_for(port: int) -> None:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _listener_pid(port: int) -> int:
+    """The process listening on ``port``, found through ss(8)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return int(out.split("pid=")[1].split(",")[0])
 
 
 def _skopeo(address: str, layout) -> tuple[float, float]:

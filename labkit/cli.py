@@ -192,7 +192,8 @@ def cmd_push(args) -> int:
 def cmd_pull(args) -> int:
     from .image import store as st
     from .registry import client
-    img = client.pull(st.Store(), args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password)
+    img = client.pull(st.Store(), args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password,
+                      progress=not args.quiet)
     print(f"pulled {args.ref} as {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
     return 0
 
@@ -269,7 +270,8 @@ def parser() -> argparse.ArgumentParser:
         v.add_argument("ref", metavar="HOST:PORT/REPO:TAG")
         if verb == "pull":
             v.add_argument("-t", "--tag", metavar="NAME")
-            v.add_argument("--parallel", type=int, default=4)
+            v.add_argument("--parallel", type=int, default=4, help="layers at once; 1 is the v1-style serial pull")
+            v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         v.add_argument("--user")
         v.add_argument("--password")
         v.set_defaults(fn=cmd_push if verb == "push" else cmd_pull)

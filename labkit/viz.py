@@ -338,6 +338,25 @@ def squash_plot(rows):
 
 
 # --- lesson 08: registries ---------------------------------------------------------------------
+def link_graph(client, server, delay: float) -> graphviz.Digraph:
+    """The lesson 08 link (registry.link.Side for each end): two network namespaces, the
+    veth pair between them with its addresses and qdisc, the process on each side."""
+    g = graphviz.Digraph("link", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "fontsize": "11"},
+                         node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                                    "fontsize": "10"})
+    for key, side, proc in (("c", client, "labkit client\n(pull, 1 or 4 at once)"),
+                            ("s", server, f"registry\n(+{delay * 1000:.0f} ms per answer)")):
+        with g.subgraph(name=f"cluster_{key}") as c:
+            c.attr(label=f"network namespace {side.netns}", style="filled", color="#999999", fillcolor="#fafafa")
+            c.node(f"{key}p", proc, fillcolor=_STYLE["merged"])
+            qdisc = side.qdisc.split(" root")[0].replace("qdisc ", "") if side.qdisc else "no qdisc"
+            rate = side.qdisc.split(" rate ")[1].split()[0] if " rate " in side.qdisc else "unshaped"
+            c.node(f"{key}v", f"{side.device}\n{side.ip}/30\n{qdisc.split()[0]} {rate}", fillcolor=_STYLE["lower"])
+            c.edge(f"{key}p", f"{key}v", dir="both") if key == "c" else c.edge(f"{key}v", f"{key}p", dir="both")
+    g.edge("cv", "sv", label="veth pair", dir="both", penwidth="2")
+    return g
+
+
 def pull_gantt(traces: dict):
     """One row per request of each pull (client.Event), from its start to its end."""
     import matplotlib.pyplot as plt

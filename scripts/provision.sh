@@ -29,6 +29,8 @@ deb_packages=(
   btrfs-progs                                     # lesson 04: btrfs snapshots
   iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
   docker-registry                                 # lesson 08: the reference registry to compare with
+  chromium                                        # the real-browser test of every lesson (playwright)
+  vagrant                                         # `vagrant validate` checks the Vagrantfile (no VM boots here)
 )
 missing=()
 for p in "${deb_packages[@]}"; do
@@ -66,4 +68,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'impo
 else
   say "Python packages: up to date with pyproject.toml"
 fi
+# JupyterLab settings for every user of this venv: widget state is saved in the notebook, so a
+# learner's sliders and outputs are still there after reopening it (FACTS.md: off by default).
+settings="$venv/share/jupyter/lab/settings"
+mkdir -p "$settings"
+cat > "$settings/overrides.json" <<'JSON'
+{
+  "@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}
+}
+JSON
 say "ready: $venv/bin/labkit preflight"

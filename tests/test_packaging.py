@@ -45,3 +45,50 @@ def test_every_lesson_in_the_readme_exists():
     readme = (REPO / "README.md").read_text()
     for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
         assert nb.name in readme, f"README.md does not list {nb.name}"
+
+
+# --- the Vagrant VM: no VM boots on this machine kind, so the Vagrantfile is checked statically
+def _vagrant(tmp_path, *args, env=None):
+    import os
+    import shutil
+    import subprocess
+    shutil.copy(REPO / "Vagrantfile", tmp_path / "Vagrantfile")
+    e = {**os.environ, "VAGRANT_CWD": str(tmp_path), "VAGRANT_HOME": str(tmp_path / ".vagrant.d"),
+         "VAGRANT_CHECKPOINT_DISABLE": "1", **(env or {})}
+    return subprocess.run(["vagrant", *args], capture_output=True, text=True, env=e, timeout=120)
+
+
+def test_vagrant_validates_the_vagrantfile(tmp_path):
+    r = _vagrant(tmp_path, "validate", "--ignore-provider")
+    assert r.returncode == 0 and "validated successfully" in r.stdout, r.stdout + r.stderr
+    bad = _vagrant(tmp_path, "validate", "--ignore-provider", env={"LABKIT_PORT": "not-a-port"})
+    assert bad.returncode != 0
+
+
+def test_vagrantfile_debian12_port_on_host_loopback_provisioned_by_the_same_script():
+    text = (REPO / "Vagrantfile").read_text()
+    code = "\n".join(re.sub(r"#.*", "", line) for line in text.splitlines())
+    assert '"debian/bookworm64"' in code                                   # Debian 12
+    fwd = re.search(r'forwarded_port".*?guest: (\d+).*?host_ip: "([\d.]+)"', code, re.S)
+    assert fwd and fwd.groups() == ("8888", "127.0.0.1")
+    assert "scripts/provision.sh" in code and "scripts/lab-service.sh" in code
+    assert int(re.search(r'LABKIT_MEMORY", "(\d+)"', code).group(1)) >= 4096
+    assert int(re.search(r'LABKIT_CPUS", "(\d+)"', code).group(1)) >= 2
+
+
+def test_lab_service_unit_is_valid_and_serves_make_lab(tmp_path):
+    import subprocess
+    unit = subprocess.run([REPO / "scripts" / "lab-service.sh", "--print"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"ExecStart=/usr/bin/make -C {REPO} lab" in unit and "IP=0.0.0.0" in unit and "PORT=8888" in unit
+    (tmp_path / "labkit-lab.service").write_text(unit)
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "labkit-lab.service")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_widget_state_is_saved_for_every_user_of_the_venv():
+    import json
+    import sys
+    overrides = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    assert json.loads(overrides.read_text())["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True

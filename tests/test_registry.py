@@ -263,3 +263,48 @@ def test_client_against_debian_docker_registry(store, lab_root):
         img = client.pull(store, f"{address}/lab/fat:v1", name="from-docker-registry", parallel=4)
         assert img.diff_ids == store.image("fat").diff_ids
     assert lab.entries() == []
+
+
+def test_an_abandoned_upload_expires_and_leaves_nothing(reg):
+    """An upload that never finishes is swept after upload_ttl: its data is gone and the
+    spec's BLOB_UPLOAD_UNKNOWN answers anyone who comes back to it."""
+    c = http(reg)
+    loc = c.post("/v2/lab/x/blobs/uploads/").headers["Location"]
+    assert c.patch(loc, content=b"half a layer").status_code == 202
+    uploads = lab.root() / "registry" / "uploads"
+    assert len(list(uploads.iterdir())) == 1
+    reg.app.fs.upload_ttl = 0                        # time passes
+    r = c.patch(loc, content=b"the other half", headers={"Content-Range": "12-25"})
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+    assert list(uploads.iterdir()) == []
+    reg.app.fs.upload_ttl = 3600
+    assert c.post("/v2/lab/x/blobs/uploads/").status_code == 202      # new uploads still work
+
+
+def test_pull_shows_one_progress_bar_per_blob_and_a_resumed_bar_continues(store, reg, capsys):
+    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    capsys.readouterr()
+    client.pull(store, f"{reg.address}/lab/fat:v1", name="shown", progress=True, fail_after={"layer 2/2": 1 << 20})
+    err = capsys.readouterr().err
+    for what in ("config", "layer 1/2", "layer 2/2"):
+        assert what in err
+    assert err.count("100%") >= 3
+    import re
+    done = [float(x) for x in re.findall(r"([\d.]+)M/4\.20M", err)]
+    assert done[-1] == 4.20 and max(done) <= 4.20        # the resumed bar did not count the cut MiB twice
+
+
+def test_timeline_runs_across_a_veth_pair_between_two_namespaces(busybox, lab_root):
+    """Client and registry in two fresh network namespaces joined by a veth pair, shaped by
+    tbf; all of it gone when the pull is over."""
+    import os
+    from pathlib import Path
+    prev = "busybox"
+    for i in range(2):
+        prev = busybox.add_layer(prev, tree.write_tree(lab.scratch(f"t{i}"), {f"p{i}/d": 256 << 10}),
+                                 f"t/{i}", "layer").name
+    t = server.timeline(lab.root() / "tl", busybox, prev, layers_parallel=(1, 2), delay=0.02, rate="100mbit")
+    assert len({os.readlink("/proc/self/ns/net"), t.client.netns, t.server.netns}) == 3
+    assert any("10.77.0.2/30" in a for a in t.client.addresses) and "rate 100Mbit" in t.server.qdisc
+    assert [e.what for e in t.pulls[1]][:2] == ["manifest", "config"] and t.span(1) > 0
+    assert not Path("/sys/class/net/lk-cli").exists() and lab.entries() == []

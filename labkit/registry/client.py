@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tqdm.auto import tqdm
 
 from .. import lab
 from ..errors import LabError
@@ -66,6 +67,7 @@ class Session:
     password: str | None = None
     trace: list | None = None
     fail_after: dict = field(default_factory=dict)    # test hook: {what: bytes} cuts a transfer once
+    bars: dict = field(default_factory=dict)         # {what: tqdm} when pull(progress=True)
     _tokens: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -119,9 +121,10 @@ def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
 # --- pull ----------------------------------------------------------------------------------
 def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
          trace: list | None = None, only_last_layer: bool = False, retries: int = 3,
-         fail_after: dict | None = None) -> st.Image | Path:
+         fail_after: dict | None = None, progress: bool = False) -> st.Image | Path:
     """Pull ``ref`` into ``store`` as ``name``. ``parallel=1`` is the v1-style serial pull.
-    ``only_last_layer``: fetch just the top layer (seed 004) and return its path."""
+    ``only_last_layer``: fetch just the top layer (seed 004) and return its path.
+    ``progress``: one tqdm bar per blob (a widget in Jupyter, text in a terminal)."""
     r = Ref.parse(ref)
     s = Session(r.host, user, password, trace, dict(fail_after or {}))
     scope = f"repository:{r.repo}:pull"
@@ -143,6 +146,9 @@ def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, 
                 jobs = jobs[-1:]
             else:
                 jobs = [("config", cfg)] + jobs
+            if progress:
+                s.bars = {what: tqdm(total=d.size, desc=what, unit="B", unit_scale=True, position=i, leave=True)
+                          for i, (what, d) in enumerate(jobs)}
             with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
                 files = list(pool.map(lambda j: _fetch(s, r, scope, j[0], j[1], work, retries), jobs))
             if only_last_layer:
@@ -158,14 +164,20 @@ def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, 
         finally:
             lab.remove_tree(work)
     finally:
+        for bar in s.bars.values():
+            bar.close()
         s.close()
 
 
 def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work: Path, retries: int) -> Path:
     """Download one blob, resuming with Range after a cut, verifying its digest at the end."""
     out = work / dg.encoded(desc.digest)
+    bar = s.bars.get(what)
     for attempt in range(retries + 1):
         have = out.stat().st_size if out.exists() else 0
+        if bar is not None:
+            bar.n = have                 # a resumed layer's bar continues where the cut left it
+            bar.refresh()
         if have and have == desc.size and dg.of_file(out)[0] == desc.digest:
             return out                   # the cut came after the last byte: nothing to resume
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -183,6 +195,8 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
                     for chunk in resp.iter_bytes(CHUNK):
                         f.write(chunk)
                         ev.bytes += len(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
                         cut = s.fail_after.get(what)
                         if cut is not None and f.tell() >= cut:
                             s.fail_after.pop(what)

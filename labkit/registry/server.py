@@ -384,30 +384,38 @@ class Slow:
         return self.app(environ, start_response)
 
 
+@dataclass
+class Timeline:
+    """Every request of each pull (``pulls[parallel]``) and the two ends of the link."""
+    pulls: dict
+    client: object          # link.Side
+    server: object          # link.Side
+
+    def span(self, parallel: int) -> float:
+        """Seconds from the first request's start to the last one's end."""
+        t = self.pulls[parallel]
+        return max(e.end for e in t) - min(e.start for e in t)
+
+
 def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float = 0.05,
-             rate: str | None = "100mbit") -> dict:
-    """Serial and parallel pulls of ``name`` over a slow link, in a private network namespace
-    (a child process: its loopback, its tc shaping and its server die with it).
-    Returns ``{parallel: [client.Event ...]}``."""
+             rate: str | None = "100mbit") -> "Timeline":
+    """Serial and parallel pulls of ``name`` across a slow link: the client in one private
+    network namespace, the registry in another, joined by a veth pair (``link.across``).
+    Both live in one sandbox child and die with it."""
     from .. import sandbox
-    from . import client
+    from . import client, link
 
     def inside():
-        import subprocess
-        subprocess.run(["ip", "link", "set", "lo", "up", "mtu", "1500"], check=True)
-        if rate:      # tbf drops packets larger than its bucket: keep the MTU below the burst
-            subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
-                            "burst", "64kb", "latency", "400ms"], check=True)
-        srv = Server(Slow(Registry(root), delay), "127.0.0.1", 0)
+        srv, near, far = link.across(Slow(Registry(root), delay), rate)
         try:
             client.push(image_store, name, f"{srv.address}/lab/timeline:v1")
-            out = {}
+            out = Timeline({}, near, far)
             for par in layers_parallel:
                 trace = []
                 client.pull(image_store, f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
                             parallel=par, trace=trace)
                 image_store.remove_ref(f"timeline-{par}")
-                out[par] = trace
+                out.pulls[par] = trace
             return out
         finally:
             srv.stop()

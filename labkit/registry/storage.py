@@ -27,12 +27,13 @@ from ..image import digest
 
 NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-UPLOAD_TTL = 3600
+UPLOAD_TTL = 3600      # seconds an unfinished upload is kept (docker-registry's default purges after days)
 
 
 class Filesystem:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, upload_ttl: float = UPLOAD_TTL):
         self.root = Path(root)
+        self.upload_ttl = upload_ttl
         for d in ("blobs/sha256", "repositories", "uploads"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
 
@@ -69,6 +70,8 @@ class Filesystem:
 
     # --- uploads ---
     def start_upload(self, repo: str) -> str:
+        """A new upload session; abandoned ones older than ``upload_ttl`` are swept first."""
+        self.expire_uploads()
         uid = uuid.uuid4().hex
         d = self.root / "uploads" / uid
         d.mkdir()
@@ -87,7 +90,7 @@ class Filesystem:
             return None
         if info["repo"] != repo:
             return None
-        if time.time() - info["started"] > UPLOAD_TTL:
+        if time.time() - info["started"] > self.upload_ttl:
             self.cancel_upload(uid)
             return None
         return d / "data"
@@ -125,13 +128,17 @@ class Filesystem:
             pass
 
     def expire_uploads(self) -> int:
+        """Remove uploads that never finished within ``upload_ttl``; returns how many."""
         n = 0
         for d in (self.root / "uploads").iterdir():
             try:
                 started = json.loads((d / "info.json").read_text())["started"]
             except (OSError, ValueError, KeyError):
-                started = 0
-            if time.time() - started > UPLOAD_TTL:
+                try:                         # being created right now, or half-written by a crash
+                    started = d.stat().st_mtime
+                except FileNotFoundError:
+                    continue                 # finished or swept by another request meanwhile
+            if time.time() - started > self.upload_ttl:
                 self.cancel_upload(d.name)
                 n += 1
         return n

@@ -22,7 +22,8 @@
 # **What it leaves behind:** nothing: the registries stop and their storage is removed at the end.
 
 # %%
-import json, httpx
+import json, os, httpx
+from pathlib import Path
 from labkit import lab, tree, viz
 from labkit.image import store as st, digest as dg
 from labkit.registry import server, client, auth
@@ -166,10 +167,13 @@ assert anonymous_push == "refused"
 # ## 6. Serial (v1-like) against parallel (v2) over a slow link
 #
 # An image of eight 1 MiB layers, pulled one layer at a time and four at a time, over a link
-# with 50 ms between request and answer. Everything runs in a private network namespace (a
-# child process): its loopback, the server in it and any `tc` shaping vanish with it. This
-# machine's kernel has no `netem` qdisc, so the delay is added by the server before each
-# answer (`server.Slow`); bandwidth, when limited, is limited by the kernel (`tc tbf`).
+# with 50 ms between request and answer. The lab builds that link from kernel parts: the
+# client in one network namespace, the registry in a second one, and a **veth pair** (a
+# virtual cable) between them, `10.77.0.2` on the client end and `10.77.0.1` on the
+# registry's. Both namespaces belong to one child process, so the pair, its addresses and any
+# shaping vanish when it exits. This machine's kernel has no `netem` qdisc, so the delay is
+# added by the server before each answer (`server.Slow`); bandwidth, when limited, is limited
+# by the kernel's token bucket filter (`tc tbf`) on both ends of the pair.
 
 # %% tags=["nbval-ignore-output"]
 prev8 = "busybox"
@@ -177,28 +181,37 @@ for i in range(8):
     tree.write_tree(home / f"m{i}", {f"part{i}/data": 1 << 20})
     prev8 = store.add_layer(prev8, home / f"m{i}", f"lesson08/eight{i}", f"COPY part {i}").name
 latency = server.timeline(home / "registry-tl", store, prev8, layers_parallel=(1, 4), delay=0.05, rate=None)
-fig = viz.pull_gantt(latency)
-span = {p: max(e.end for e in t) - min(e.start for e in t) for p, t in latency.items()}
-print(f"latency-bound: serial {span[1]:.2f} s, parallel {span[4]:.2f} s")
+print("client side:", latency.client.addresses, "\nserver side:", latency.server.addresses)
+viz.link_graph(latency.client, latency.server, delay=0.05)
 
 # %%
-assert span[1] > 2 * span[4]
-import subprocess
-assert "tbf" not in subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
-assert lab.entries() == []          # the namespace, its shaping and its server are gone
+here = os.readlink("/proc/self/ns/net")
+assert len({here, latency.client.netns, latency.server.netns}) == 3       # three different namespaces
+assert any(a.startswith("lk-cli") and "10.77.0.2/30" in a for a in latency.client.addresses)
+assert any(a.startswith("lk-srv") and "10.77.0.1/30" in a for a in latency.server.addresses)
+
+# %% tags=["nbval-ignore-output"]
+fig = viz.pull_gantt(latency.pulls)
+print(f"latency-bound: serial {latency.span(1):.2f} s, parallel {latency.span(4):.2f} s")
+
+# %%
+assert latency.span(1) > 2 * latency.span(4)
+assert not Path("/sys/class/net/lk-cli").exists()   # the pair is gone with the child
+assert lab.entries() == []          # the namespaces, the pair and the server are gone
 
 # %% [markdown]
-# When the link's **bandwidth** is the limit (here 40 Mbit/s, shaped by the kernel), parallel
-# requests share it, and the gain shrinks to what the per-request delays cost:
+# When the link's **bandwidth** is the limit (here 40 Mbit/s, shaped by `tc tbf` on each end),
+# parallel requests share it, and the gain shrinks to what the per-request delays cost:
 
 # %% tags=["nbval-ignore-output"]
 narrow = server.timeline(home / "registry-tl2", store, prev8, layers_parallel=(1, 4), delay=0.05, rate="40mbit")
-nspan = {p: max(e.end for e in t) - min(e.start for e in t) for p, t in narrow.items()}
-print(f"bandwidth-bound: serial {nspan[1]:.2f} s, parallel {nspan[4]:.2f} s")
-fig = viz.pull_gantt(narrow)
+print("shaping on the client end:", narrow.client.qdisc)
+print(f"bandwidth-bound: serial {narrow.span(1):.2f} s, parallel {narrow.span(4):.2f} s")
+fig = viz.pull_gantt(narrow.pulls)
 
 # %%
-assert nspan[1] / nspan[4] < span[1] / span[4]
+assert "tbf" in narrow.client.qdisc and "40Mbit" in narrow.server.qdisc
+assert narrow.span(1) / narrow.span(4) < latency.span(1) / latency.span(4)
 
 # %% [markdown]
 # ## 7. Only the last layer

@@ -1,0 +1,87 @@
+"""Lesson 08's slow link: two network namespaces joined by a veth pair (veth(4),
+ip-link(8)), each end shaped by the kernel's token bucket filter (tc-tbf(8)).
+
+Call :func:`across` in a process that already has its own network namespace (a sandbox
+child, the *client side*). It makes the *server side* on a thread of that same process:
+the thread unshare(2)s a second network namespace, the client side creates the pair with
+one end inside it, and the registry's listening socket is opened there. Nothing has a name
+in /run/netns and nothing is a separate process: when the sandbox child exits, both
+namespaces, the pair and the shaping are gone.
+
+This kernel has no ``netem`` qdisc (FACTS.md), so round-trip delay is added by the server
+(``server.Slow``); bandwidth is the kernel's business.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import threading
+from dataclasses import dataclass
+
+from .. import kernel
+
+SERVER_END, SERVER_IP = "lk-srv", "10.77.0.1"
+CLIENT_END, CLIENT_IP = "lk-cli", "10.77.0.2"
+
+
+@dataclass
+class Side:
+    """One end of the link, as `ip` and `tc` report it from inside its namespace."""
+    device: str
+    ip: str
+    netns: str          # readlink /proc/thread-self/ns/net, e.g. "net:[4026532301]"
+    addresses: list     # from ip -brief address: ["lo 127.0.0.1/8 ::1/128", "lk-cli@if2 10.77.0.2/30"]
+    qdisc: str          # tc qdisc show dev DEVICE
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def _configure(device: str, ip: str, rate: str | None) -> Side:
+    """Bring up lo and our veth end with its address; shape its egress with tbf (tc-tbf(8)):
+    a bucket of 64 KiB refilled at ``rate``, packets waiting at most 400 ms."""
+    sh("ip", "link", "set", "lo", "up")
+    sh("ip", "address", "add", f"{ip}/30", "dev", device)
+    sh("ip", "link", "set", device, "up")
+    if rate:
+        sh("tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", rate, "burst", "64kb", "latency", "400ms")
+    # (the link state column is left out: it says DOWN until the other end is up too)
+    addresses = [" ".join(line.split()[:1] + line.split()[2:]) for line in sh("ip", "-brief", "address").splitlines()]
+    return Side(device, ip, os.readlink("/proc/thread-self/ns/net"), addresses,
+                sh("tc", "qdisc", "show", "dev", device).strip())
+
+
+def across(app, rate: str | None = None):
+    """Serve the WSGI ``app`` on SERVER_IP in a new network namespace joined to ours by a
+    veth pair. Returns ``(server, client_side, server_side)``; the caller stops the server."""
+    from .server import Server
+    tid, done = queue.Queue(), queue.Queue()
+    go = threading.Event()
+
+    def server_side():
+        try:
+            kernel.unshare(kernel.NAMESPACES["net"])      # this thread only: net is per task
+            tid.put(threading.get_native_id())
+            go.wait(30)
+            side = _configure(SERVER_END, SERVER_IP, rate)
+            done.put((Server(app, SERVER_IP, 0), side))   # its threads inherit our namespace
+        except BaseException as e:                        # report it to the client side
+            tid.put(e)
+            done.put(e)
+
+    threading.Thread(target=server_side, daemon=True).start()
+    peer = tid.get(timeout=30)
+    if isinstance(peer, BaseException):
+        raise peer
+    try:
+        # ip-link(8): "netns PID" moves the peer into the namespace of that task (our thread)
+        sh("ip", "link", "add", CLIENT_END, "type", "veth", "peer", "name", SERVER_END, "netns", str(peer))
+    finally:
+        go.set()
+    got = done.get(timeout=30)
+    if isinstance(got, BaseException):
+        raise got
+    srv, server = got
+    return srv, _configure(CLIENT_END, CLIENT_IP, rate), server
