@@ -11,6 +11,7 @@ the lesson's timeline (Gantt chart) draws.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -149,7 +150,10 @@ def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, 
             if progress:
                 s.bars = {what: tqdm(total=d.size, desc=what, unit="B", unit_scale=True, position=i, leave=True)
                           for i, (what, d) in enumerate(jobs)}
-            with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            # ``parallel`` counts layers, like docker's max-concurrent-downloads; the config (a
+            # few hundred bytes) travels beside them, except in the serial pull
+            extra = 1 if parallel > 1 and not only_last_layer else 0
+            with ThreadPoolExecutor(max_workers=max(1, parallel) + extra) as pool:
                 files = list(pool.map(lambda j: _fetch(s, r, scope, j[0], j[1], work, retries), jobs))
             if only_last_layer:
                 out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
@@ -191,9 +195,11 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
                     continue
                 _check(resp, f"GET {what}", ok=(200, 206))
                 mode = "ab" if resp.status_code == 206 else "wb"
+                h = _hash_of(out) if mode == "ab" else hashlib.sha256()   # hash as the bytes arrive
                 with open(out, mode) as f:
                     for chunk in resp.iter_bytes(CHUNK):
                         f.write(chunk)
+                        h.update(chunk)
                         ev.bytes += len(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
@@ -212,7 +218,7 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
             ev.end = time.monotonic()
             if s.trace is not None:
                 s.trace.append(ev)
-        got, size = dg.of_file(out)
+        got, size = "sha256:" + h.hexdigest(), out.stat().st_size
         if got == desc.digest and size == desc.size:
             return out
         out.unlink()
@@ -220,6 +226,15 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
             raise RegistryError(f"{what} arrived as {got}, not {desc.digest}",
                                 "the registry or the network corrupts data; it was discarded")
     raise RegistryError(f"{what} could not be fetched", "pull again")
+
+
+def _hash_of(path: Path):
+    """A sha256 object fed with what is already on disk (the part before a resume)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK):
+            h.update(data)
+    return h
 
 
 # --- push ----------------------------------------------------------------------------------
