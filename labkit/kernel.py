@@ -44,8 +44,9 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
-# x86_64 syscall numbers for the calls glibc 2.36 does not wrap.
-SYS_pivot_root = 155
+# Syscall numbers for the calls glibc 2.36 does not wrap. pivot_root differs between
+# x86_64 and arm64 (asm-generic); the mount API calls (424 and up) are the same everywhere.
+SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
 SYS_move_mount = 429
 SYS_fsopen = 430
 SYS_fsconfig = 431

@@ -338,6 +338,19 @@ def squash_plot(rows):
 
 
 # --- lesson 08: registries ---------------------------------------------------------------------
+def journey(stages) -> graphviz.Digraph:
+    """The capstone's path, left to right: ``stages`` is a list of (what, detail, how it got
+    there) read from the run a moment before, e.g. ("pulled", "manifest sha256:ab12...", "pull")."""
+    g = graphviz.Digraph("journey", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.25"},
+                         node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                                    "fontsize": "10", "fillcolor": _STYLE["lower"]})
+    for i, (what, detail, how) in enumerate(stages):
+        g.node(f"s{i}", f"{what}\n{detail}")
+        if i:
+            g.edge(f"s{i - 1}", f"s{i}", label=how, fontname="Helvetica", fontsize="9")
+    return g
+
+
 def link_graph(client, server, delay: float) -> graphviz.Digraph:
     """The lesson 08 link (registry.link.Side for each end): two network namespaces, the
     veth pair between them with its addresses and qdisc, the process on each side."""

@@ -119,3 +119,47 @@ def namespace_picker() -> w.VBox:
 
     go.on_click(start)
     return w.VBox([w.HBox(list(boxes.values())), go, out])
+
+
+def course_progress() -> w.VBox:
+    """One bar per lesson (exercises solved out of its total) and the course table below,
+    read again from progress.json when Refresh is pressed (exercises.progress)."""
+    from .exercises import progress
+    bars, table = w.VBox(), w.HTML()
+    refresh = w.Button(description="Refresh", icon="refresh")
+
+    def show(_=None):
+        rows = progress()
+        lessons: dict[str, list] = {}
+        for r in rows:
+            lessons.setdefault(r.id.split(".")[0], []).append(r)
+        bars.children = [w.IntProgress(value=sum(r.state == "solved" for r in rs), min=0, max=len(rs),
+                                       description=f"lesson {n}", bar_style="success",
+                                       layout=w.Layout(width="420px")) for n, rs in lessons.items()]
+        table.value = rows._repr_html_()
+
+    refresh.on_click(show)
+    show()
+    return w.VBox([refresh, bars, table])
+
+
+def memory_limit_runner(image: str = "busybox", store=None, cmd: list[str] | None = None) -> w.VBox:
+    """A slider for a container's memory limit and a Run button: the container runs ``cmd``
+    under that limit and the widget says how it ended (container.run, cgroups)."""
+    from . import container
+    from .exercises.l09_capstone import HOG
+    cmd = cmd or HOG
+    limit = w.IntSlider(value=64, min=16, max=128, step=8, description="memory MiB", continuous_update=False)
+    go = w.Button(description="Run", button_style="primary")
+    verdict = w.HTML()
+
+    def run(_=None):
+        c, r = container.run(image, cmd, memory=f"{limit.value}m", store=store)
+        c.remove()
+        verdict.value = (f"<b>{limit.value} MiB</b>: " + ("exit 0, dd copied its 32 MiB" if r.exit_code == 0 else
+                         "OOM-killed (SIGKILL from the kernel)" if r.oom_killed else r.message))
+
+    go.on_click(run)
+    limit.observe(run, "value")
+    run()
+    return w.VBox([w.Label(" ".join(cmd)), w.HBox([limit, go]), verdict])

@@ -116,3 +116,47 @@ def test_reset_notebook_keeps_the_learners_copy(lab_root, tmp_path, monkeypatch)
     assert json.loads(backup.read_text()) == {"v": "mine"}
     with pytest.raises(lab.LabError, match="use one of: 00-welcome, 01-overlayfs"):
         exercises.reset_notebook("0")
+
+
+# --- lesson 09 -------------------------------------------------------------------------------------
+def test_memory_limit_check_measures_the_boundary(busybox):
+    from labkit.exercises import l09_capstone as ex09
+    works = next(m for m in range(16, 136, 8) if ex09._outcome("busybox", m).exit_code == 0)
+    assert ex09.check_memory_limit(works).ok
+    assert not ex09.check_memory_limit(works + 8).ok          # works too, but is not the smallest
+    assert not ex09.check_memory_limit(works - 8).ok          # dd is OOM-killed there
+    assert not ex09.check_memory_limit("40").ok and not ex09.check_memory_limit(None).ok
+
+
+def test_upload_count_check_reads_the_trace(lab_root):
+    from labkit.exercises import l09_capstone as ex09
+    from labkit.registry.client import Event
+    trace = [Event("HEAD layer 1/2", "HEAD", "/", 0, 0, 200), Event("HEAD layer 2/2", "HEAD", "/", 0, 0, 404),
+             Event("finish layer 2/2", "PUT", "/", 0, 0, 201), Event("HEAD config", "HEAD", "/", 0, 0, 404),
+             Event("finish config", "PUT", "/", 0, 0, 201), Event("manifest", "PUT", "/", 0, 0, 201)]
+    v = ex09.check_uploaded(2, trace)
+    assert v.ok and "1 were already there" in str(v)
+    assert not ex09.check_uploaded(3, trace).ok
+
+
+def test_course_progress_widget_has_a_bar_per_lesson_and_refreshes(lab_root):
+    from labkit import widgets
+    view = widgets.course_progress()
+    refresh, bars, table = view.children
+    lessons = {r.id.split(".")[0] for r in progress()}
+    assert len(bars.children) == len(lessons) and all(b.value == 0 for b in bars.children)
+    hello = lab.scratch("hello") / "hello.txt"
+    hello.write_text("hello, kernel\n")
+    assert l00_welcome.check_hello(hello).ok
+    refresh.click()
+    assert bars.children[0].value == 1 and "✅" in table.value
+
+
+def test_memory_limit_runner_reacts_to_its_slider(busybox):
+    from labkit import widgets
+    view = widgets.memory_limit_runner("busybox")
+    limit = view.children[1].children[0]
+    verdict = view.children[2]
+    assert "exit 0" in verdict.value                  # 64 MiB at the start
+    limit.value = 16
+    assert "OOM-killed" in verdict.value and "16 MiB" in verdict.value

@@ -28,7 +28,7 @@ from .. import lab
 from ..errors import LabError
 
 LESSON_MODULES = ("l00_welcome", "l01_overlayfs", "l02_cow", "l03_layers", "l04_drivers",
-                  "l05_process", "l06_rootfs", "l07_build", "l08_registry")   # later lessons add theirs here
+                  "l05_process", "l06_rootfs", "l07_build", "l08_registry", "l09_capstone")   # later lessons add theirs here
 
 
 @dataclass

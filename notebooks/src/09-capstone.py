@@ -1,0 +1,315 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Capstone: the whole life of one image
+#
+# One story that uses every lesson before it. A `Dockerfile` is built into an image (07), the
+# image is pushed to a registry (08) and pulled into a second, empty store, where its layers
+# are found again by their ChainIDs (03). A container runs it under cgroup limits (05) on an
+# overlay of those layers (01, 06). A change made in the container is committed as one more
+# layer with a whiteout in it (01, 06), the image is squashed back to one layer over its base
+# (07), and pushed again: this time the registry already has the base layer, so only the new
+# one travels. At every stage the **real tools** look at what labkit made: `skopeo` inspects
+# and copies, `umoci` unpacks, `runc` runs.
+#
+# **What this lesson needs:** root, OverlayFS, the memory cgroup controller, and skopeo, umoci
+# and runc (all installed by `scripts/provision.sh`; `labkit preflight` checks them).
+# **What it leaves behind:** nothing: the registry stops, and the second store, the
+# containers and the images made here are removed at the end.
+
+# %%
+import json, os, subprocess, tarfile
+from labkit import lab, build, container, squash, viz, widgets, tree
+from labkit.image import store as st
+from labkit.registry import server, client
+from labkit.exercises import hint, progress, l09_capstone as ex
+
+home = lab.scratch("09-capstone")
+store = st.Store()
+st.base_image(store)
+ctx = tree.write_tree(home / "ctx", {"greet.sh": '#!/bin/sh\necho "hello from $(cat /app/version) on $(hostname)"\n'})
+dockerfile = """\
+FROM busybox
+WORKDIR /app
+COPY greet.sh /app/greet.sh
+RUN chmod +x /app/greet.sh && echo v1 > /app/version
+CMD ["/app/greet.sh"]
+"""
+stages = []          # (what, detail, how it got there), for the picture at the end
+
+
+def sh(*argv: str) -> str:
+    """Run a real tool; stop the lesson with its error output if it fails."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{argv[0]} failed: {r.stderr}"
+    return r.stdout
+
+
+# %% [markdown]
+# ## 1. Build (lesson 07)
+#
+# Each step that changes files adds one layer on top of busybox's; `CMD` only changes the config.
+
+# %% tags=["nbval-ignore-output"]
+v1, steps = build.build(ctx, "capstone/v1", dockerfile)
+stages.append(("built capstone/v1", f"{len(v1.layers)} layers", "Dockerfile"))
+
+# %%
+made = [s.layer for s in steps if s.layer]
+assert v1.diff_ids[1:] == made                  # one layer per file-changing step, in order
+assert v1.config["config"]["Cmd"] == ["/app/greet.sh"]
+
+# %% [markdown]
+# The image is plain OCI: saved as a layout, `skopeo` lists the same layer digests and `umoci`
+# reads the history every step left.
+
+# %% tags=["nbval-ignore-output"]
+layout = store.save("capstone/v1", home / "layout-v1", "v1")
+local = json.loads(sh("skopeo", "inspect", f"oci:{layout}:v1"))
+print(sh("umoci", "stat", "--image", f"{layout}:v1"))
+
+# %%
+assert local["Layers"] == [d.digest for d in v1.layers]
+
+# %% [markdown]
+# ## 2. Push (lesson 08)
+#
+# labkit's registry on this machine; the push sends layers, then the config, the manifest last.
+# Then the base image goes to a second repository: its layer is **mounted** from the first
+# repository (201 Created, no bytes sent) instead of uploaded again. Its config is not in the
+# first repository (the app's config is another blob), so the registry answers that mount with
+# 202 and an upload session, and the config is sent.
+
+# %% tags=["nbval-ignore-output"]
+reg = server.serve(home / "registry")
+first = []
+client.push(store, "capstone/v1", f"{reg.address}/course/app:v1", trace=first)
+for e in first:
+    print(f"{e.method:6} {e.what:22} {e.status}")
+base_push = []
+client.push(store, "busybox", f"{reg.address}/course/busybox:latest", trace=base_push, mount_from="course/app")
+remote = json.loads(sh("skopeo", "inspect", "--tls-verify=false", f"docker://{reg.address}/course/app:v1"))
+stages.append(("registry course/app:v1", f"manifest {remote['Digest'][7:19]}", "push"))
+
+# %%
+assert [e.method for e in first][-1] == "PUT" and first[-1].what == "manifest"
+assert remote["Digest"] == v1.manifest_desc.digest and remote["Layers"] == local["Layers"]
+assert [(e.what, e.status) for e in base_push if e.method == "POST"] == [("mount layer 1/1", 201), ("mount config", 202)]
+assert [e.what for e in base_push if e.method == "PATCH"][0].startswith("config")   # only the config travels
+
+# %% [markdown]
+# ## 3. Pull into an empty store (lessons 03 and 08)
+#
+# A second store, as on another machine. The layers arrive in parallel, each checked against
+# its digest; the pulled image has the same manifest digest and the same ChainIDs, so the lab's
+# snapshot cache (keyed by ChainID) already holds its unpacked layers.
+
+# %% tags=["nbval-ignore-output"]
+fresh = st.Store(home / "second-store")
+assert fresh.refs() == {}
+pulled = client.pull(fresh, f"{reg.address}/course/app:v1", name="capstone/pulled", parallel=4)
+client.pull(fresh, f"{reg.address}/course/busybox:latest", name="busybox")
+print(pulled.manifest_desc.digest, *[c[7:19] for c in pulled.chain_ids])
+stages.append(("second store", "capstone/pulled", "pull"))
+
+# %%
+assert pulled.manifest_desc.digest == v1.manifest_desc.digest
+assert pulled.chain_ids == v1.chain_ids and set(fresh.refs()) == {"capstone/pulled", "busybox"}
+
+# %% [markdown]
+# ## 4. Run it under limits (lessons 05 and 06)
+#
+# A container of the pulled image, with a memory limit, a process limit and its own hostname.
+# Below it, a slider: `dd` fills one 32 MiB buffer inside a container of the same image; pick
+# a memory limit and see whether the kernel lets it finish or OOM-kills it.
+
+# %%
+c, r = container.run("capstone/pulled", store=fresh, memory="64m", pids=16, hostname="capstone")
+print(r.stdout.strip(), "| exit", r.exit_code)
+c.remove()
+stages.append(("container", "64 MiB, 16 pids", "run"))
+
+# %%
+assert r.stdout.strip() == "hello from v1 on capstone" and r.exit_code == 0
+
+# %% tags=["nbval-ignore-output"]
+widgets.memory_limit_runner("capstone/pulled", store=fresh)
+
+# %%
+small = container.run("capstone/pulled", ex.HOG, memory="16m", store=fresh)
+big = container.run("capstone/pulled", ex.HOG, memory="128m", store=fresh)
+for ct, _ in (small, big):
+    ct.remove()
+assert small[1].oom_killed and big[1].exit_code == 0 and not big[1].oom_killed
+
+# %% [markdown]
+# ## 5. Change it and commit (lessons 01 and 06)
+#
+# The container writes a new version and deletes `/bin/vi`. Its read-write layer holds exactly
+# that: the new file, and a whiteout (a character device 0/0) for the deleted one. `commit`
+# turns that layer, and only that layer, into one more image layer; in the tar the whiteout is
+# spelled `.wh.vi`. The init layer (hostname, hosts, resolv.conf) is not in it.
+
+# %%
+c2, r2 = container.run("capstone/pulled", ["/bin/sh", "-c", "echo v2 > /app/version && rm /bin/vi"], store=fresh)
+changes = c2.diff()
+for ch in changes:
+    print(ch)
+v2 = c2.commit("capstone/v2", store=fresh)
+c2.remove()
+with tarfile.open(fresh.open_layer(v2.layers[-1])) as t:
+    names = sorted(t.getnames())
+print(names)
+stages.append(("capstone/v2", f"{len(v2.layers)} layers", "commit"))
+
+# %%
+assert len(v2.layers) == len(pulled.layers) + 1 and v2.layers[:-1] == pulled.layers
+assert "bin/.wh.vi" in names and "app/version" in names
+assert not any(n.startswith("etc/") for n in names)            # the init layer stays out
+
+# %% [markdown]
+# ## 6. Squash (lesson 07)
+#
+# Everything above busybox becomes one layer. The files are the same; the layers and their
+# history are not.
+
+# %% tags=["nbval-ignore-output"]
+sq = squash.squash(fresh, "capstone/v2", "busybox", "capstone/v2-squashed")
+print(f"v2: {len(v2.layers)} layers, {v2.size} bytes; squashed: {len(sq.layers)} layers, {sq.size} bytes")
+stages.append(("capstone/v2-squashed", f"{len(sq.layers)} layers", "squash"))
+
+# %%
+flat_v2 = tree.read_tree(fresh.flatten("capstone/v2", lab.fresh_dir(home / "flat-v2")))
+flat_sq = tree.read_tree(fresh.flatten("capstone/v2-squashed", lab.fresh_dir(home / "flat-sq")))
+assert flat_v2 == flat_sq and len(sq.layers) == 2
+assert sq.layers[0] == fresh.image("busybox").layers[0]
+
+# %% [markdown]
+# ## 7. Push again
+#
+# The registry has busybox's layer already (linked into `course/app` by the first push), so the
+# client's HEAD gets 200 and skips it: only the squashed layer and the new config go up.
+
+# %% tags=["nbval-ignore-output"]
+second = []
+client.push(fresh, "capstone/v2-squashed", f"{reg.address}/course/app:v2", trace=second)
+for e in second:
+    print(f"{e.method:6} {e.what:22} {e.status}")
+stages.append(("registry course/app:v2", f"{sum(e.method == 'PATCH' for e in second)} blobs sent", "push"))
+
+# %%
+assert [e.what for e in second if e.method == "PUT" and e.what.startswith("finish")] == ["finish layer 2/2", "finish config"]
+assert [e.status for e in second if e.method == "HEAD"][0] == 200
+
+# %% [markdown]
+# ## 8. The real tools have the last word
+#
+# `skopeo` copies `course/app:v2` out of labkit's registry into an OCI layout, `umoci` unpacks
+# it into a runtime bundle, and `runc` runs it. It prints what labkit's container printed, and
+# the bundle's root filesystem is, file for file, labkit's flattened image. On the way skopeo
+# gzip-compressed the layers: the blobs have other digests now, but the config's DiffIDs (the
+# digests of the uncompressed tars, lesson 03) are the same.
+
+# %% tags=["nbval-ignore-output"]
+back = home / "layout-v2"
+sh("skopeo", "copy", "--src-tls-verify=false", f"docker://{reg.address}/course/app:v2", f"oci:{back}:v2")
+bundle = home / "bundle"
+sh("umoci", "unpack", "--image", f"{back}:v2", str(bundle))
+spec = json.loads((bundle / "config.json").read_text())
+spec["process"]["terminal"] = False
+spec["hostname"] = "capstone"
+(bundle / "config.json").write_text(json.dumps(spec))
+said = sh("runc", "--root", str(home / "runc-state"), "run", "--bundle", str(bundle), f"labkit-capstone-{os.getpid()}")
+print(said)
+stages.append(("runc", said.strip(), "skopeo + umoci"))
+
+# %%
+assert said.strip() == "hello from v2 on capstone"
+assert tree.read_tree(bundle / "rootfs") == flat_sq
+copied = json.loads(sh("skopeo", "inspect", "--raw", f"oci:{back}:v2"))
+assert all(d["mediaType"].endswith("+gzip") for d in copied["layers"])        # skopeo compressed them
+assert [d["digest"] for d in copied["layers"]] != [d.digest for d in sq.layers]  # so: other blob digests
+assert json.loads(sh("skopeo", "inspect", "--config", f"oci:{back}:v2"))["rootfs"]["diff_ids"] == sq.diff_ids
+
+# %% [markdown]
+# ## The whole journey
+#
+# Each box below was read from the run above, and so were the layers: an image is a list of
+# layers, and a layer stored once is drawn once, however many images use it.
+
+# %% tags=["nbval-ignore-output"]
+viz.journey(stages)
+
+# %% tags=["nbval-ignore-output"]
+viz.image_graph([v1, v2, sq])
+
+# %%
+assert [s[2] for s in stages] == ["Dockerfile", "push", "pull", "run", "commit", "squash", "push", "skopeo + umoci"]
+shared = set(d.digest for d in v1.layers) & set(d.digest for d in v2.layers) & set(d.digest for d in sq.layers)
+assert shared == {v1.layers[0].digest}              # busybox's layer, in all three
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 09.limit
+# Use the slider in section 4 (or `container.run` yourself): what is the **smallest** memory
+# limit, a multiple of 8 MiB, under which `dd` fills its 32 MiB buffer and exits 0? The check
+# runs the container at your limit and 8 MiB lower.
+
+# %%
+my_limit = None
+
+# %%
+ex.check_memory_limit(my_limit, "capstone/pulled", store=fresh)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# 40 on this machine: 32 MiB is the buffer alone, so dd is killed; 40 leaves room for the rest.
+# Other kernels may need 48; the check measures, so it knows.
+# </details>
+#
+# ### Exercise 09.upload
+# How many blobs (layers and configs) did the second push (section 7) upload?
+
+# %%
+my_count = None
+
+# %%
+ex.check_uploaded(my_count, second)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# 2: the squashed layer and the new config. busybox's layer was there already.
+# </details>
+#
+# ## Where you are in the course
+#
+# Every exercise of the course, and how far each lesson has got. Press Refresh after solving one.
+
+# %% tags=["nbval-ignore-output"]
+widgets.course_progress()
+
+# %%
+ids = [row.id for row in progress()]
+assert "09.limit" in ids and "09.upload" in ids and ids == sorted(ids, key=lambda i: i.split(".")[0])
+
+# %% [markdown]
+# ## Clean up
+
+# %%
+reg.stop()
+for s_ in (store, fresh):
+    for name in [n for n in s_.refs() if n.startswith("capstone/")]:
+        s_.remove_ref(name)
+store.gc()
+lab.remove_tree(home)
+assert lab.entries() == [] and not home.exists() and container.containers() == []
+print("clean")
