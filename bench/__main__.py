@@ -3,9 +3,13 @@
     python -m bench            # all
     python -m bench overlay    # those whose name contains "overlay"
 """
+import os
+import platform
 import sys
+import time
+from pathlib import Path
 
-from . import build, container_start, cow_fork, layers, overlay_mount, registry
+from . import SUMMARY, build, container_start, cow_fork, layers, overlay_mount, registry, summary_table
 
 BENCHMARKS = {"overlay mount": overlay_mount.main, "fork cost": cow_fork.main, "layers": layers.main,
               "container start": container_start.main, "build and squash": build.main,
@@ -16,3 +20,15 @@ if __name__ == "__main__":
     for name, fn in BENCHMARKS.items():
         if want in name:
             fn()
+    if SUMMARY:
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.machine())
+        mem = int(open("/proc/meminfo").readline().split()[1]) // 1024
+        machine = (f"{time.strftime('%Y-%m-%d')}, Linux {os.uname().release}, {os.cpu_count()} x {cpu}, "
+                   f"{mem} MiB, {platform.freedesktop_os_release().get('PRETTY_NAME', '')}")
+        text = f"the whole lab against the real tools, one run ({machine})\n{summary_table()}\n"
+        print("\n" + text)
+        out = Path(__file__).parent / "results" / "latest.txt"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text)
+        print(f"(saved in {out})")

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 
-from bench import with_lab
+from bench import headline, with_lab
 from labkit import lab
 from labkit.image import layer, store as st
 from labkit.tree import write_big_file
@@ -77,6 +77,8 @@ def main() -> None:
     print(f"{'':<58} {'labkit':>8} {'tool':>8} {'ratio':>7}")
     for name, a, b in rows:
         print(f"{name:<58} {a:>8.3f} {b:>8.3f} {a / b:>6.2f}x")
+        short, tool = name.split(" vs ")
+        headline(short + " (136 MiB)", "s", a, tool.split(" (")[0], b)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from bench import with_lab
+from bench import headline, with_lab
 from labkit import lab
 from labkit.image import store as st
 from labkit.registry import reference, server
@@ -27,6 +27,7 @@ def main() -> None:
     span = {p: t.span(p) for p in (1, 8)}
     print(f"\nregistry pull of 8 layers (busybox + 7 x 1 MiB), 50 ms per request  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"serial {span[1]:.2f} s, parallel(8) {span[8]:.2f} s, speed-up {span[1] / span[8]:.1f}x (goal >= 3x)")
+    headline("pull 8 layers at 50 ms per request: parallel(8)", "s", span[8], "the v1-style serial pull", span[1])
     layout = s.save(prev, lab.root() / "bench-layout", "v1")
     size = sum(d.size for d in s.image(prev).layers)
     rows = {}
@@ -39,6 +40,8 @@ def main() -> None:
         print(f"  {name:<16} push {size / push / 2**20:6.0f}   pull {size / pull / 2**20:6.0f}")
     (lp, ll), (dp, dl) = rows["labkit registry"], rows["docker-registry"]
     print(f"  labkit/docker-registry throughput: push {dp / lp:.2f}x, pull {dl / ll:.2f}x (goal >= 0.8x)")
+    headline("skopeo push of a 10 MiB image to the registry", "s", lp, "docker-registry", dp)
+    headline("skopeo pull of it from the registry", "s", ll, "docker-registry", dl)
     big_blob(s)
 
 
@@ -69,7 +72,10 @@ def big_blob(s: st.Store, size: int = 1 << 30) -> None:
         idle = _hwm(pid)
         _labkit("push", "bench/big", f"{address}/bench/big:v1")
         _labkit("pull", "-q", f"{address}/bench/big:v1", "-t", "big-back2")
-        print(f"  docker-registry, the same push and pull: {idle / 2**20:.0f} MiB idle -> {_hwm(pid) / 2**20:.0f} MiB")
+        theirs = _hwm(pid)
+        print(f"  docker-registry, the same push and pull: {idle / 2**20:.0f} MiB idle -> {theirs / 2**20:.0f} MiB")
+    headline("registry peak memory, 1 GiB blob pushed and pulled", "MiB", peak / 2**20, "docker-registry",
+             theirs / 2**20)
 
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]

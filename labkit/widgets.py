@@ -57,7 +57,7 @@ def fault_meter() -> w.VBox:
     start, stop = w.Button(description="Start", button_style="primary"), w.Button(description="Stop")
     meter = w.IntProgress(value=0, min=0, max=1, description="faults")
     label = w.Label("press Start")
-    plot = w.Image(format="png")
+    plot = w.Image(format="png", layout=w.Layout(display="none"))    # shown with the first plot
 
     def run():
         stop_event = threading.Event()
@@ -71,14 +71,14 @@ def fault_meter() -> w.VBox:
             meter.value = min(s.faults, meter.max)
             label.value = f"{s.written} pages written, {s.faults} minor faults, Private_Dirty {s.private_kib} KiB"
             if len(samples) % 3 == 0:
-                plot.value = viz.meter_png(samples)
+                plot.value, plot.layout.display = viz.meter_png(samples), None
         try:
             with cow.Buffer(size.value * 256) as buf:
                 buf.touch()
                 with cow.Child(buf) as child:
                     cow.write_at_rate(child, n, rate.value, on_sample, stop_event)
             if samples:
-                plot.value = viz.meter_png(samples)
+                plot.value, plot.layout.display = viz.meter_png(samples), None
         except Exception as e:  # noqa: BLE001 - shown in the widget, never printed from a thread
             label.value = f"stopped: {e}"
         finally:

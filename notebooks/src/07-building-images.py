@@ -62,7 +62,8 @@ made = [s for s in steps if s.layer]
 assert [s.instruction.name for s in made] == ["COPY", "COPY", "RUN", "RUN"]
 assert len(img.layers) == len(store.image("busybox").layers) + 4
 assert sum(1 for h in img.history if h.get("empty_layer")) == 5       # ARG ENV WORKDIR USER CMD
-_, r = container.run("lesson07/app")
+ran, r = container.run("lesson07/app")
+ran.remove()
 assert r.stdout == "hello from RUN\n"
 
 # %% [markdown]
@@ -297,4 +298,5 @@ for name in [n for n in store.refs() if n.startswith("lesson07/")]:
 store.gc()
 lab.remove_tree(home)
 assert set(store.refs()) == {"busybox", "lab/toolchain"} and lab.entries() == [] and not home.exists()
+assert container.containers() == []
 print("clean")

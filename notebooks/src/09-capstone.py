@@ -311,5 +311,6 @@ for s_ in (store, fresh):
         s_.remove_ref(name)
 store.gc()
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists() and container.containers() == []
+left = [(ct.cfg.image, ct.cfg.cmd) for ct in container.containers()]
+assert lab.entries() == [] and not home.exists() and left == [], left
 print("clean")

@@ -1,0 +1,240 @@
+"""Every lesson in a real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by
+playwright. Each notebook is opened, run with "Run All Cells", and checked: no cell ended in
+an error, graphviz SVGs and plots are on the page, and where the lesson has widgets they
+render and react (a slider moved, a dropdown changed, a button pressed: the output changes).
+Screenshots are kept in test-artifacts/browser/ (full page, after the run and after each
+interaction).
+"""
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import need
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+LESSONS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+# lesson -> (SVG pictures expected, PNG plots expected)
+PICTURES = {"00": (0, 0), "01": (1, 1), "02": (1, 1), "03": (1, 0), "04": (0, 1), "05": (1, 1),
+            "06": (1, 0), "07": (1, 1), "08": (1, 1), "09": (1, 0)}
+
+
+@pytest.fixture(scope="module")
+def jupyterlab():
+    """JupyterLab on a free loopback port, serving copies of the lessons, with its own lab root."""
+    need(os.geteuid() == 0, "root")
+    need(Path(CHROMIUM).exists(), "Debian's chromium (provision.sh installs it)")
+    home = Path(tempfile.mkdtemp(prefix="labkit-browser-"))
+    work = home / "work"
+    work.mkdir()
+    for nb in LESSONS:
+        shutil.copy(REPO / "notebooks" / nb, work / nb)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {**os.environ, "LABKIT_HOME": str(home / "lab"), "LABKIT_WORKDIR": str(work),
+           "JUPYTER_CONFIG_DIR": str(home / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+           "JUPYTER_DATA_DIR": str(home / "jupyter-data")}
+    # every cell in the page (JupyterLab 4 leaves cells out of view out of the DOM by default), no news prompt
+    settings = home / "lab-settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}')
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false"}')
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+    bindir = Path(sys.executable).parent
+    subprocess.run([bindir / "jupyter", "trust", *map(str, work.glob("*.ipynb"))], env=env, check=True,
+                   capture_output=True)
+    log = open(home / "jupyterlab.log", "wb")
+    server = subprocess.Popen(
+        [bindir / "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.root_dir={work}", f"--IdentityProvider.token={token}",
+         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("JupyterLab did not start: " + (home / "jupyterlab.log").read_text()[-2000:])
+    from playwright.sync_api import sync_playwright
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    try:
+        yield browser, url, token
+    finally:
+        browser.close()
+        pw.stop()
+        os.killpg(server.pid, signal.SIGTERM)       # the server and the kernels it started
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+        subprocess.run([bindir / "labkit", "reset"], env=env, capture_output=True)
+        shutil.copy(home / "jupyterlab.log", _artifacts() / "jupyterlab.log")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def _cells_done(page, upto: int, timeout: float = 600) -> None:
+    """Wait until the kernel is idle and code cells 0..upto have run."""
+    page.wait_for_function(f"""() => {{
+        const nb = window.jupyterapp.shell.currentWidget;
+        const k = nb.sessionContext.session.kernel;
+        return k.status === 'idle' && nb.content.widgets.slice(0, {upto + 1}).every(c =>
+            c.model.type !== 'code' || (c.model.executionCount !== null && !c.promptNode.textContent.includes('*')));
+    }}""", timeout=timeout * 1000, polling=500)
+
+
+def _kernel_ready(page) -> None:
+    page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " const k = w && w.sessionContext && w.sessionContext.session"
+                           " && w.sessionContext.session.kernel; return k && k.status === 'idle'; }",
+                           timeout=120_000)
+
+
+def _run(page, nb: str, marker: str | None, interact) -> None:
+    """Run All Cells; or, for a lesson with a widget, run up to and including the widget's
+    cell (the one containing ``marker``), move the widget, then run the rest: the clean-up
+    cells at the end take down what the widget looks at."""
+    _kernel_ready(page)
+    cmd = "(name) => window.jupyterapp.commands.execute(name)"
+    count = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
+    if marker is None:
+        page.evaluate(cmd, "notebook:run-all-cells")
+        _cells_done(page, count - 1)
+        return
+    index = page.evaluate("""(marker) => window.jupyterapp.shell.currentWidget.content.widgets
+        .findIndex(c => c.model.sharedModel.getSource().includes(marker))""", marker)
+    assert index >= 0, f"{nb}: no cell contains {marker!r}"
+    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index + 1}; }}")
+    page.evaluate(cmd, "notebook:run-all-above")
+    _cells_done(page, index)
+    _shot(page, nb.removesuffix(".ipynb") + "-widget-before")
+    interact(page)
+    _shot(page, nb.removesuffix(".ipynb") + "-widget-after")
+    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index + 1}; }}")
+    page.evaluate(cmd, "notebook:run-all-below")
+    _cells_done(page, count - 1)
+
+
+def _open(browser, url: str, token: str, nb: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/{nb}?token={token}&reset", wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    return page
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(_artifacts() / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("nb", LESSONS)
+def test_lesson_runs_in_a_real_browser(jupyterlab, nb):
+    browser, url, token = jupyterlab
+    page = _open(browser, url, token, nb)
+    try:
+        marker, interact = INTERACT.get(nb[:2], (None, None))
+        _run(page, nb, marker, interact)
+        _shot(page, nb.removesuffix(".ipynb"))
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+        assert errors.count() == 0, f"{nb}: a cell failed: {errors.first.inner_text()[:2000]}"
+        svgs, plots = PICTURES[nb[:2]]
+        # JupyterLab shows SVG output as an <img> of the SVG; count the ones the browser decoded
+        drawn = page.evaluate("""(sel) => [...document.querySelectorAll(sel)]
+            .filter(i => i.complete && i.naturalWidth > 0).length""", ".jp-RenderedSVG img, .jp-RenderedSVG svg")
+        plotted = page.evaluate("""(sel) => [...document.querySelectorAll(sel)]
+            .filter(i => i.complete && i.naturalWidth > 0).length""", ".jp-RenderedImage img")
+        assert drawn >= svgs, f"{nb}: {drawn} graphviz pictures rendered, expected {svgs}"
+        assert plotted >= plots, f"{nb}: {plotted} plots rendered, expected {plots}"
+    finally:
+        page.close()
+        _shut_down_kernels(url, token)
+
+
+def _shut_down_kernels(url: str, token: str) -> None:
+    """DELETE every session through the server's REST API: its kernel exits, with the
+    namespaces, mounts and children it made (they are its own or in the lab's ledger)."""
+    import json
+    sessions = json.load(urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=10))
+    for sess in sessions:
+        req = urllib.request.Request(f"{url}/api/sessions/{sess['id']}?token={token}", method="DELETE")
+        urllib.request.urlopen(req, timeout=60)
+
+
+# --- the widgets, moved the way a learner would --------------------------------------------------
+def _changes(page, locator, act, timeout=60_000):
+    """Do ``act`` and wait until the element's text is no longer what it was; returns the element."""
+    el = locator.element_handle()
+    before = el.inner_text()
+    act()
+    page.wait_for_function("([el, before]) => el.innerText !== before", arg=[el, before], timeout=timeout)
+    return el
+
+
+def _dropdown(page):
+    select = page.locator(".widget-dropdown select").first
+    line = page.locator(".widget-dropdown").first.locator("xpath=following-sibling::*[1]")
+    options = select.locator("option").all_inner_texts()
+    _changes(page, line, lambda: select.select_option(index=len(options) - 1))
+
+
+def _fault_meter(page):
+    label = page.locator(".widget-label", has_text="press Start").first
+    for name in ("pages", "pages/s"):          # every page of the buffer, at the highest rate
+        handle = page.locator(".widget-slider").filter(has=page.get_by_text(name, exact=True)).locator(".noUi-handle")
+        handle.focus()
+        handle.press("End")
+    el = _changes(page, label, lambda: page.get_by_role("button", name="Start", exact=True).click())
+    page.wait_for_function("el => /4096 pages written/.test(el.innerText)", arg=el, timeout=60_000)
+    box = el.evaluate_handle("el => el.closest('.widget-vbox')")
+    page.wait_for_function("box => [...box.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0)",
+                           arg=box, timeout=60_000)            # the meter's plot arrived
+
+
+def _namespace_picker(page):
+    out = page.get_by_role("button", name="Start a process").locator(
+        "xpath=ancestor::div[contains(@class,'widget-vbox')][1]")
+    el = _changes(page, out, lambda: page.get_by_role("button", name="Start a process").click())
+    page.wait_for_function("el => /new namespaces/.test(el.innerText)", arg=el, timeout=60_000)
+
+
+def _memory_slider(page):
+    box = page.locator(".widget-slider", has_text="memory MiB").first
+    verdict = box.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]").locator(".widget-html").first
+    assert "exit 0" in verdict.inner_text()
+    handle = box.locator(".noUi-handle")
+    handle.focus()
+    el = _changes(page, verdict, lambda: handle.press("Home"))          # 16 MiB
+    assert "OOM-killed" in el.inner_text() and "16 MiB" in el.inner_text()
+
+
+# lesson -> (a text in the widget's cell, how to move it)
+INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
+            "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view)", _dropdown),
+            "07": ("pick = w.Dropdown", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
