@@ -28,7 +28,8 @@ if __name__ == "__main__":
                    f"{mem} MiB, {platform.freedesktop_os_release().get('PRETTY_NAME', '')}")
         text = f"the whole lab against the real tools, one run ({machine})\n{summary_table()}\n"
         print("\n" + text)
-        out = Path(__file__).parent / "results" / "latest.txt"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(text)
-        print(f"(saved in {out})")
+        if not want:                     # the whole lab: keep it for the README
+            out = Path(__file__).parent / "results" / "latest.txt"
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(text)
+            print(f"(saved in {out})")

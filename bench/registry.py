@@ -3,7 +3,6 @@ skopeo push/pull throughput against labkit's registry and Debian's docker-regist
 same blobs, as a ratio (goal: labkit at least 0.8x), and the memory both registries and
 labkit's client need for a 1 GiB blob (goal: flat, i.e. far below the blob's size)."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -51,12 +50,12 @@ def big_blob(s: st.Store, size: int = 1 << 30) -> None:
     (skopeo would gzip the layer on push and shrink this repetitive blob to a few MiB.)"""
     s.add_layer("busybox", write_tree(lab.scratch("bench-big"), {"big/blob": size}), "bench/big", "1 GiB").name
     lab.remove_tree(lab.root() / "bench-big")
-    port = _free_port()
+    port = reference.free_port()
     srv = subprocess.Popen(LABKIT + ["registry", "serve", "--addr", f"127.0.0.1:{port}", "--root",
                                      str(lab.root() / "bench-big-registry")], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        _wait_for(port)
+        reference.wait_for_port(port)
         idle = _hwm(srv.pid)
         push, push_peak = _labkit("push", "bench/big", f"127.0.0.1:{port}/bench/big:v1")
         pull, pull_peak = _labkit("pull", "-q", f"127.0.0.1:{port}/bench/big:v1", "-t", "big-back")
@@ -98,22 +97,6 @@ def _hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
-
-
-def _wait_for(port: int) -> None:
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def _listener_pid(port: int) -> int:

@@ -21,23 +21,36 @@ def docker_registry(root):
     if not shutil.which("docker-registry"):
         raise LabError("docker-registry is not installed", "apt-get install docker-registry (provision.sh does it)")
     root = lab.fresh_dir(root)
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = free_port()
     (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
                                      f"http:\n  addr: 127.0.0.1:{port}\n")
     p = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     entry = lab.record("process", str(p.pid), "docker-registry")
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
         p.terminate()
         p.wait()
         lab.forget(entry)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (bind to port 0, read it back)."""
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float = 10) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s",
+                   "look at the server's output; is the port taken by another program?")
