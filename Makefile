@@ -9,7 +9,7 @@ export LABKIT_WORKDIR
 .PHONY: lab test bench provision notebooks clean
 
 provision:
-	@scripts/provision.sh
+	@LABKIT_VENV=$(abspath $(VENV)) scripts/provision.sh
 
 # Your own copies of the notebooks live in work/ (git ignores it); the originals stay in notebooks/.
 lab: provision

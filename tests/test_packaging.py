@@ -92,3 +92,12 @@ def test_widget_state_is_saved_for_every_user_of_the_venv():
     import sys
     overrides = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     assert json.loads(overrides.read_text())["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
+
+
+def test_make_lab_with_another_venv_provisions_that_venv():
+    """The service runs `make lab VENV=/opt/labkit/venv`: provision.sh must fill that venv,
+    not create a second one in the repository."""
+    import subprocess
+    out = subprocess.run(["make", "-n", "-C", str(REPO), "provision", "VENV=/opt/elsewhere/venv"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "LABKIT_VENV=/opt/elsewhere/venv scripts/provision.sh" in out
