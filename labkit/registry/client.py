@@ -81,6 +81,9 @@ class Session:
             headers["Authorization"] = f"Bearer {self._tokens[scope]}"
         r = self.http.request(method, path, headers=headers, **kw)
         if r.status_code == 401 and "bearer" in r.headers.get("WWW-Authenticate", "").lower():
+            if "content" in kw and not isinstance(kw["content"], bytes):
+                raise RegistryError(f"the registry wants a new token in the middle of {ev.what} (it expired)",
+                                    "push again: the blobs already uploaded are skipped")
             self._tokens[scope] = self._token(r.headers["WWW-Authenticate"])
             headers["Authorization"] = f"Bearer {self._tokens[scope]}"
             r = self.http.request(method, path, headers=headers, **kw)
@@ -228,6 +231,16 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
     raise RegistryError(f"{what} could not be fetched", "pull again")
 
 
+def _pieces(f, n: int, piece: int = 1 << 16):
+    """Yield the next ``n`` bytes of ``f`` in pieces of at most ``piece`` bytes."""
+    while n > 0:
+        data = f.read(min(n, piece))
+        if not data:
+            raise RegistryError("the blob ended early while pushing", "the store is damaged: labkit image rm it")
+        n -= len(data)
+        yield data
+
+
 def _hash_of(path: Path):
     """A sha256 object fed with what is already on disk (the part before a resume)."""
     h = hashlib.sha256()
@@ -263,13 +276,17 @@ def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: 
                              f"start upload of {what}", ok=(202,)).headers["Location"]
             with store.open_blob(desc) as f:
                 offset = 0
-                while data := f.read(chunk):
-                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{len(data)}", scope, content=data,
-                                            headers={"Content-Range": f"{offset}-{offset + len(data) - 1}",
+                while offset < desc.size:
+                    n = min(chunk, desc.size - offset)
+                    # the chunk is streamed from the file in small pieces, never held whole
+                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", scope, content=_pieces(f, n),
+                                            headers={"Content-Range": f"{offset}-{offset + n - 1}",
+                                                     "Content-Length": str(n),
                                                      "Content-Type": "application/octet-stream"}),
                                   f"PATCH {what}", ok=(202,))
                     loc = resp.headers["Location"]
-                    offset += len(data)
+                    offset += n
+                f.read()                     # at the end: the store checks the blob's digest
             # keep the query the registry put in Location (docker-registry keeps its upload
             # state there) and add the digest to it
             sep = "&" if "?" in loc else "?"
