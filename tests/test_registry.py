@@ -330,3 +330,12 @@ def test_push_streams_chunks_without_holding_them(busybox):
         srv.terminate()
         srv.wait()
     assert peak < 2 << 20, f"push held {peak >> 20} MiB at once"
+
+
+def test_the_link_refuses_the_hosts_network_namespace(lab_root):
+    from pathlib import Path
+    from labkit.errors import LabError
+    from labkit.registry import link
+    with pytest.raises(LabError, match="needs a fresh network namespace"):
+        link.across(server.Registry(lab.root() / "r"))
+    assert not Path("/sys/class/net/lk-cli").exists()

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from .. import kernel
+from ..errors import LabError
 
 SERVER_END, SERVER_IP = "lk-srv", "10.77.0.1"
 CLIENT_END, CLIENT_IP = "lk-cli", "10.77.0.2"
@@ -57,6 +58,12 @@ def across(app, rate: str | None = None):
     """Serve the WSGI ``app`` on SERVER_IP in a new network namespace joined to ours by a
     veth pair. Returns ``(server, client_side, server_side)``; the caller stops the server."""
     from .server import Server
+    import socket
+    devices = sorted(name for _, name in socket.if_nameindex())
+    if devices != ["lo"]:                 # a fresh network namespace has nothing but lo
+        raise LabError(f"link.across needs a fresh network namespace; this one has {', '.join(devices)} "
+                       "(the host's?)", 'call it in a child with its own: sandbox.run(fn, namespaces=("net",)), '
+                       "as timeline() does")
     tid, done = queue.Queue(), queue.Queue()
     go = threading.Event()
 
