@@ -238,3 +238,12 @@ def _memory_slider(page):
 INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
             "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view)", _dropdown),
             "07": ("pick = w.Dropdown", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
+
+
+def test_jupyterlab_saves_widget_state(jupyterlab):
+    """provision.sh's settings override reaches the running JupyterLab: saveState is on."""
+    import json
+    _, url, token = jupyterlab
+    plugin = json.load(urllib.request.urlopen(
+        f"{url}/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin?token={token}", timeout=10))
+    assert plugin["schema"]["properties"]["saveState"]["default"] is True
