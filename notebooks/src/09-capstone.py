@@ -121,6 +121,9 @@ stages.append(("second store", "capstone/pulled", "pull"))
 # %%
 assert pulled.manifest_desc.digest == v1.manifest_desc.digest
 assert pulled.chain_ids == v1.chain_ids and set(fresh.refs()) == {"capstone/pulled", "busybox"}
+snaps = lab.root() / "snapshots"
+assert all((snaps / c.split(":", 1)[1]).is_dir() for c in pulled.chain_ids)   # unpacked by the build already
+assert fresh.unpack("capstone/pulled") == [snaps / c.split(":", 1)[1] for c in reversed(pulled.chain_ids)]
 
 # %% [markdown]
 # ## 4. Run it under limits (lessons 05 and 06)
