@@ -53,8 +53,7 @@ def main() -> None:
     from labkit import container
 
     def in_process():
-        c, r = container.run("busybox", ["/bin/true"])
-        c.remove()
+        container.run("busybox", ["/bin/true"], rm=True)
     in_process()
     runs = []
     for _ in range(REPEAT):

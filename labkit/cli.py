@@ -124,10 +124,12 @@ def cmd_run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     c = container.Container.create(args.image, cmd or None, hostname=args.hostname, memory=args.memory,
                                    pids=args.pids, cpus=args.cpus, volumes=args.volume or [], name=args.name or "")
-    c.start(capture=False)
-    res = c.wait()
-    if args.rm:
-        c.remove()
+    try:
+        c.start(capture=False)
+        res = c.wait()
+    finally:
+        if args.rm:
+            c.remove()
     if res.oom_killed or res.signal:
         print(f"labkit: {res.message}", file=sys.stderr)
     return res.exit_code

@@ -393,8 +393,14 @@ def containers() -> list[Container]:
     return out
 
 
-def run(image: str, cmd: list[str] | None = None, timeout: float | None = 120, **opts) -> tuple[Container, Result]:
-    """Create, start and wait for a container; returns it (for diff and commit) and its Result."""
+def run(image: str, cmd: list[str] | None = None, timeout: float | None = 120, rm: bool = False,
+        **opts) -> tuple[Container, Result]:
+    """Create, start and wait for a container; returns it (for diff and commit) and its Result.
+    ``rm``: like ``docker run --rm``, remove it once it has exited (also after an error)."""
     c = Container.create(image, cmd, **opts)
-    c.start()
-    return c, c.wait(timeout)
+    try:
+        c.start()
+        return c, c.wait(timeout)
+    finally:
+        if rm:
+            c.remove()

@@ -46,7 +46,7 @@ MNT_DETACH = 2
 
 # Syscall numbers for the calls glibc 2.36 does not wrap. pivot_root differs between
 # x86_64 and arm64 (asm-generic); the mount API calls (424 and up) are the same everywhere.
-SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
+SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
 SYS_move_mount = 429
 SYS_fsopen = 430
 SYS_fsconfig = 431
@@ -111,6 +111,10 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2): make ``new_root`` the root mount and move the old one to ``put_old``."""
+    if SYS_pivot_root is None:
+        raise KernelError("pivot_root", errno.ENOSYS, str(new_root),
+                          cause=f"labkit does not know pivot_root's syscall number on {os.uname().machine}",
+                          fix="add it to SYS_pivot_root in labkit/kernel.py (see syscall(2) tables)")
     _check(_libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", str(new_root))
 
 

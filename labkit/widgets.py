@@ -146,16 +146,14 @@ def course_progress() -> w.VBox:
 def memory_limit_runner(image: str = "busybox", store=None, cmd: list[str] | None = None) -> w.VBox:
     """A slider for a container's memory limit and a Run button: the container runs ``cmd``
     under that limit and the widget says how it ended (container.run, cgroups)."""
-    from . import container
-    from .exercises.l09_capstone import HOG
+    from .exercises.l09_capstone import HOG, try_limit
     cmd = cmd or HOG
     limit = w.IntSlider(value=64, min=16, max=128, step=8, description="memory MiB", continuous_update=False)
     go = w.Button(description="Run", button_style="primary")
     verdict = w.HTML()
 
     def run(_=None):
-        c, r = container.run(image, cmd, memory=f"{limit.value}m", store=store)
-        c.remove()
+        r = try_limit(image, limit.value, store, cmd)
         verdict.value = (f"<b>{limit.value} MiB</b>: " + ("exit 0, dd copied its 32 MiB" if r.exit_code == 0 else
                          "OOM-killed (SIGKILL from the kernel)" if r.oom_killed else r.message))
 

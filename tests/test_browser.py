@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need
+from labkit.registry import reference
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -42,9 +42,7 @@ def jupyterlab():
     work.mkdir()
     for nb in LESSONS:
         shutil.copy(REPO / "notebooks" / nb, work / nb)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = reference.free_port()
     token = secrets.token_hex(16)
     env = {**os.environ, "LABKIT_HOME": str(home / "lab"), "LABKIT_WORKDIR": str(work),
            "JUPYTER_CONFIG_DIR": str(home / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),

@@ -245,3 +245,11 @@ def test_memory_and_cpu_traces_for_the_lesson(lab_root):
     assert ok.killed_by == "" and ok.oom_kills == 0
     cpu = cgroups.cpu_trace(cpus=0.2, seconds=0.5)
     assert cpu.samples and cpu.samples[-1][2] > 5
+
+
+def test_run_rm_removes_the_container_also_after_an_error(busybox):
+    _, r = container.run("busybox", ["/bin/sh", "-c", "echo hi"], rm=True)
+    assert r.stdout == "hi\n" and container.containers() == []
+    with pytest.raises(container.ContainerError):
+        container.run("busybox", ["/nope"], rm=True)
+    assert container.containers() == []

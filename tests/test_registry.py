@@ -279,6 +279,10 @@ def test_an_abandoned_upload_expires_and_leaves_nothing(reg):
     assert list(uploads.iterdir()) == []
     reg.app.fs.upload_ttl = 3600
     assert c.post("/v2/lab/x/blobs/uploads/").status_code == 202      # new uploads still work
+    abandoned = {d.name for d in uploads.iterdir()}
+    reg.app.fs.upload_ttl = 0                        # nobody comes back: the next upload sweeps it
+    fresh = c.post("/v2/lab/x/blobs/uploads/").headers["Docker-Upload-UUID"]
+    assert {d.name for d in uploads.iterdir()} == {fresh} and fresh not in abandoned
 
 
 def test_pull_shows_one_progress_bar_per_blob_and_a_resumed_bar_continues(store, reg, capsys):
@@ -313,22 +317,16 @@ def test_timeline_runs_across_a_veth_pair_between_two_namespaces(busybox, lab_ro
 def test_push_streams_chunks_without_holding_them(busybox):
     """A 64 MiB layer pushed in 16 MiB chunks to a registry in another process: Python never
     holds a chunk whole (the bench measures the whole process for 1 GiB)."""
-    import sys
     import tracemalloc
     from labkit.registry import reference
     busybox.add_layer("busybox", tree.write_tree(lab.scratch("big"), {"big": 64 << 20}), "big", "64 MiB")
-    port = reference.free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "labkit.cli", "registry", "serve", "--addr", f"127.0.0.1:{port}",
-                            "--root", str(lab.root() / "reg")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        reference.wait_for_port(port)
+    with reference.labkit_registry(lab.root() / "reg") as address:
         tracemalloc.start()
-        client.push(busybox, "big", f"127.0.0.1:{port}/lab/big:v1", chunk=16 << 20)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        srv.terminate()
-        srv.wait()
+        try:
+            client.push(busybox, "big", f"{address}/lab/big:v1", chunk=16 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
     assert peak < 2 << 20, f"push held {peak >> 20} MiB at once"
 
 

@@ -7,10 +7,9 @@ from . import exercise
 HOG = ["dd", "if=/dev/zero", "of=/dev/null", "bs=32M", "count=1"]    # one 32 MiB buffer, filled
 
 
-def _outcome(image: str, limit_mib: int, store=None) -> container.Result:
-    c, r = container.run(image, HOG, memory=f"{limit_mib}m", store=store)
-    c.remove()
-    return r
+def try_limit(image: str, limit_mib: int, store=None, cmd: list[str] = HOG) -> container.Result:
+    """Run ``cmd`` in a throwaway container of ``image`` under ``limit_mib`` MiB of memory."""
+    return container.run(image, cmd, memory=f"{limit_mib}m", store=store, rm=True)[1]
 
 
 @exercise("09.limit", "the smallest memory limit that works", hints=[
@@ -24,10 +23,10 @@ def check_memory_limit(limit_mib, image: str = "busybox", store=None):
     if not isinstance(limit_mib, int) or limit_mib <= 8 or limit_mib % 8:
         yield False, "answer with a multiple of 8 (MiB) above 8, e.g. 64"
         return
-    ok = _outcome(image, limit_mib, store)
+    ok = try_limit(image, limit_mib, store)
     yield ok.exit_code == 0, (f"dd runs under {limit_mib} MiB" if ok.exit_code == 0 else
                               f"under {limit_mib} MiB dd did not finish: {ok.message}")
-    lower = _outcome(image, limit_mib - 8, store)
+    lower = try_limit(image, limit_mib - 8, store)
     yield lower.oom_killed, (f"and {limit_mib - 8} MiB is too little (OOM-killed): {limit_mib} is the smallest"
                              if lower.oom_killed else f"{limit_mib - 8} MiB is enough too: go lower")
 

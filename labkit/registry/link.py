@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -58,7 +59,6 @@ def across(app, rate: str | None = None):
     """Serve the WSGI ``app`` on SERVER_IP in a new network namespace joined to ours by a
     veth pair. Returns ``(server, client_side, server_side)``; the caller stops the server."""
     from .server import Server
-    import socket
     devices = sorted(name for _, name in socket.if_nameindex())
     if devices != ["lo"]:                 # a fresh network namespace has nothing but lo
         raise LabError(f"link.across needs a fresh network namespace; this one has {', '.join(devices)} "

@@ -1,4 +1,6 @@
-"""Debian's docker-registry (distribution 2.8), the reference the lab compares itself with.
+"""Registries in processes of their own, for comparing them: Debian's docker-registry
+(distribution 2.8), the reference the lab measures itself against, and labkit's registry
+started the same way (`labkit registry serve`), so each can be measured apart from its client.
 
     with reference.docker_registry(lab.root() / "docker-registry") as address:
         client.push(store, "busybox", f"{address}/lab/busybox:v1")
@@ -8,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -24,9 +27,25 @@ def docker_registry(root):
     port = free_port()
     (root / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
                                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    p = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    entry = lab.record("process", str(p.pid), "docker-registry")
+    with _process(["docker-registry", "serve", str(root / "config.yml")], port, "docker-registry") as address:
+        yield address
+
+
+@contextmanager
+def labkit_registry(root):
+    """Run `labkit registry serve` in its own process on a free loopback port; yields HOST:PORT."""
+    port = free_port()
+    argv = [sys.executable, "-m", "labkit.cli", "registry", "serve", "--addr", f"127.0.0.1:{port}",
+            "--root", str(lab.inside(root))]
+    with _process(argv, port, "labkit registry") as address:
+        yield address
+
+
+@contextmanager
+def _process(argv: list[str], port: int, what: str):
+    """Start a server process (in the lab's ledger until it is stopped) and wait for its port."""
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    entry = lab.record("process", str(p.pid), what)
     try:
         wait_for_port(port)
         yield f"127.0.0.1:{port}"

@@ -34,6 +34,7 @@ class Filesystem:
     def __init__(self, root: str | os.PathLike, upload_ttl: float = UPLOAD_TTL):
         self.root = Path(root)
         self.upload_ttl = upload_ttl
+        self._swept = 0.0               # when expire_uploads last ran
         for d in ("blobs/sha256", "repositories", "uploads"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
 
@@ -70,8 +71,10 @@ class Filesystem:
 
     # --- uploads ---
     def start_upload(self, repo: str) -> str:
-        """A new upload session; abandoned ones older than ``upload_ttl`` are swept first."""
-        self.expire_uploads()
+        """A new upload session. Abandoned ones older than ``upload_ttl`` are swept first, at
+        most once a minute (each sweep reads every upload's info.json)."""
+        if time.time() - self._swept > min(60, self.upload_ttl):
+            self.expire_uploads()
         uid = uuid.uuid4().hex
         d = self.root / "uploads" / uid
         d.mkdir()
@@ -129,6 +132,7 @@ class Filesystem:
 
     def expire_uploads(self) -> int:
         """Remove uploads that never finished within ``upload_ttl``; returns how many."""
+        self._swept = time.time()
         n = 0
         for d in (self.root / "uploads").iterdir():
             try:

@@ -62,8 +62,7 @@ made = [s for s in steps if s.layer]
 assert [s.instruction.name for s in made] == ["COPY", "COPY", "RUN", "RUN"]
 assert len(img.layers) == len(store.image("busybox").layers) + 4
 assert sum(1 for h in img.history if h.get("empty_layer")) == 5       # ARG ENV WORKDIR USER CMD
-ran, r = container.run("lesson07/app")
-ran.remove()
+_, r = container.run("lesson07/app", rm=True)
 assert r.stdout == "hello from RUN\n"
 
 # %% [markdown]

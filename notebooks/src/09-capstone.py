@@ -133,9 +133,8 @@ assert fresh.unpack("capstone/pulled") == [snaps / c.split(":", 1)[1] for c in r
 # a memory limit and see whether the kernel lets it finish or OOM-kills it.
 
 # %%
-c, r = container.run("capstone/pulled", store=fresh, memory="64m", pids=16, hostname="capstone")
+_, r = container.run("capstone/pulled", store=fresh, memory="64m", pids=16, hostname="capstone", rm=True)
 print(r.stdout.strip(), "| exit", r.exit_code)
-c.remove()
 stages.append(("container", "64 MiB, 16 pids", "run"))
 
 # %%
@@ -145,11 +144,9 @@ assert r.stdout.strip() == "hello from v1 on capstone" and r.exit_code == 0
 widgets.memory_limit_runner("capstone/pulled", store=fresh)
 
 # %%
-small = container.run("capstone/pulled", ex.HOG, memory="16m", store=fresh)
-big = container.run("capstone/pulled", ex.HOG, memory="128m", store=fresh)
-for ct, _ in (small, big):
-    ct.remove()
-assert small[1].oom_killed and big[1].exit_code == 0 and not big[1].oom_killed
+small = ex.try_limit("capstone/pulled", 16, store=fresh)
+big = ex.try_limit("capstone/pulled", 128, store=fresh)
+assert small.oom_killed and big.exit_code == 0 and not big.oom_killed
 
 # %% [markdown]
 # ## 5. Change it and commit (lessons 01 and 06)
