@@ -28,10 +28,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import container, lab, squash
+from . import container, lab, snapshot, squash
 from .errors import LabError
 from .image import digest, layer, store as st
-from .snapshot import Snapshotter
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT",
                 "EXPOSE", "LABEL", "ARG", "TAG", "COMPRESS")
@@ -104,7 +103,7 @@ class Builder:
         if not self.context.is_dir():
             raise BuildError(f"the build context {context} is not a directory", "give the directory with the files to COPY")
         self.store = store or st.Store()
-        self.snaps = Snapshotter()
+        self.snaps = snapshot.of(self.store)
         self.cache_dir = lab.root() / "build-cache"
         self.cache_dir.mkdir(exist_ok=True)
         self.quiet = quiet
@@ -150,7 +149,7 @@ class Builder:
         img = self.store.image(name)
         s.base, s.layers, s.history = name, [], []
         s.config = json.loads(json.dumps(img.config.get("config", {})))
-        self._ensure_snapshots(name)
+        snapshot.unpack(name, self.store)
         return Step(ins)
 
     def _run(self, s: _State, ins: Instruction, args: str) -> Step:
@@ -272,8 +271,7 @@ class Builder:
         s.layers = [(img.layers[-1], img.diff_ids[-1])]
         s.history = img.history[len(b.history):]
         self.store.remove_ref(tmp)
-        self._ensure_snapshots(base)
-        self._register_top(s)
+        self._unpack(s)
         return Step(ins, layer=img.diff_ids[-1])
 
     # --- helpers ---
@@ -291,7 +289,7 @@ class Builder:
             if self.store.has_blob(desc.digest):
                 s.layers.append((desc, rec["diff_id"]))
                 s.history.append({"created_by": f"{ins.name} {ins.args}"})
-                self._register_top(s)
+                self._unpack(s)
                 return Step(ins, cached=True, layer=rec["diff_id"])
         snap_key = f"build/{uuid.uuid4().hex}"
         m = self.snaps.prepare(snap_key, parent)
@@ -307,29 +305,17 @@ class Builder:
         hit.write_text(json.dumps({**desc.to_json(), "diff_id": diff_id}))
         return Step(ins, layer=diff_id)
 
+    def _stack(self, s: _State) -> tuple[list[st.Descriptor], list[str]]:
+        """The layers built so far, base image first, and their DiffIDs."""
+        base = self.store.image(s.base)
+        return base.layers + [d for d, _ in s.layers], base.diff_ids + [d for _, d in s.layers]
+
     def _top_chain(self, s: _State) -> str:
-        ids = self.store.image(s.base).diff_ids + [d for _, d in s.layers]
-        return digest.chain_ids(ids)[-1]
+        return digest.chain_ids(self._stack(s)[1])[-1]
 
-    def _ensure_snapshots(self, name: str) -> None:
-        img = self.store.image(name)
-        self.store.unpack(name)
-        parent = None
-        for chain in img.chain_ids:
-            self.snaps.register(chain, parent)
-            parent = chain
-
-    def _register_top(self, s: _State) -> None:
-        """After a cache hit or a squash, make sure the new top layer has a committed snapshot."""
-        chain = self._top_chain(s)
-        d = self.snaps.root / "snapshots" / digest.encoded(chain)
-        if not d.is_dir():
-            tmp = lab.fresh_dir(self.snaps.root / "snapshots" / f".tmp-{uuid.uuid4().hex}")
-            layer.apply(self.store.open_layer(s.layers[-1][0]), tmp, overlay_form=True)
-            tmp.rename(d)
-        ids = self.store.image(s.base).diff_ids + [dd for _, dd in s.layers]
-        chains = digest.chain_ids(ids)
-        self.snaps.register(chain, chains[-2] if len(chains) > 1 else None)
+    def _unpack(self, s: _State) -> None:
+        """After a cache hit or a squash: the new top layer as a committed snapshot."""
+        snapshot.unpack_layers(*self._stack(s), self.store)
 
     def _commit(self, s: _State, name: str) -> st.Image:
         return self.store.commit(name, list(s.layers), list(s.history), config=s.config,

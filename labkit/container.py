@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, kernel, lab, overlay, sandbox
+from . import cgroups, kernel, lab, overlay, sandbox, snapshot
 from .errors import LabError
 from .image import store as st
 
@@ -132,7 +132,7 @@ class Container:
             lowers, c.upper, c.work = layers
             c.lowerdirs = [c.init, *lowers]
         else:
-            c.lowerdirs = [c.init, *store.unpack(image)]
+            c.lowerdirs = [c.init, *snapshot.unpack(image, store)]
         c._save()
         return c
 

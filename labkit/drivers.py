@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lab, overlay
+from . import lab, overlay, snapshot
 from .errors import LabError
 from .image import store as st
+from .tree import du
 
 
 class DriverError(LabError):
@@ -36,19 +37,6 @@ class Cost:
     containers: int
     seconds: float
     disk_bytes: int
-
-
-def du(*paths: Path) -> int:
-    """Bytes of disk used below ``paths`` (st_blocks), each inode counted once, like du(1)."""
-    seen, total = set(), 0
-    for top in paths:
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in dirnames + filenames:
-                st_ = os.lstat(os.path.join(dirpath, name))
-                if (st_.st_dev, st_.st_ino) not in seen:
-                    seen.add((st_.st_dev, st_.st_ino))
-                    total += st_.st_blocks * 512
-    return total
 
 
 class Driver:
@@ -98,7 +86,7 @@ class Overlay(Driver):
 
     def __init__(self, store, image, root):
         super().__init__(store, image, root)
-        self.lowers = store.unpack(image)
+        self.lowers = snapshot.unpack(image, store)
         self.mounts: list[overlay.Overlay] = []
 
     def create(self) -> Path:

@@ -8,22 +8,32 @@ containerd's snapshots.Snapshotter has a handful of verbs (containerd/snapshots/
 * ``commit(name, key)``: the active snapshot becomes a *committed* one called ``name``;
 * ``mounts(key)``, ``stat(key)``, ``walk()``, ``usage(key)``, ``remove(key)``.
 
-Committed snapshots of image layers are named by ChainID and live in
-``<lab root>/snapshots/<hex>`` in overlay form (the same directories Store.unpack makes), so a
-builder, a container and the store all share one copy of each layer.
+The snapshotter is the only writer of its directory (one per image store)::
+
+    committed/<hex>    a committed snapshot's files, in overlay form (a lowerdir as it is)
+    active/<id>/fs     an active snapshot's upper dir (and work/ beside it)
+    meta/<id>.json     what each snapshot is (Info)
+
+Image layers are unpacked the way containerd's unpacker does it (:func:`unpack`):
+Prepare on the parent's ChainID -> apply the layer tar into the upper dir -> Commit under
+the layer's ChainID, and only after the tar's bytes were checked against the config's
+DiffID. So a committed snapshot named by a ChainID always holds exactly that layer stack.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import lab
-from .drivers import du
 from .errors import LabError
-from .image import digest
+from .image import digest, layer
+from .image.store import Descriptor, Store
+from .tree import du
 
 
 class SnapshotError(LabError):
@@ -47,39 +57,45 @@ class Mounts:
 
 
 class Snapshotter:
-    def __init__(self):
-        self.root = lab.root()
-        self.meta = self.root / "snapshots-meta"
-        self.meta.mkdir(exist_ok=True)
-        (self.root / "snapshots").mkdir(exist_ok=True)
-        (self.root / "active").mkdir(exist_ok=True)
+    """Snapshots under ``root`` (by default ``<lab root>/snapshots``, the default store's)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = lab.inside(root or lab.root() / "snapshots")
+        for sub in ("committed", "active", "meta"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.meta = self.root / "meta"
 
     # --- where things are ---
     def _id(self, key: str) -> str:
         try:
-            return digest.encoded(key)                 # a ChainID: share the store's directory
+            return digest.encoded(key)                 # a ChainID names its directory
         except LabError:
             return "k-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
+    def _meta(self, key: str) -> Path:
+        return self.meta / f"{self._id(key)}.json"
+
+    def exists(self, key: str) -> bool:
+        return self._meta(key).is_file()
+
     def dir(self, key: str) -> Path:
         info = self.stat(key)
-        base = "snapshots" if info.kind == "committed" else "active"
+        base = "committed" if info.kind == "committed" else "active"
         return self.root / base / self._id(key)
 
     def stat(self, key: str) -> Info:
-        p = self.meta / f"{self._id(key)}.json"
-        if not p.exists():
+        if not self.exists(key):
             raise SnapshotError(f"there is no snapshot {key!r}", "list them with Snapshotter().walk()")
-        return Info(**json.loads(p.read_text()))
+        return Info(**json.loads(self._meta(key).read_text()))
 
     def walk(self) -> list[Info]:
         return sorted((Info(**json.loads(p.read_text())) for p in self.meta.glob("*.json")),
                       key=lambda i: i.created)
 
     def _save(self, info: Info) -> None:
-        tmp = self.meta / f".{self._id(info.key)}.tmp"
+        tmp = self.meta / f".{self._id(info.key)}.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(asdict(info)))
-        tmp.rename(self.meta / f"{self._id(info.key)}.json")
+        tmp.rename(self._meta(info.key))
 
     def chain(self, key: str | None) -> list[Path]:
         """The committed directories from ``key`` down to the base, top first."""
@@ -94,16 +110,6 @@ class Snapshotter:
         return out
 
     # --- the verbs ---
-    def register(self, key: str, parent: str | None) -> Info:
-        """Record an existing committed directory (e.g. one Store.unpack made)."""
-        if (self.meta / f"{self._id(key)}.json").exists():
-            return self.stat(key)
-        if not (self.root / "snapshots" / self._id(key)).is_dir():
-            raise SnapshotError(f"no directory for {key}", "unpack the image first")
-        info = Info(key, parent, "committed", time.time())
-        self._save(info)
-        return info
-
     def prepare(self, key: str, parent: str | None = None) -> Mounts:
         """A writable snapshot on top of ``parent``; returns its mounts."""
         return self._new(key, parent, "active")
@@ -113,7 +119,7 @@ class Snapshotter:
         return self._new(key, parent, "view")
 
     def _new(self, key: str, parent: str | None, kind: str) -> Mounts:
-        if (self.meta / f"{self._id(key)}.json").exists():
+        if self.exists(key):
             raise SnapshotError(f"snapshot {key!r} exists", "pick another key or remove it")
         self.chain(parent)                          # the parent must exist and be committed
         d = lab.fresh_dir(self.root / "active" / self._id(key))
@@ -133,21 +139,20 @@ class Snapshotter:
         return Mounts(lowers, d / "fs", d / "work")
 
     def commit(self, name: str, key: str) -> Info:
-        """Turn active snapshot ``key`` into committed ``name`` (its upper dir becomes the layer dir)."""
+        """Turn active snapshot ``key`` into committed ``name``: its upper dir is renamed into
+        place (atomic), then recorded. If ``name`` is already committed, the copy is dropped."""
         info = self.stat(key)
         if info.kind != "active":
             raise SnapshotError(f"{key!r} is {info.kind}, not active", "only an active snapshot can be committed")
-        target = self.root / "snapshots" / self._id(name)
         src = self.dir(key)
-        if target.exists():                        # the same layer was committed before
-            lab.remove_tree(src)
-        else:
+        if not self.exists(name):
+            target = self.root / "committed" / self._id(name)
+            if os.path.lexists(target):            # left by a crash before it was recorded
+                lab.remove_tree(target)
             (src / "fs").rename(target)
-            lab.remove_tree(src)
-        (self.meta / f"{self._id(key)}.json").unlink()
-        new = Info(name, info.parent, "committed", time.time())
-        if not (self.meta / f"{self._id(name)}.json").exists():
-            self._save(new)
+            self._save(Info(name, info.parent, "committed", time.time()))
+        lab.remove_tree(src)
+        self._meta(key).unlink()
         return self.stat(name)
 
     def remove(self, key: str) -> None:
@@ -156,7 +161,7 @@ class Snapshotter:
         if children:
             raise SnapshotError(f"{key!r} is the parent of {children[0]!r}", "remove its children first")
         d = self.dir(key)
-        (self.meta / f"{self._id(key)}.json").unlink()
+        self._meta(key).unlink()
         if d.exists():
             lab.remove_tree(d)
 
@@ -164,3 +169,36 @@ class Snapshotter:
         """Bytes of disk of the snapshot's own directory (not its parents')."""
         d = self.dir(key)
         return du(d / "fs" if (d / "fs").is_dir() else d)
+
+
+def of(store: Store) -> Snapshotter:
+    """The snapshotter that holds ``store``'s unpacked layers."""
+    return Snapshotter(store.snapshot_root)
+
+
+def unpack(name: str, store: Store | None = None) -> list[Path]:
+    """The layers of image ``name`` as committed snapshots of ``store`` (the lab's store by
+    default), top first: ready to be an overlay's lowerdirs."""
+    store = store or Store()
+    img = store.image(name)
+    return unpack_layers(img.layers, img.diff_ids, store)
+
+
+def unpack_layers(layers: list[Descriptor], diff_ids: list[str], store: Store) -> list[Path]:
+    """containerd's unpacker: for each ChainID of the stack (descriptors base first, with the
+    config's DiffIDs) not yet committed in the store's snapshotter, Prepare on the parent, apply
+    the layer tar (its DiffID verified), Commit under the ChainID. Returns the dirs top first."""
+    snaps = of(store)
+    parent = None
+    for desc, diff_id, chain in zip(layers, diff_ids, digest.chain_ids(diff_ids)):
+        if not snaps.exists(chain):
+            key = f"extract-{uuid.uuid4().hex}"
+            m = snaps.prepare(key, parent)
+            try:
+                layer.apply(store.open_layer(desc, diff_id), m.upperdir, overlay_form=True)
+                snaps.commit(chain, key)
+            except BaseException:
+                snaps.remove(key)
+                raise
+        parent = chain
+    return snaps.chain(parent)

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from labkit import lab, overlay
+from labkit import lab, overlay, snapshot
 from labkit.image import digest, store as st
 from labkit.image.store import StoreError
 from labkit.tree import read_tree, write_tree
@@ -57,10 +57,10 @@ def test_same_content_same_image_digest(lab_root):
 
 
 def test_unpack_is_cached_by_chain_id_and_mounts(store):
-    dirs = store.unpack("busybox")
+    dirs = snapshot.unpack("busybox", store)
     assert [p.name for p in dirs] == [digest.encoded(c) for c in store.image("busybox").chain_ids][::-1]
     mtime = dirs[0].stat().st_mtime_ns
-    assert store.unpack("busybox") == dirs and dirs[0].stat().st_mtime_ns == mtime
+    assert snapshot.unpack("busybox", store) == dirs and dirs[0].stat().st_mtime_ns == mtime
     c = lab.scratch("ctr")
     with overlay.Overlay(dirs, c / "upper", c / "work", c / "merged") as ov:
         out = subprocess.run(["chroot", str(ov.merged), "/bin/sh", "-c", "echo hi from $(cat /etc/passwd | head -c 4)"],

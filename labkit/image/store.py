@@ -10,8 +10,8 @@ so a base layer shared by ten images is stored once, like a Git object. Image na
   digest. A crash leaves at most a temporary file, never a wrong blob.
 * A blob is verified every time it is read (:class:`digest.VerifyingReader`).
 * JSON documents are small; anything larger than MAX_JSON is refused, not parsed.
-* Unpacked layers are cached by ChainID under ``<root>/snapshots``, in overlay form, so a
-  stack of them is an overlay's lowerdirs (containerd's overlay snapshotter does the same).
+* The store only holds blobs and names; unpacking layers into directories is the
+  snapshotter's job (snapshot.py), as containerd splits its content store and snapshotter.
 """
 from __future__ import annotations
 
@@ -214,6 +214,11 @@ class Layout:
         return sorted(gone)
 
 
+def _diff_id_mismatch(desc: Descriptor, want: str, got: str) -> LabError:
+    return digest.DigestError(f"layer {desc.digest} unpacks to {got}, but the image config says its DiffID is {want}",
+                              "the image is broken or hostile: remove it (labkit image rm) and do not run it")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "wb") as f:
@@ -278,10 +283,17 @@ def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
 
 
 class Store(Layout):
-    """The lab's image store at ``<lab root>/store``."""
+    """The lab's image store at ``<lab root>/store``, with its own snapshotter.
+
+    ``snapshot_root`` is where its layers are unpacked (the snapshotter's directory, see
+    snapshot.py): ``<lab root>/snapshots`` for the default store; a store elsewhere
+    (``Store(path)``) gets ``<path>.snapshots`` beside it, so two stores never share them.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None):
         super().__init__(lab.inside(path or lab.root() / "store"))
+        self.snapshot_root = (lab.root() / "snapshots" if path is None
+                              else self.path.with_name(self.path.name + ".snapshots"))
 
     def images(self) -> list[Image]:
         return [read_image(self, n, d) for n, d in sorted(self.refs().items())]
@@ -352,53 +364,42 @@ class Store(Layout):
         self.remove_ref(name)
         return self.gc()
 
-    # unpacking
-    def open_layer(self, desc: Descriptor) -> Path:
-        """A plain tar file for a layer blob (gzip layers are decompressed into a cache)."""
-        p = self.blob_path(desc.digest)
+    # reading layers
+    def open_layer(self, desc: Descriptor, diff_id: str | None = None) -> Path:
+        """A plain tar file for a layer blob, its digest verified (and, given ``diff_id``,
+        the uncompressed bytes checked against the config's DiffID). Compressed layers are
+        decompressed once into ``<lab root>/tmp``, hashed as they are written."""
         if desc.media_type == LAYER:
-            return p
+            with self.open_blob(desc) as r:      # reading it through verifies the digest
+                while r.read(digest.CHUNK):
+                    pass
+            if diff_id and desc.digest != diff_id:
+                raise _diff_id_mismatch(desc, diff_id, desc.digest)
+            return self.blob_path(desc.digest)
         out = lab.root() / "tmp" / f"{digest.encoded(desc.digest)}.tar"
-        if not out.exists():
-            out.parent.mkdir(exist_ok=True)
-            tmp = out.with_suffix(f".{uuid.uuid4().hex}")
-            with gzip.open(p, "rb") as src, open(tmp, "wb") as dst:
+        if out.exists() and (not diff_id or out.with_suffix(".diffid").read_text() == diff_id):
+            return out
+        out.parent.mkdir(exist_ok=True)
+        tmp = out.with_suffix(f".{uuid.uuid4().hex}")
+        try:
+            with self.open_blob(desc) as r, gzip.open(r, "rb") as src, open(tmp, "wb") as f, \
+                    digest.HashingWriter(f) as dst:
                 shutil.copyfileobj(src, dst, digest.CHUNK)
+            if diff_id and dst.digest != diff_id:
+                raise _diff_id_mismatch(desc, diff_id, dst.digest)
+            out.with_suffix(".diffid").write_text(dst.digest)
             tmp.rename(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         return out
-
-    def unpack(self, name: str) -> list[Path]:
-        """Each layer applied in overlay form, cached by ChainID; returns the dirs top first
-        (ready to be an overlay's lowerdirs)."""
-        img = self.image(name)
-        snaps = lab.root() / "snapshots"
-        snaps.mkdir(exist_ok=True)
-        dirs = []
-        for desc, chain in zip(img.layers, img.chain_ids):
-            d = snaps / digest.encoded(chain)
-            if not d.is_dir():
-                tmp = lab.inside(snaps / f".tmp-{uuid.uuid4().hex}")
-                try:
-                    layer.apply(self._verified_tar(desc), tmp, overlay_form=True)
-                    tmp.rename(d)
-                except BaseException:
-                    lab.remove_tree(tmp)
-                    raise
-            dirs.append(d)
-        return dirs[::-1]
 
     def flatten(self, name: str, dest: str | os.PathLike) -> Path:
         """Apply every layer of ``name``, base first, into ``dest``: the image's root filesystem."""
         dest = lab.inside(dest)
-        for desc in self.image(name).layers:
-            layer.apply(self._verified_tar(desc), dest)
+        img = self.image(name)
+        for desc, diff_id in zip(img.layers, img.diff_ids):
+            layer.apply(self.open_layer(desc, diff_id), dest)
         return dest
-
-    def _verified_tar(self, desc: Descriptor) -> Path:
-        with self.open_blob(desc) as r:      # reading it through verifies the digest
-            while r.read(digest.CHUNK):
-                pass
-        return self.open_layer(desc)
 
     # moving images between layouts
     def save(self, name: str, directory: str | os.PathLike, tag: str) -> Path:

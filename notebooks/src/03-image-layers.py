@@ -23,7 +23,7 @@
 
 # %%
 import io, json, os, shutil, subprocess, tarfile, hashlib
-from labkit import lab, overlay, tree, viz
+from labkit import lab, overlay, snapshot, tree, viz
 from labkit.image import digest, layer, store as st, waste
 from labkit.exercises import hint, l03_layers as ex
 
@@ -40,7 +40,7 @@ print(f"base image {base.name!r}: {len(base.layers)} layer, {len(base.history)} 
 # change things through `merged`, as a `RUN` step of a Dockerfile would:
 
 # %%
-ov = overlay.Overlay(store.unpack("busybox"), home / "upper", home / "work", home / "merged").mount()
+ov = overlay.Overlay(snapshot.unpack("busybox", store), home / "upper", home / "work", home / "merged").mount()
 m = ov.merged
 (m / "app").mkdir()
 (m / "app" / "hello.txt").write_text("hello from a new layer\n")      # add
@@ -113,7 +113,7 @@ print("removed:", report.removed)
 print("same tree as merged was:", tree.read_tree(flat) == expected_tree)
 
 layer.apply(home / "layer.tar", home / "as-lowerdir", overlay_form=True)
-again = overlay.Overlay([home / "as-lowerdir", *store.unpack("busybox")], None, None, home / "merged2").peek()
+again = overlay.Overlay([home / "as-lowerdir", *snapshot.unpack("busybox", store)], None, None, home / "merged2").peek()
 print("overlay form gives it too:", again == expected_tree)
 
 # %%

@@ -23,8 +23,7 @@
 
 # %%
 import os, time, tarfile
-from labkit import lab, build, squash, container, viz, widgets
-from labkit.snapshot import Snapshotter
+from labkit import lab, build, snapshot, squash, container, viz, widgets
 from labkit.image import store as st, waste
 from labkit.tree import write_tree, read_tree
 from labkit.exercises import hint, l07_build as ex
@@ -82,7 +81,7 @@ for h in img.history:
 # snapshotter's own records:
 
 # %% tags=["nbval-ignore-output"]
-sn = Snapshotter()
+sn = snapshot.of(store)
 names = {c: f"{i}: {h}" for i, (c, h) in enumerate(zip(img.chain_ids, ["busybox"] + [str(s.instruction)[:24] for s in made]))}
 viz.snapshot_tree([i for i in sn.walk() if i.key in img.chain_ids], names)
 
