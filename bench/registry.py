@@ -10,7 +10,7 @@ import time
 from bench import headline, with_lab
 from labkit import lab
 from labkit.image import store as st
-from labkit.registry import reference, server
+from labkit.registry import link, reference, server
 from labkit.tree import write_tree
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     for i in range(7):
         prev = s.add_layer(prev, write_tree(lab.scratch(f"bench-reg-{i}"), {f"p{i}/d": 1 << 20}),
                            f"bench/reg{i}", f"layer {i}").name
-    t = server.timeline(lab.root() / "bench-registry", s, prev, layers_parallel=(1, 8), delay=0.05, rate=None)
+    t = link.timeline(lab.root() / "bench-registry", s, prev, layers_parallel=(1, 8), delay=0.05, rate=None)
     span = {p: t.span(p) for p in (1, 8)}
     print(f"\nregistry pull of 8 layers (busybox + 7 x 1 MiB), 50 ms per request  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"serial {span[1]:.2f} s, parallel(8) {span[8]:.2f} s, speed-up {span[1] / span[8]:.1f}x (goal >= 3x)")

@@ -10,7 +10,7 @@ import pytest
 
 from labkit import lab, tree
 from labkit.image import digest as dg, store as st
-from labkit.registry import auth, client, server
+from labkit.registry import auth, client, link, server
 
 
 @pytest.fixture
@@ -307,7 +307,7 @@ def test_timeline_runs_across_a_veth_pair_between_two_namespaces(busybox, lab_ro
     for i in range(2):
         prev = busybox.add_layer(prev, tree.write_tree(lab.scratch(f"t{i}"), {f"p{i}/d": 256 << 10}),
                                  f"t/{i}", "layer").name
-    t = server.timeline(lab.root() / "tl", busybox, prev, layers_parallel=(1, 2), delay=0.02, rate="100mbit")
+    t = link.timeline(lab.root() / "tl", busybox, prev, layers_parallel=(1, 2), delay=0.02, rate="100mbit")
     assert len({os.readlink("/proc/self/ns/net"), t.client.netns, t.server.netns}) == 3
     assert any("10.77.0.2/30" in a for a in t.client.addresses) and "rate 100Mbit" in t.server.qdisc
     assert [e.what for e in t.pulls[1]][:2] == ["manifest", "config"] and t.span(1) > 0
@@ -337,3 +337,12 @@ def test_the_link_refuses_the_hosts_network_namespace(lab_root):
     with pytest.raises(LabError, match="needs a fresh network namespace"):
         link.across(server.Registry(lab.root() / "r"))
     assert not Path("/sys/class/net/lk-cli").exists()
+
+
+def test_storage_refuses_a_bad_name_with_its_own_error(tmp_path):
+    from labkit.registry.storage import BadName, Filesystem
+    fs = Filesystem(tmp_path / "reg")
+    with pytest.raises(BadName, match="not a repository name"):
+        fs.tags("UPPER/Case")
+    with pytest.raises(BadName):
+        fs.put_manifest("../escape", dg.of_bytes(b"x"), "application/json", "v1")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from werkzeug.wrappers import Response
 
+from .errors import Problem
+
 TTL = 300
 
 
@@ -71,7 +73,6 @@ class TokenAuth:
     # --- the registry side ---
     def require(self, request, repo: str | None) -> None:
         """Raise a 401 Problem with the challenge unless the request carries a fitting token."""
-        from .server import Problem
         action = "pull" if request.method in ("GET", "HEAD") else "push"
         if request.method == "DELETE":
             action = "delete"

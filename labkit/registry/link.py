@@ -9,7 +9,8 @@ in /run/netns and nothing is a separate process: when the sandbox child exits, b
 namespaces, the pair and the shaping are gone.
 
 This kernel has no ``netem`` qdisc (FACTS.md), so round-trip delay is added by the server
-(``server.Slow``); bandwidth is the kernel's business.
+(:class:`Slow`); bandwidth is the kernel's business. :func:`timeline` is the lesson's
+experiment: serial and parallel pulls across the link, every request timed.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ import queue
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
-from .. import kernel
+from .. import kernel, sandbox
 from ..errors import LabError
+from . import client
+from .server import Registry, Server
 
 SERVER_END, SERVER_IP = "lk-srv", "10.77.0.1"
 CLIENT_END, CLIENT_IP = "lk-cli", "10.77.0.2"
@@ -58,7 +62,6 @@ def _configure(device: str, ip: str, rate: str | None) -> Side:
 def across(app, rate: str | None = None):
     """Serve the WSGI ``app`` on SERVER_IP in a new network namespace joined to ours by a
     veth pair. Returns ``(server, client_side, server_side)``; the caller stops the server."""
-    from .server import Server
     devices = sorted(name for _, name in socket.if_nameindex())
     if devices != ["lo"]:                 # a fresh network namespace has nothing but lo
         raise LabError(f"link.across needs a fresh network namespace; this one has {', '.join(devices)} "
@@ -92,3 +95,51 @@ def across(app, rate: str | None = None):
         raise got
     srv, server = got
     return srv, _configure(CLIENT_END, CLIENT_IP, rate), server
+
+
+class Slow:
+    """WSGI middleware: wait ``delay`` seconds before answering each request, like a long
+    link would. The lab's kernel has no netem qdisc, so the round-trip time is added here;
+    bandwidth is limited by the kernel (tc tbf) where the lesson asks for it."""
+
+    def __init__(self, app, delay: float):
+        self.app, self.delay = app, delay
+
+    def __call__(self, environ, start_response):
+        time.sleep(self.delay)
+        return self.app(environ, start_response)
+
+
+@dataclass
+class Timeline:
+    """Every request of each pull (``pulls[parallel]``) and the two ends of the link."""
+    pulls: dict
+    client: Side
+    server: Side
+
+    def span(self, parallel: int) -> float:
+        """Seconds from the first request's start to the last one's end."""
+        t = self.pulls[parallel]
+        return max(e.end for e in t) - min(e.start for e in t)
+
+
+def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float = 0.05,
+             rate: str | None = "100mbit") -> "Timeline":
+    """Serial and parallel pulls of ``name`` across a slow link: the client in one private
+    network namespace, the registry in another, joined by a veth pair (``link.across``).
+    Both live in one sandbox child and die with it."""
+    def inside():
+        srv, near, far = across(Slow(Registry(root), delay), rate)
+        try:
+            client.push(image_store, name, f"{srv.address}/lab/timeline:v1")
+            out = Timeline({}, near, far)
+            for par in layers_parallel:
+                trace = []
+                client.pull(image_store, f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
+                            parallel=par, trace=trace)
+                image_store.remove_ref(f"timeline-{par}")
+                out.pulls[par] = trace
+            return out
+        finally:
+            srv.stop()
+    return sandbox.run(inside, namespaces=("net",), timeout=300)

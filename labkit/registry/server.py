@@ -25,8 +25,10 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
+from .. import lab
 from ..image import digest as dg
-from .storage import NAME, TAG, Filesystem
+from .errors import Problem, error
+from .storage import NAME, TAG, BadName, Filesystem
 
 MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
@@ -48,30 +50,10 @@ ROUTES = Map([
     Rule("/token", endpoint="token"),                                                         # the token service
 ], strict_slashes=False)
 
-STATUS = {"BLOB_UNKNOWN": 404, "BLOB_UPLOAD_INVALID": 400, "BLOB_UPLOAD_UNKNOWN": 404, "DIGEST_INVALID": 400,
-          "MANIFEST_BLOB_UNKNOWN": 404, "MANIFEST_INVALID": 400, "MANIFEST_UNKNOWN": 404, "NAME_INVALID": 400,
-          "NAME_UNKNOWN": 404, "SIZE_INVALID": 400, "UNAUTHORIZED": 401, "DENIED": 403, "UNSUPPORTED": 415,
-          "TOOMANYREQUESTS": 429}
-
-
-class Problem(Exception):
-    """Answer with the spec's error JSON."""
-
-    def __init__(self, code: str, message: str, status: int | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.code, self.message, self.status, self.headers = code, message, status or STATUS[code], headers or {}
-
-
-def error(code: str, message: str, status: int | None = None, headers: dict | None = None) -> Response:
-    body = json.dumps({"errors": [{"code": code, "message": message, "detail": {}}]})
-    return Response(body, status or STATUS[code], headers or {}, content_type="application/json")
-
-
 class Registry:
     """The WSGI application. ``auth`` (auth.TokenAuth) makes it ask for bearer tokens."""
 
     def __init__(self, root, auth=None, log: list | None = None):
-        from .. import lab
         self.fs = Filesystem(lab.inside(root))       # the registry writes only under the lab root
         self.auth = auth
         self.log = log           # if a list, every request is appended: (method, path, status)
@@ -90,8 +72,8 @@ class Registry:
             response = error(p.code, p.message, p.status, p.headers)
         except HTTPException as e:
             response = error("UNSUPPORTED", e.description or str(e), e.code)
-        except ValueError as e:
-            response = error("NAME_INVALID", f"invalid name or reference: {e}")
+        except BadName as e:
+            response = error("NAME_INVALID", str(e))
         if self.log is not None:
             self.log.append((request.method, request.path + (f"?{request.query_string.decode()}"
                                                              if request.query_string else ""), response.status_code))
@@ -368,55 +350,3 @@ class Server:
 def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:
     """Start a registry storing under ``root`` (port 0: any free port)."""
     return Server(Registry(root, auth, log), host, port)
-
-
-class Slow:
-    """WSGI middleware: wait ``delay`` seconds before answering each request, like a long
-    link would. The lab's kernel has no netem qdisc, so the round-trip time is added here;
-    bandwidth is limited by the kernel (tc tbf) where the lesson asks for it."""
-
-    def __init__(self, app, delay: float):
-        self.app, self.delay = app, delay
-
-    def __call__(self, environ, start_response):
-        import time
-        time.sleep(self.delay)
-        return self.app(environ, start_response)
-
-
-@dataclass
-class Timeline:
-    """Every request of each pull (``pulls[parallel]``) and the two ends of the link."""
-    pulls: dict
-    client: object          # link.Side
-    server: object          # link.Side
-
-    def span(self, parallel: int) -> float:
-        """Seconds from the first request's start to the last one's end."""
-        t = self.pulls[parallel]
-        return max(e.end for e in t) - min(e.start for e in t)
-
-
-def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float = 0.05,
-             rate: str | None = "100mbit") -> "Timeline":
-    """Serial and parallel pulls of ``name`` across a slow link: the client in one private
-    network namespace, the registry in another, joined by a veth pair (``link.across``).
-    Both live in one sandbox child and die with it."""
-    from .. import sandbox
-    from . import client, link
-
-    def inside():
-        srv, near, far = link.across(Slow(Registry(root), delay), rate)
-        try:
-            client.push(image_store, name, f"{srv.address}/lab/timeline:v1")
-            out = Timeline({}, near, far)
-            for par in layers_parallel:
-                trace = []
-                client.pull(image_store, f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
-                            parallel=par, trace=trace)
-                image_store.remove_ref(f"timeline-{par}")
-                out.pulls[par] = trace
-            return out
-        finally:
-            srv.stop()
-    return sandbox.run(inside, namespaces=("net",), timeout=300)

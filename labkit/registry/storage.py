@@ -23,11 +23,16 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..errors import LabError
 from ..image import digest
 
 NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 UPLOAD_TTL = 3600      # seconds an unfinished upload is kept (docker-registry's default purges after days)
+
+
+class BadName(LabError):
+    """A repository name the distribution spec does not allow."""
 
 
 class Filesystem:
@@ -50,9 +55,6 @@ class Filesystem:
 
     def open_blob(self, d: str) -> BinaryIO:
         return open(self.blob_path(d), "rb")
-
-    def delete_blob(self, d: str) -> None:
-        self.blob_path(d).unlink(missing_ok=True)
 
     def link(self, repo: str, d: str) -> None:
         p = self._repo(repo) / "_layers" / digest.encoded(d)
@@ -150,7 +152,8 @@ class Filesystem:
     # --- manifests and tags ---
     def _repo(self, repo: str) -> Path:
         if not NAME.fullmatch(repo) or len(repo) > 255:
-            raise ValueError(repo)
+            raise BadName(f"{repo[:80]!r} is not a repository name",
+                          "use lowercase path components like lab/app (spec.md, \"Pulling manifests\")")
         return self.root / "repositories" / repo
 
     def put_manifest(self, repo: str, d: str, media_type: str, tag: str | None) -> None:

@@ -26,7 +26,7 @@ import json, os, httpx
 from pathlib import Path
 from labkit import lab, tree, viz
 from labkit.image import store as st, digest as dg
-from labkit.registry import server, client, auth
+from labkit.registry import server, client, auth, link
 from labkit.exercises import hint, l08_registry as ex
 
 home = lab.scratch("08-registries")
@@ -172,7 +172,7 @@ assert anonymous_push == "refused"
 # virtual cable) between them, `10.77.0.2` on the client end and `10.77.0.1` on the
 # registry's. Both namespaces belong to one child process, so the pair, its addresses and any
 # shaping vanish when it exits. This machine's kernel has no `netem` qdisc, so the delay is
-# added by the server before each answer (`server.Slow`); bandwidth, when limited, is limited
+# added by the server before each answer (`link.Slow`); bandwidth, when limited, is limited
 # by the kernel's token bucket filter (`tc tbf`) on both ends of the pair.
 
 # %% tags=["nbval-ignore-output"]
@@ -180,7 +180,7 @@ prev8 = "busybox"
 for i in range(8):
     tree.write_tree(home / f"m{i}", {f"part{i}/data": 1 << 20})
     prev8 = store.add_layer(prev8, home / f"m{i}", f"lesson08/eight{i}", f"COPY part {i}").name
-latency = server.timeline(home / "registry-tl", store, prev8, layers_parallel=(1, 4), delay=0.05, rate=None)
+latency = link.timeline(home / "registry-tl", store, prev8, layers_parallel=(1, 4), delay=0.05, rate=None)
 print("client side:", latency.client.addresses, "\nserver side:", latency.server.addresses)
 viz.link_graph(latency.client, latency.server, delay=0.05)
 
@@ -204,7 +204,7 @@ assert lab.entries() == []          # the namespaces, the pair and the server ar
 # parallel requests share it, and the gain shrinks to what the per-request delays cost:
 
 # %% tags=["nbval-ignore-output"]
-narrow = server.timeline(home / "registry-tl2", store, prev8, layers_parallel=(1, 4), delay=0.05, rate="40mbit")
+narrow = link.timeline(home / "registry-tl2", store, prev8, layers_parallel=(1, 4), delay=0.05, rate="40mbit")
 print("shaping on the client end:", narrow.client.qdisc)
 print(f"bandwidth-bound: serial {narrow.span(1):.2f} s, parallel {narrow.span(4):.2f} s")
 fig = viz.pull_gantt(narrow.pulls)
