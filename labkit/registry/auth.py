@@ -1,6 +1,7 @@
 """Token authentication as in the seed (001): the registry answers 401 with a Bearer
 challenge naming a token service and the scope needed; the client gets a token there (with
 its user name and password, or anonymously) and repeats the request with it.
+:class:`TokenAuth` is the registry's side, :class:`BearerAuth` the client's.
 
 Tokens here are HMAC-signed JSON (a JWT in spirit): who, which repository, which actions,
 until when. Users come from a file of ``name:sha256(password)`` lines.
@@ -11,12 +12,15 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from pathlib import Path
 
+import httpx
 from werkzeug.wrappers import Response
 
+from ..errors import LabError
 from .errors import Problem
 
 TTL = 300
@@ -88,3 +92,46 @@ class TokenAuth:
         code = "DENIED" if claims else "UNAUTHORIZED"
         raise Problem(code, "authentication required" if not claims else f"the token does not allow {action} on {repo}",
                       401, {"WWW-Authenticate": challenge})
+
+
+# --- the client side ------------------------------------------------------------------------
+class AuthError(LabError):
+    """The token service refused, or a token ran out where the request cannot be repeated."""
+
+
+class BearerAuth(httpx.Auth):
+    """The client's half of the token dance, as an httpx.Auth flow (distribution's token.md).
+
+    Send the request with the token we hold (if any). On ``401`` with a ``Bearer`` challenge,
+    GET the challenge's ``realm`` with its ``service`` and ``scope`` (and HTTP basic auth when
+    a user is given), keep the token, and send the request again. Callers never see a token.
+    """
+
+    def __init__(self, user: str | None = None, password: str | None = None):
+        self.basic = httpx.BasicAuth(user, password or "") if user else None
+        self.token: str | None = None
+
+    def auth_flow(self, request: httpx.Request):
+        if self.token:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        response = yield request
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code != 401 or not challenge.lower().startswith("bearer "):
+            return
+        if not isinstance(request.stream, httpx.ByteStream):
+            raise AuthError(f"the registry wants a new token in the middle of {request.method} {request.url.path} "
+                            "(it expired)", "push again: the blobs already uploaded are skipped")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", "")
+        ask = httpx.Request("GET", realm, params=params)
+        if self.basic:
+            ask = next(self.basic.auth_flow(ask))
+        answer = yield ask
+        answer.read()
+        if answer.status_code != 200:
+            raise AuthError(f"the token service refused ({answer.status_code}): {answer.text[:200]}",
+                            "check the user name and password (labkit push/pull --user)")
+        body = answer.json()
+        self.token = body.get("token") or body.get("access_token")
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import lab
 from ..errors import LabError
 from ..image import digest as dg, store as st
+from .auth import BearerAuth
 
 ACCEPT = ", ".join([st.MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"])
 CHUNK = 1 << 20
@@ -62,45 +63,27 @@ class Ref:
 
 @dataclass
 class Session:
-    """One registry, with bearer-token auth done as the WWW-Authenticate challenge says."""
+    """One registry, with bearer-token auth done by :class:`auth.BearerAuth`. ``transport``
+    is an httpx transport to send through (lesson 08 uses ``link.Cut`` to break a download)."""
     host: str
     user: str | None = None
     password: str | None = None
     trace: list | None = None
-    fail_after: dict = field(default_factory=dict)    # test hook: {what: bytes} cuts a transfer once
+    transport: httpx.BaseTransport | None = None
     bars: dict = field(default_factory=dict)         # {what: tqdm} when pull(progress=True)
-    _tokens: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.http = httpx.Client(base_url=f"http://{self.host}", timeout=60, follow_redirects=True)
+        self.http = httpx.Client(base_url=f"http://{self.host}", timeout=60, follow_redirects=True,
+                                 auth=BearerAuth(self.user, self.password), transport=self.transport)
 
-    def request(self, method: str, path: str, what: str = "", scope: str = "", **kw) -> httpx.Response:
+    def request(self, method: str, path: str, what: str = "", **kw) -> httpx.Response:
         ev = Event(what or path, method, path, time.monotonic())
-        headers = dict(kw.pop("headers", {}))
-        if scope in self._tokens:
-            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
-        r = self.http.request(method, path, headers=headers, **kw)
-        if r.status_code == 401 and "bearer" in r.headers.get("WWW-Authenticate", "").lower():
-            if "content" in kw and not isinstance(kw["content"], bytes):
-                raise RegistryError(f"the registry wants a new token in the middle of {ev.what} (it expired)",
-                                    "push again: the blobs already uploaded are skipped")
-            self._tokens[scope] = self._token(r.headers["WWW-Authenticate"])
-            headers["Authorization"] = f"Bearer {self._tokens[scope]}"
-            r = self.http.request(method, path, headers=headers, **kw)
+        r = self.http.request(method, path, **kw)
         ev.end, ev.status = time.monotonic(), r.status_code
-        ev.bytes = len(r.content) if not kw.get("stream") else 0
+        ev.bytes = len(r.content)
         if self.trace is not None:
             self.trace.append(ev)
         return r
-
-    def _token(self, challenge: str) -> str:
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        auth = (self.user, self.password) if self.user else None
-        r = self.http.get(params["realm"], params={k: v for k, v in params.items() if k != "realm"}, auth=auth)
-        if r.status_code != 200:
-            raise RegistryError(f"the token service refused ({r.status_code}): {r.text[:200]}",
-                                "check the user name and password (labkit push/pull --user)")
-        return r.json().get("token") or r.json()["access_token"]
 
     def close(self) -> None:
         self.http.close()
@@ -125,15 +108,14 @@ def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
 # --- pull ----------------------------------------------------------------------------------
 def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
          trace: list | None = None, only_last_layer: bool = False, retries: int = 3,
-         fail_after: dict | None = None, progress: bool = False) -> st.Image | Path:
+         transport: httpx.BaseTransport | None = None, progress: bool = False) -> st.Image | Path:
     """Pull ``ref`` into ``store`` as ``name``. ``parallel=1`` is the v1-style serial pull.
     ``only_last_layer``: fetch just the top layer (seed 004) and return its path.
     ``progress``: one tqdm bar per blob (a widget in Jupyter, text in a terminal)."""
     r = Ref.parse(ref)
-    s = Session(r.host, user, password, trace, dict(fail_after or {}))
-    scope = f"repository:{r.repo}:pull"
+    s = Session(r.host, user, password, trace, transport)
     try:
-        resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", scope,
+        resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest",
                                 headers={"Accept": ACCEPT}), f"GET manifest {r.repo}:{r.tag}")
         body = resp.content
         mdigest = dg.of_bytes(body)
@@ -157,7 +139,7 @@ def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, 
             # few hundred bytes) travels beside them, except in the serial pull
             extra = 1 if parallel > 1 and not only_last_layer else 0
             with ThreadPoolExecutor(max_workers=max(1, parallel) + extra) as pool:
-                files = list(pool.map(lambda j: _fetch(s, r, scope, j[0], j[1], work, retries), jobs))
+                files = list(pool.map(lambda j: _fetch(s, r, j[0], j[1], work, retries), jobs))
             if only_last_layer:
                 out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
                 files[0].rename(out)
@@ -176,7 +158,7 @@ def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, 
         s.close()
 
 
-def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work: Path, retries: int) -> Path:
+def _fetch(s: Session, r: Ref, what: str, desc: st.Descriptor, work: Path, retries: int) -> Path:
     """Download one blob, resuming with Range after a cut, verifying its digest at the end."""
     out = work / dg.encoded(desc.digest)
     bar = s.bars.get(what)
@@ -191,11 +173,7 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
         ev = Event(what + (f" (resume at {have})" if have else ""), "GET", f"/v2/{r.repo}/blobs/{desc.digest}",
                    time.monotonic())
         try:
-            with s.http.stream("GET", f"/v2/{r.repo}/blobs/{desc.digest}", headers={
-                    **headers, **({"Authorization": f"Bearer {s._tokens[scope]}"} if scope in s._tokens else {})}) as resp:
-                if resp.status_code == 401:
-                    s.request("HEAD", f"/v2/{r.repo}/blobs/{desc.digest}", what, scope)   # get a token
-                    continue
+            with s.http.stream("GET", f"/v2/{r.repo}/blobs/{desc.digest}", headers=headers) as resp:
                 _check(resp, f"GET {what}", ok=(200, 206))
                 mode = "ab" if resp.status_code == 206 else "wb"
                 h = _hash_of(out) if mode == "ab" else hashlib.sha256()   # hash as the bytes arrive
@@ -206,11 +184,6 @@ def _fetch(s: Session, r: Ref, scope: str, what: str, desc: st.Descriptor, work:
                         ev.bytes += len(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
-                        cut = s.fail_after.get(what)
-                        if cut is not None and f.tell() >= cut:
-                            s.fail_after.pop(what)
-                            f.truncate(cut)        # the connection died right after byte `cut`
-                            raise httpx.ReadError("connection cut (test)")
             ev.status = resp.status_code
         except httpx.TransportError:
             ev.status = -1
@@ -257,29 +230,28 @@ def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: 
     Returns the manifest digest."""
     r = Ref.parse(ref)
     s = Session(r.host, user, password, trace)
-    scope = f"repository:{r.repo}:pull,push"
     try:
         img = store.image(name)
         for what, desc in [(f"layer {i + 1}/{len(img.layers)}", d) for i, d in enumerate(img.layers)] + \
                           [("config", img.config_desc)]:
-            head = s.request("HEAD", f"/v2/{r.repo}/blobs/{desc.digest}", f"HEAD {what}", scope)
+            head = s.request("HEAD", f"/v2/{r.repo}/blobs/{desc.digest}", f"HEAD {what}")
             if head.status_code == 200:
                 continue                                       # the registry has it: skip
             if mount_from:
-                m = s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"mount {what}", scope,
+                m = s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"mount {what}",
                               params={"mount": desc.digest, "from": mount_from})
                 if m.status_code == 201:
                     continue
                 loc = _check(m, f"start upload of {what}", ok=(202,)).headers["Location"]
             else:
-                loc = _check(s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"start {what}", scope),
+                loc = _check(s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"start {what}"),
                              f"start upload of {what}", ok=(202,)).headers["Location"]
             with store.open_blob(desc) as f:
                 offset = 0
                 while offset < desc.size:
                     n = min(chunk, desc.size - offset)
                     # the chunk is streamed from the file in small pieces, never held whole
-                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", scope, content=_pieces(f, n),
+                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", content=_pieces(f, n),
                                             headers={"Content-Range": f"{offset}-{offset + n - 1}",
                                                      "Content-Length": str(n),
                                                      "Content-Type": "application/octet-stream"}),
@@ -290,11 +262,11 @@ def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: 
             # keep the query the registry put in Location (docker-registry keeps its upload
             # state there) and add the digest to it
             sep = "&" if "?" in loc else "?"
-            _check(s.request("PUT", f"{loc}{sep}digest={desc.digest.replace(':', '%3A')}", f"finish {what}", scope),
+            _check(s.request("PUT", f"{loc}{sep}digest={desc.digest.replace(':', '%3A')}", f"finish {what}"),
                    f"PUT {what}", ok=(201,))
         with store.open_blob(img.manifest_desc) as f:
             body = f.read()
-        _check(s.request("PUT", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", scope, content=body,
+        _check(s.request("PUT", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", content=body,
                          headers={"Content-Type": img.manifest_desc.media_type}), "PUT manifest", ok=(201,))
         return img.manifest_desc.digest
     finally:

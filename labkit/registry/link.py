@@ -22,6 +22,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import httpx
+
 from .. import kernel, sandbox
 from ..errors import LabError
 from . import client
@@ -143,3 +145,43 @@ def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float 
         finally:
             srv.stop()
     return sandbox.run(inside, namespaces=("net",), timeout=300)
+
+
+class Cut(httpx.BaseTransport):
+    """An httpx transport that drops the connection once, in the middle of one blob download:
+    the body of the first ``GET .../blobs/<blob>`` stops after ``after`` bytes with a read
+    error, as a cable pulled out would. Everything else passes through untouched.
+
+        client.pull(store, ref, transport=link.Cut(layer.digest, 256 << 10))
+    """
+
+    def __init__(self, blob: str, after: int):
+        self.inner, self.blob, self.after, self.done = httpx.HTTPTransport(), blob, after, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.done or request.method != "GET" or not request.url.path.endswith(f"/blobs/{self.blob}"):
+            return response
+        self.done = True
+        return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
+                              stream=_CutStream(response.stream, self.after))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _CutStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, after: int):
+        self.inner, self.left = inner, after
+
+    def __iter__(self):
+        for chunk in self.inner:
+            if len(chunk) >= self.left:
+                if self.left:
+                    yield chunk[:self.left]
+                raise httpx.ReadError("connection cut (link.Cut)")
+            self.left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()

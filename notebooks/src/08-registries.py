@@ -120,14 +120,16 @@ assert caught and "arrived as" in caught and "lesson08/tampered" not in store.re
 # %% [markdown]
 # ## 4. Resume after a cut connection
 #
-# The test hook `fail_after` cuts the top layer's download after 256 KiB. The client asks again
+# `link.Cut` is an httpx transport that drops the connection once, 256 KiB into the top layer's
+# download, as a pulled cable would (a transport sits under the client: the client itself does
+# not know, and reacts as it would to a real cut). The client asks again
 # with `Range: bytes=262144-`; the registry answers `206 Partial Content` with the rest. The
 # other layers are not fetched again.
 
 # %% tags=["nbval-ignore-output"]
 trace = []
 client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/resumed", trace=trace,
-            fail_after={"layer 5/5": 256 << 10})
+            transport=link.Cut(store.image(image).layers[-1].digest, 256 << 10))
 for e in trace:
     print(f"{e.status:>4}  {e.what}")
 
