@@ -24,6 +24,7 @@ def pytest_configure(config):
 
 def leftovers(root: str) -> list[str]:
     """What the lab made and did not take down: mounts under root, labkit cgroups, children."""
+    from labkit import procfs
     from labkit.mountinfo import mounts
     found = [f"mount {m.mountpoint} ({m.fstype})" for m in mounts()
              if str(m.mountpoint).startswith(root) or "labkit" in str(m.mountpoint)]
@@ -38,11 +39,10 @@ def leftovers(root: str) -> list[str]:
     me = str(os.getpid())
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            st = procfs.stat(pid)
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[1] == me and fields[0] != "Z":
+        if str(st.ppid) == me and st.state != "Z":
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
             if "ipykernel" not in cmd:   # nbval's kernels end after the session hook
                 found.append(f"process {pid} {cmd}")

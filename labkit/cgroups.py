@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lab
+from . import lab, procfs, sandbox
 from .errors import LabError
 from .mountinfo import mounts
 
@@ -105,16 +105,20 @@ class Group:
 
     def _make(self, c: Controller) -> Path:
         parent = c.mountpoint / PARENT
-        parent.mkdir(exist_ok=True)
-        if c.version == 2:
-            self._enable_v2(c.mountpoint, parent)
         d = parent / self.name
         self._entries.append(lab.record("cgroup", d, f"cgroup v{c.version} for {self.name}"))
-        try:
-            d.mkdir()
-        except FileExistsError:
-            raise CgroupError(f"the cgroup {d} already exists", "run `labkit reset` to remove old groups") from None
-        return d
+        for attempt in range(5):        # another process may remove an empty parent meanwhile
+            parent.mkdir(exist_ok=True)
+            try:
+                if c.version == 2:
+                    self._enable_v2(c.mountpoint, parent)
+                d.mkdir()
+                return d
+            except FileExistsError:
+                raise CgroupError(f"the cgroup {d} already exists", "run `labkit reset` to remove old groups") from None
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
 
     def _enable_v2(self, root: Path, parent: Path) -> None:
         wanted = [c.name for c in self.ctl.values() if c.version == 2]
@@ -167,9 +171,6 @@ class Group:
         text = self._file("memory", "memory.oom_control", "memory.events").read_text()
         return _field(text, "oom_kill")
 
-    def pids_current(self) -> int:
-        return int(self._file("pids", "pids.current", "pids.current").read_text())
-
     def cpu_stat(self) -> CpuStat:
         text = self._file("cpu", "cpu.stat", "cpu.stat").read_text()
         v1 = self.ctl["cpu"].version == 1
@@ -195,18 +196,14 @@ class Group:
         except OSError:
             pass
         for d in set(self.paths.values()):
-            kill_procs(d)
+            lab.kill_cgroup_members(d)
 
     def close(self) -> None:
-        """Kill what is left, remove the group's directories and, if empty, the labkit parent."""
+        """Kill what is left and remove the group's directories (the ledger's release does it,
+        and removes the labkit parent too when no other group lives there)."""
         self.kill_all()
         for e in reversed(self._entries):
             lab.release(e)
-        for d in {p.parent for p in self.paths.values()}:
-            try:
-                d.rmdir()
-            except OSError:
-                pass          # another group still lives there
 
     def __enter__(self) -> "Group":
         return self
@@ -221,41 +218,6 @@ def _field(text: str, key: str) -> int:
         if k == key:
             return int(v)
     return 0
-
-
-def kill_procs(d: Path) -> None:
-    """SIGKILL the processes listed in ``d/cgroup.procs`` until none is left (or 0.5 s)."""
-    for _ in range(50):
-        try:
-            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-        except OSError:
-            return
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-
-
-def remove_dir(path: str | os.PathLike) -> None:
-    """rmdir a cgroup after killing its processes (used by the ledger and reset), then its
-    labkit parent if that is empty."""
-    p = Path(path)
-    if not p.is_dir():
-        return
-    kill_procs(p)
-    try:
-        p.rmdir()
-    except OSError:
-        time.sleep(0.05)
-        p.rmdir()
-    try:
-        p.parent.rmdir()
-    except OSError:
-        pass
 
 
 # --- the lesson's experiments ---------------------------------------------------------------
@@ -275,29 +237,31 @@ def memory_trace(limit: int = 64 << 20, step: int = 2 << 20, interval: float = 0
     import secrets
     with Group(f"trace-mem-{secrets.token_hex(3)}", want=("memory",)) as g:
         g.set_memory(limit)
-        pid = os.fork()
-        if pid == 0:
-            g.add(os.getpid())
-            held, total = [], 0
-            while total < most:
-                b = bytearray(step)
-                b[::4096] = b"x" * len(b[::4096])       # touch every page: really charged
-                held.append(b)
-                total += step
-                time.sleep(interval)
-            os._exit(0)
-        t0, samples = time.monotonic(), []
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            try:
-                samples.append((time.monotonic() - t0, g.memory_current()))
-            except OSError:
-                pass
-            if done:
-                break
-            time.sleep(0.003)
+        with sandbox.Child(_grow, step, interval, most, cgroup=g, note="memory trace") as child:
+            t0, samples = time.monotonic(), []
+            while True:
+                done = child.poll() is not None
+                try:
+                    samples.append((time.monotonic() - t0, g.memory_current()))
+                except OSError:
+                    pass
+                if done:
+                    break
+                time.sleep(0.003)
+            status = child.status
         sig = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else ""
         return MemoryTrace(limit, samples, sig, g.oom_kills())
+
+
+def _grow(ch, step: int, interval: float, most: int) -> None:
+    """In the child: take ``step`` more bytes every ``interval`` s, touching every page."""
+    held, total = [], 0
+    while total < most:
+        b = bytearray(step)
+        b[::4096] = b"x" * len(b[::4096])       # touch every page: really charged
+        held.append(b)
+        total += step
+        time.sleep(interval)
 
 
 @dataclass
@@ -312,29 +276,22 @@ def cpu_trace(cpus: float = 0.2, seconds: float = 1.0, interval: float = 0.1) ->
     import secrets
     with Group(f"trace-cpu-{secrets.token_hex(3)}", want=("cpu",)) as g:
         g.set_cpu(cpus, period_us=20_000)
-        pid = os.fork()
-        if pid == 0:
-            g.add(os.getpid())
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                pass
-            os._exit(0)
-        tick = os.sysconf("SC_CLK_TCK")
-        t0 = last_t = time.monotonic()
-        last_cpu, samples = _cpu_seconds(pid, tick), []
-        while not os.waitpid(pid, os.WNOHANG)[0]:
-            time.sleep(interval)
-            now, cpu = time.monotonic(), _cpu_seconds(pid, tick)
-            if cpu is None:
-                continue
-            samples.append((now - t0, (cpu - last_cpu) / (now - last_t), g.cpu_stat().throttled))
-            last_t, last_cpu = now, cpu
+        with sandbox.Child(_spin, seconds, cgroup=g, note="cpu trace") as child:
+            t0 = last_t = time.monotonic()
+            last_cpu, samples = procfs.stat(child.pid).cpu_seconds, []
+            while child.poll() is None:
+                time.sleep(interval)
+                now = time.monotonic()
+                try:
+                    cpu = procfs.stat(child.pid).cpu_seconds
+                except OSError:
+                    continue
+                samples.append((now - t0, (cpu - last_cpu) / (now - last_t), g.cpu_stat().throttled))
+                last_t, last_cpu = now, cpu
         return CpuTrace(cpus, samples)
 
 
-def _cpu_seconds(pid: int, tick: int) -> float | None:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(f[11]) + int(f[12])) / tick
+def _spin(ch, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass

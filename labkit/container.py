@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, kernel, lab, overlay, sandbox, snapshot
+from . import cgroups, kernel, lab, overlay, roots, sandbox, snapshot
 from .errors import LabError
 from .image import store as st
 
@@ -170,56 +170,31 @@ class Container:
             self.group.set_pids(self.cfg.pids)
         if self.cfg.cpus:
             self.group.set_cpu(self.cfg.cpus)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         out = [os.pipe(), os.pipe()] if capture else None
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(err_r)
-                if out:
-                    os.dup2(out[0][1], 1)
-                    os.dup2(out[1][1], 2)
-                self._child(err_w)
-            finally:
-                os._exit(127)
-        os.close(err_w)
-        self.pid = pid
-        self._entry = lab.record("process", str(pid), f"container {self.id}")
-        if out:
-            os.close(out[0][1])
-            os.close(out[1][1])
-            self._out = (out[0][0], out[1][0])
-        else:
-            self._out = None
-        failure = b""
-        while chunk := os.read(err_r, 4096):     # empty at exec: the fd was close-on-exec
-            failure += chunk
-        os.close(err_r)
-        if failure:
+        try:
+            self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group,
+                                       stdout=out[0][1] if out else None, stderr=out[1][1] if out else None,
+                                       note=f"container {self.id}")
+        finally:
+            if out:
+                os.close(out[0][1])
+                os.close(out[1][1])
+        self.pid = self.child.pid
+        self._out = (out[0][0], out[1][0]) if out else None
+        try:
+            self.child.recv()          # nothing comes back when exec succeeds: the pipe closes
+        except EOFError:
+            return self
+        except BaseException as e:
             self.wait()
-            raise ContainerError(failure.decode(), "check the command and the image (labkit image inspect)")
+            if isinstance(e, ContainerError):
+                raise
+            raise ContainerError(str(e), "check the command and the image (labkit image inspect)") from None
         return self
 
-    def _child(self, err_w: int) -> None:
-        """The first child: join the cgroup, make namespaces, fork PID 1, pass its status on."""
-        try:
-            self.group.add(os.getpid())
-            sandbox.enter(NAMESPACES)
-            pid1 = os.fork()
-        except BaseException as e:
-            os.write(err_w, f"could not set the container up: {e}".encode())
-            os._exit(127)
-        if pid1 == 0:
-            self._pid1(err_w)
-        os.close(err_w)
-        signal.signal(signal.SIGTERM, lambda *a: os.kill(pid1, signal.SIGKILL))
-        _, status = os.waitpid(pid1, 0)
-        if os.WIFSIGNALED(status):
-            os._exit(128 + os.WTERMSIG(status))
-        os._exit(os.WEXITSTATUS(status))
-
-    def _pid1(self, err_w: int) -> None:
-        """PID 1 of the container: build the root filesystem, pivot_root into it, exec."""
+    def _pid1(self, ch) -> None:
+        """PID 1 of the container (a sandbox.Child in its cgroup and namespaces): build the
+        root filesystem, pivot_root into it, close inherited fds, exec the command."""
         step = "starting"
         try:
             step = "setting the hostname"
@@ -244,16 +219,9 @@ class Container:
             for name, (major, minor) in DEVICES.items():
                 os.mknod(f"{r}/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
             step = "pivot_root"
-            kernel.mount(r, r, None, kernel.MS_BIND | kernel.MS_REC)
-            old = self.rootfs / ".old-root"
-            old.mkdir(exist_ok=True)
-            kernel.pivot_root(r, str(old))
-            os.chdir("/")
-            kernel.umount2("/.old-root", kernel.MNT_DETACH)
-            os.rmdir("/.old-root")
+            roots.pivot_into(r)
             step = "closing inherited fds"
-            os.closerange(3, err_w)
-            os.closerange(err_w + 1, 65536)
+            sandbox.close_fds()
             env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
             env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
             env["HOSTNAME"] = self.cfg.hostname
@@ -269,8 +237,8 @@ class Container:
             step = f"executing {self.cfg.cmd[0]!r}"
             os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
         except BaseException as e:
-            os.write(err_w, f"container {self.id}: {step} failed: {e}".encode())
-            os._exit(127)
+            raise ContainerError(f"container {self.id}: {step} failed: {e}",
+                                 "check the command and the image (labkit image inspect)") from None
 
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for the command to end; collect its output; remove the cgroup."""
@@ -293,7 +261,7 @@ class Container:
                     else:
                         os.close(fd)
                         del names[fd]
-            _, status = os.waitpid(self.pid, 0)
+            status = self.child.wait()
         except BaseException:
             for fd in names:
                 os.close(fd)
@@ -313,23 +281,17 @@ class Container:
         """SIGKILL every process of the container (through its cgroup) and reap."""
         if self.group:
             self.group.kill_all()
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
         self._finish()
 
     stop = kill     # a detached container (start() without wait()) is stopped the same way
 
     def _finish(self) -> None:
+        if self.pid:
+            self.child.close()
+            self.pid = None
         if self.group:
             self.group.close()
             self.group = None
-        if self.pid:
-            lab.forget(self._entry)
-            self.pid = None
 
     # --- after it ran ---
     def diff(self) -> list[overlay.Change]:

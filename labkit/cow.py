@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from . import lab
+from . import procfs, sandbox
 from .errors import LabError
 
 PAGE = mmap.PAGESIZE
@@ -155,32 +155,22 @@ def minor_faults() -> int:
 
 def proc_minor_faults(pid: int) -> int:
     """Minor faults of another process, field 10 of /proc/PID/stat (proc(5))."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
+    return procfs.stat(pid).minflt
 
 
 # --- a forked child that shares the buffer --------------------------------------------------
 class Child:
     """A fork(2) of this process that shares ``buf`` copy-on-write and answers questions.
 
-    The child sits in a loop reading commands from a pipe; every answer is measured in
-    the child itself. Use it as a context manager: the child is killed and reaped at the
-    end, on an exception and on Ctrl-C. It is in the lab's ledger while it lives.
+    The child (a sandbox.Child) sits in a loop reading commands from its channel; every
+    answer is measured in the child itself. Use it as a context manager: the child is
+    killed and reaped at the end, on an exception and on Ctrl-C.
     """
 
     def __init__(self, buf: Buffer):
         self.buf = buf
-        cmd_r, cmd_w = os.pipe()
-        ans_r, ans_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            os.close(cmd_w)
-            os.close(ans_r)
-            _serve(buf, cmd_r, ans_w)      # never returns
-        os.close(cmd_r)
-        os.close(ans_w)
-        self._cmd, self._ans = cmd_w, ans_r
-        self._entry = lab.record("process", str(self.pid), "cow child")
+        self._child = sandbox.Child(_serve, buf, note="cow child")
+        self.pid = self._child.pid
 
     # what the child can do
     def pagemap(self) -> list[Page]:
@@ -216,36 +206,26 @@ class Child:
             return
         try:
             self._call("exit")
-        except (LabError, OSError):
+        except (LabError, OSError, EOFError):
             pass
         self._reap()
 
     def _reap(self) -> None:
-        pid, self.pid = self.pid, None
-        for fd in (self._cmd, self._ans):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-        lab.forget(self._entry)
+        self.pid = None
+        self._child.close()
 
     def _call(self, *msg):
         if self.pid is None:
             raise CowError("this child has exited", "start a new one: cow.Child(buf)")
         try:
-            _send(self._cmd, msg)
-            kind, value = _recv(self._ans)
+            self._child.send(msg)
+            answer = self._child.recv(raise_failure=False)
         except BaseException:      # Ctrl-C or a dead child: never leave it behind
             self._reap()
             raise
-        if kind == "err":
-            raise value
-        return value
+        if isinstance(answer, sandbox.Failure):
+            raise answer.error     # the command failed in the child; the child lives on
+        return answer
 
     def __enter__(self) -> "Child":
         return self
@@ -254,27 +234,22 @@ class Child:
         self.exit()
 
 
-def _serve(buf: Buffer, cmd: int, ans: int) -> None:
+def _serve(ch: sandbox.Channel, buf: Buffer) -> None:
     """The child's loop: answer commands until told to exit or the parent goes away."""
     sys.stdout = sys.stderr = open(os.devnull, "w")     # Jupyter's streams are the parent's
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # the parent decides when we stop
-    code = 0
-    try:
-        while True:
-            try:
-                name, *args = _recv(cmd)
-            except EOFError:
-                break
-            try:
-                if name == "exit":
-                    _send(ans, ("ok", None))
-                    break
-                _send(ans, ("ok", _COMMANDS[name](buf, *args)))
-            except Exception as e:      # noqa: BLE001 - the parent re-raises it
-                _send(ans, ("err", e))
-    except BaseException:
-        code = 1
-    os._exit(code)
+    while True:
+        try:
+            name, *args = ch.recv()
+        except EOFError:
+            return
+        if name == "exit":
+            ch.send(None)
+            return
+        try:
+            ch.send(_COMMANDS[name](buf, *args))
+        except Exception as e:      # noqa: BLE001 - the parent re-raises it
+            ch.send(sandbox.Failure(e))
 
 
 def _cmd_write(buf: Buffer, pages: list[int], value: int) -> int:
@@ -296,30 +271,6 @@ _COMMANDS = {
 }
 
 
-def _send(fd: int, obj) -> None:
-    data = pickle.dumps(obj)
-    data = struct.pack("<I", len(data)) + data
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _recv(fd: int):
-    head = _read_exact(fd, 4)
-    return pickle.loads(_read_exact(fd, struct.unpack("<I", head)[0]))
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            raise EOFError("the other side closed the pipe")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-# --- the lesson's experiments as plain functions -------------------------------------------
 @dataclass(frozen=True)
 class PageRow:
     """One page seen from both sides of a fork."""
@@ -411,7 +362,6 @@ class SpawnCost:
 def spawn_cost(mib: int, repeat: int = 5) -> SpawnCost:
     """In a throwaway child (so the notebook stays small): touch ``mib`` MiB, then time
     fork(2) (copies page tables) and posix_spawn(3) (vfork-style: copies nothing)."""
-    from . import sandbox
     return sandbox.run(_spawn_cost, mib, repeat, namespaces=(), timeout=600)
 
 
@@ -452,7 +402,6 @@ def refcount_story(objects: int = 1_000_000) -> dict[str, float]:
     object's GC header; gc.freeze() (Python 3.7+) moves the objects to a permanent
     generation the collector skips, but cannot stop reference counting.
     """
-    from . import sandbox
     return sandbox.run(_refcount_story, objects, namespaces=(), timeout=600)
 
 
@@ -471,24 +420,20 @@ def _refcount_story(n: int) -> dict[str, float]:
 
 
 def _dirtied_by_child(objs: list, action: str) -> float:
+    return sandbox.run(_dirty, objs, action, namespaces=())
+
+
+def _dirty(objs: list, action: str) -> float:
+    """In the child: MiB of private pages that ``action`` on ``objs`` dirtied."""
     import gc
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        gc.disable()                      # only the action we ask for may touch objects
-        before = rollup()["Private_Dirty"]
-        if action == "read":
-            for o in objs:
-                pass
-        elif action == "collect":
-            gc.collect()
-        os.write(w, struct.pack("<q", rollup()["Private_Dirty"] - before))
-        os._exit(0)
-    os.close(w)
-    data = _read_exact(r, 8)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return struct.unpack("<q", data)[0] / 1024
+    gc.disable()                      # only the action we ask for may touch objects
+    before = rollup()["Private_Dirty"]
+    if action == "read":
+        for o in objs:
+            pass
+    elif action == "collect":
+        gc.collect()
+    return (rollup()["Private_Dirty"] - before) / 1024
 
 
 # --- a child writing at a chosen rate (the live meter) ----------------------------------------

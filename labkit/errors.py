@@ -48,14 +48,6 @@ class OutsideLabRoot(LabError):
     """labkit only mounts on, writes to and deletes paths under its lab root."""
 
 
-class NotPrivileged(LabError):
-    """The experiment needs root (or a capability) that this process does not have."""
-
-
-class FeatureMissing(LabError):
-    """The kernel or the machine lacks something a lesson needs."""
-
-
 class SandboxError(LabError):
     """The child process died or raised something that could not be sent back."""
 

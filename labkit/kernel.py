@@ -118,6 +118,14 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", str(new_root))
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """prctl(2) PR_SET_PDEATHSIG: the kernel sends ``sig`` to us when our parent exits."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
 def make_private(path: str = "/") -> None:
     """Stop mount events propagating to and from the parent namespace (mount_namespaces(7))."""
     mount(None, path, None, MS_REC | MS_PRIVATE)
@@ -172,15 +180,6 @@ def move_mount(mount_fd: int, target: str) -> None:
     """move_mount(2): attach the detached mount ``mount_fd`` at ``target``."""
     _check(_libc.syscall(SYS_move_mount, mount_fd, b"", AT_FDCWD, _b(target),
                          MOVE_MOUNT_F_EMPTY_PATH), "move_mount", str(target))
-
-
-def new_api_available() -> bool:
-    """True when fsopen(2) works for overlay here."""
-    try:
-        os.close(fsopen("overlay"))
-        return True
-    except KernelError:
-        return False
 
 
 # --- the kernel log -----------------------------------------------------------------------

@@ -176,10 +176,48 @@ def release(entry: Entry) -> str:
             subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
             what += f" (detached {line.split(':', 1)[0]})"
     elif entry.kind == "cgroup":
-        from .cgroups import remove_dir
-        remove_dir(entry.path)
+        _remove_cgroup(Path(entry.path))
     forget(entry)
     return what
+
+
+def kill_cgroup_members(d: Path) -> None:
+    """SIGKILL the processes listed in ``d/cgroup.procs`` until none is left (or 0.5 s)."""
+    for _ in range(50):
+        try:
+            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def _remove_cgroup(d: Path) -> None:
+    """rmdir(2) a labkit cgroup once its processes are gone, then its ``labkit`` parent if no
+    other group lives there (EBUSY: one does; ENOENT: another process removed it first)."""
+    if not d.is_dir():
+        return
+    kill_cgroup_members(d)
+    for attempt in range(3):
+        try:
+            d.rmdir()
+            break
+        except FileNotFoundError:
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+    try:
+        d.parent.rmdir()
+    except OSError:
+        pass
 
 
 @atexit.register

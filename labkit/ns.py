@@ -10,13 +10,13 @@ while outside it stays an ordinary user (user_namespaces(7)).
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import kernel, lab, sandbox
+from . import kernel, sandbox
 from .errors import LabError
 
 TYPES = tuple(kernel.NAMESPACES)       # mnt uts ipc user pid net cgroup
@@ -39,46 +39,23 @@ def links(pid: int | str = "self") -> dict[str, int]:
 class Process:
     """A process sleeping in new namespaces, so the lesson can look at it and join it.
 
-    With "pid" it is PID 1 of its namespace (a second fork); ``pid`` is its number in
-    ours. It is in the lab's ledger until stop().
+    With "pid" it is PID 1 of its namespace; ``pid`` is its number in ours. It is a
+    sandbox.Child, in the lab's ledger until stop().
     """
     namespaces: tuple[str, ...]
     hostname: str | None = None
     pid: int = 0
 
     def __post_init__(self):
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:
-            os.close(r)
-            try:
-                sandbox.enter(self.namespaces)
-                if self.hostname and "uts" in self.namespaces:
-                    import socket
-                    socket.sethostname(self.hostname)
-                if "pid" in self.namespaces and os.fork():
-                    os._exit(0)                  # the grandchild is PID 1; init adopts it
-                # /proc is still the host's, so /proc/self names us by our host PID
-                os.write(w, os.readlink("/proc/self").encode() + b"\n")
-                os.close(w)
-                while True:
-                    time.sleep(3600)
-            finally:
-                os._exit(1)
-        os.close(w)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = os.read(r, 64)
-            if not chunk:
-                break
-            data += chunk
-        os.close(r)
-        if "pid" in self.namespaces or not data:
-            os.waitpid(child, 0)                 # the middle child has exited (or failed)
-        if not data:
-            raise NamespaceError(f"could not make namespaces {self.namespaces}", "run `labkit preflight`")
-        self.pid = int(data)
-        self._entry = lab.record("process", str(self.pid), f"namespaces {' '.join(self.namespaces)}")
+        self._child = sandbox.Child(_sleep, self.hostname if "uts" in self.namespaces else None,
+                                    namespaces=self.namespaces, note=f"namespaces {' '.join(self.namespaces)}")
+        try:
+            self.pid = self._child.recv(timeout=10)
+        except BaseException as e:
+            self._child.close()
+            if isinstance(e, LabError):
+                raise
+            raise NamespaceError(f"could not make namespaces {self.namespaces}: {e}", "run `labkit preflight`") from e
 
     def links(self) -> dict[str, int]:
         return links(self.pid)
@@ -90,20 +67,7 @@ class Process:
 
     def stop(self) -> None:
         if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if "pid" not in self.namespaces:
-                os.waitpid(self.pid, 0)      # our own child; a PID-namespace init was adopted
-            for _ in range(200):             # ...and is reaped by its new parent: wait for that
-                try:
-                    if Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
-                except OSError:
-                    break
-                time.sleep(0.005)
-            lab.forget(self._entry)
+            self._child.close()
             self.pid = 0
 
     def __enter__(self) -> "Process":
@@ -111,6 +75,15 @@ class Process:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _sleep(ch: sandbox.Channel, hostname: str | None) -> None:
+    """In the child: set the hostname, say who we are, sleep until killed."""
+    if hostname:
+        socket.sethostname(hostname)
+    ch.send(int(os.readlink("/proc/self")))      # /proc is still the host's: our host PID
+    while True:
+        time.sleep(3600)
 
 
 def join(pid: int, fn: Callable, *args, types: Iterable[str] = TYPES):

@@ -55,19 +55,26 @@ def attempt(rootfs: str | os.PathLike, root: str, attack: str, pid_ns: bool = Fa
     return Attempt(root, attack, pid_ns, close_fds, escaped, saw)
 
 
+def pivot_into(rootfs: str) -> None:
+    """Make ``rootfs`` the root of this mount namespace and let go of the old one
+    (pivot_root(2), "NOTES"): bind it onto itself (new_root must be a mount point),
+    pivot_root with put_old inside it, chdir("/"), then detach the old root."""
+    kernel.mount(rootfs, rootfs, None, kernel.MS_BIND | kernel.MS_REC)
+    old = os.path.join(rootfs, ".old-root")
+    os.makedirs(old, exist_ok=True)
+    kernel.pivot_root(rootfs, old)
+    os.chdir("/")
+    kernel.umount2("/.old-root", kernel.MNT_DETACH)
+    os.rmdir("/.old-root")
+
+
 def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, host_pid: int):
     leaked = os.open("/", os.O_RDONLY | os.O_DIRECTORY)      # an fd a careless runtime passes on
     if root == "chroot":
         os.chroot(rootfs)
         os.chdir("/")
     else:
-        kernel.mount(rootfs, rootfs, None, kernel.MS_BIND | kernel.MS_REC)   # must be a mount point
-        old = os.path.join(rootfs, ".old-root")
-        os.makedirs(old, exist_ok=True)
-        kernel.pivot_root(rootfs, old)
-        os.chdir("/")
-        kernel.umount2("/.old-root", kernel.MNT_DETACH)
-        os.rmdir("/.old-root")
+        pivot_into(rootfs)
     os.makedirs("/proc", exist_ok=True)
     kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
     if close_fds:

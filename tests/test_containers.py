@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from labkit import cgroups, container, lab, ns, roots
+from labkit import cgroups, container, lab, ns, procfs, roots, sandbox
 from labkit.tree import read_tree
 
 from conftest import need
@@ -22,7 +22,7 @@ def test_process_in_new_namespaces_and_joining_them(lab_root):
         assert p.run(lambda: [n for _, n in socket.if_nameindex()]) == ["lo"]
         assert p.run(os.getpid) > 1          # a new child in that PID namespace
         pid = p.pid
-    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    assert not procfs.alive(pid)
     assert lab.entries() == []
 
 
@@ -85,7 +85,9 @@ def test_memory_limit_ends_in_an_oom_kill(lab_root):
         status = _in_group(g, hog)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
         assert g.oom_kills() == 1
-    assert not any("t-mem" in p for p in os.listdir(cgroups.controllers()["memory"].mountpoint / ".."))
+        made = g.paths["memory"]
+        assert made.is_dir() and made.name == "t-mem"
+    assert not made.exists()
 
 
 def test_pids_limit_stops_a_fork_bomb(lab_root):
@@ -130,13 +132,14 @@ def test_cpu_quota_throttles(lab_root):
         assert share < 0.35 and g.cpu_stat().throttled > 5
 
 
+def _spin(channel):
+    while True:
+        pass
+
+
 def test_freeze_stops_every_process(lab_root):
-    with cgroups.Group("t-frz") as g:
-        pid = os.fork()
-        if pid == 0:
-            g.add(os.getpid())
-            while True:
-                pass
+    with cgroups.Group("t-frz") as g, sandbox.Child(_spin, cgroup=g) as child:
+        pid = child.pid
         time.sleep(0.1)
         g.freeze()
         time.sleep(0.1)
@@ -146,12 +149,11 @@ def test_freeze_stops_every_process(lab_root):
         g.thaw()
         time.sleep(0.3)
         assert _cpu_ticks(pid) > cpu1
-    os.waitpid(pid, 0)
 
 
 def _cpu_ticks(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    st = procfs.stat(pid)
+    return st.utime + st.stime
 
 
 def test_groups_are_removed_even_after_a_crash(lab_root):

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from labkit import kernel, sandbox
-from labkit.errors import KernelError, SandboxError
+from labkit.errors import KernelError, LabError, SandboxError
 from labkit.mountinfo import is_mountpoint
 
 
@@ -77,5 +77,5 @@ def test_child_killed_by_signal(lab_root):
 
 
 def test_unknown_namespace(lab_root):
-    with pytest.raises(Exception, match="unknown namespace"):
+    with pytest.raises(LabError, match="unknown namespace"):
         sandbox.run(os.getpid, namespaces=("time-travel",))

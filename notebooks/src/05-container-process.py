@@ -23,7 +23,7 @@
 
 # %%
 import os, socket
-from labkit import lab, ns, roots, cgroups, container, viz, widgets
+from labkit import lab, ns, procfs, roots, sandbox, cgroups, container, viz, widgets
 from labkit.image import store as st
 from labkit.exercises import hint, l05_process as ex
 
@@ -193,18 +193,15 @@ assert 0.1 < sum(shares) / len(shares) < 0.3 and cpu.samples[-1][2] > 10
 
 # %%
 import time
-with cgroups.Group("lesson05-freeze", want=("memory",)) as grp:
-    pid = os.fork()
-    if pid == 0:
-        grp.add(os.getpid())
-        while True:
-            pass
+def spin(channel):
+    while True:
+        pass
+with cgroups.Group("lesson05-freeze", want=("memory",)) as grp, sandbox.Child(spin, cgroup=grp) as child:
     time.sleep(0.2)
     grp.freeze(); time.sleep(0.1)
-    ticks = lambda: sum(int(x) for x in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
+    ticks = lambda: procfs.stat(child.pid).utime + procfs.stat(child.pid).stime
     t1 = ticks(); time.sleep(0.3); t2 = ticks()
     grp.thaw(); time.sleep(0.3); t3 = ticks()
-os.waitpid(pid, 0)
 print("CPU ticks while frozen:", t2 - t1, "| after thawing:", t3 - t2 > 0)
 
 # %%
