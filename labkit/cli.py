@@ -9,12 +9,12 @@ import argparse
 import json
 import sys
 
-from . import lab
+from . import lab, preflight
 from .errors import LabError
 
 
 def cmd_preflight(args) -> int:
-    report = lab.preflight()
+    report = preflight.preflight()
     print(report)
     if not report.ok:
         print(f"\n{len(report.missing())} required item(s) missing: run scripts/provision.sh as root, "

@@ -18,6 +18,7 @@ opaque directories and copy-ups in an upper dir.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import time
@@ -379,14 +380,21 @@ def stack(base: str | os.PathLike, lowers: dict[str, dict], upper: str | None = 
                    base / merged, options, api)
 
 
+@functools.cache
 def lowerdir_plus() -> bool:
-    """True when the kernel takes ``lowerdir+`` through fsconfig(2) (Linux 6.8+)."""
-    if _LOWERDIR_PLUS is None:
-        globals()["_LOWERDIR_PLUS"] = lab._probe_lowerdir_plus()
-    return bool(_LOWERDIR_PLUS)
-
-
-_LOWERDIR_PLUS: bool | None = None
+    """True when the kernel takes ``lowerdir+`` through fsconfig(2) (Linux 6.8+, and the
+    privilege to call fsopen(2)). Asked once per process."""
+    try:
+        fd = kernel.fsopen("overlay")
+    except KernelError:
+        return False
+    try:
+        kernel.fsconfig(fd, "lowerdir+", "/")
+        return True
+    except KernelError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _validate(ov: Overlay) -> None:

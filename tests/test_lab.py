@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from labkit import kernel, lab
+from labkit import kernel, lab, preflight
 from labkit.errors import OutsideLabRoot
 from labkit.mountinfo import is_mountpoint, mounts_under
 
@@ -94,7 +94,7 @@ def test_interpreter_exit_takes_down_its_mounts(lab_root):
 
 
 def test_preflight_table():
-    report = lab.preflight()
+    report = preflight.preflight()
     names = [c.name for c in report]
     for want in ("root", "overlay filesystem", "namespaces", "cgroup memory", "tool skopeo"):
         assert want in names
@@ -103,8 +103,8 @@ def test_preflight_table():
 
 
 def test_preflight_reports_a_missing_tool(monkeypatch):
-    monkeypatch.setattr(lab, "TOOLS", {"no-such-tool-xyz": ("nosuchpkg", "a test")})
-    report = lab.preflight()
+    monkeypatch.setattr(preflight, "TOOLS", {"no-such-tool-xyz": ("nosuchpkg", "a test")})
+    report = preflight.preflight()
     bad = report.missing()
     assert [c.name for c in bad if c.name.startswith("tool")] == ["tool no-such-tool-xyz"]
     assert "apt-get install nosuchpkg" in str(report) and not report.ok

@@ -24,7 +24,7 @@
 # **What it leaves behind:** nothing but your exercise progress (it cleans its scratch directory at the end).
 
 # %%
-from labkit import lab, sandbox, overlay, kernel
+from labkit import lab, preflight, sandbox, overlay, kernel
 from labkit.mountinfo import is_mountpoint
 from labkit.exercises import hint, progress, l00_welcome as ex
 
@@ -34,14 +34,14 @@ print("scratch dir:", home.relative_to(lab.root()))
 # %% [markdown]
 # ## 1. Preflight: does this machine have what the lab needs?
 #
-# `lab.preflight()` checks, live: whether you are root, whether the kernel has OverlayFS, the
+# `preflight.preflight()` checks, live: whether you are root, whether the kernel has OverlayFS, the
 # new mount API, every namespace type and the cgroup controllers (and which cgroup version each
 # one runs), whether the lab root keeps `trusted.*` extended attributes (OverlayFS stores its
 # whiteout and opaque marks there), and the tools the later lessons compare labkit with.
 # A red line says what to install or enable. The same table is `labkit preflight` in a terminal.
 
 # %% tags=["nbval-ignore-output"]
-report = lab.preflight()
+report = preflight.preflight()
 report
 
 # %% [markdown]
