@@ -297,7 +297,7 @@ def compare(buf: Buffer, child: Child) -> list[PageRow]:
             for a, b, c in zip(mine, theirs, counts)]
 
 
-def table(rows: list[PageRow]) -> str:
+def format_pages(rows: list[PageRow]) -> str:
     """The rows as text, PFNs in hex (or '-' without root)."""
     fmt = lambda pfn: "-" if pfn is None else f"{pfn:#x}"
     lines = [f"{'page':>4} {'parent PFN':>11} {'child PFN':>11} {'mapcount':>8}  "

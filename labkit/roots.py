@@ -98,7 +98,7 @@ def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, h
     return os.path.exists(marker), sorted(os.listdir("/"))[:12]
 
 
-def table(rootfs: str | os.PathLike) -> list[Attempt]:
+def every_attempt(rootfs: str | os.PathLike) -> list[Attempt]:
     """Every attack against chroot, pivot_root alone, and pivot_root with both defences."""
     out = []
     for root, pid_ns, close_fds in (("chroot", False, False), ("pivot_root", False, False),

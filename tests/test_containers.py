@@ -44,7 +44,7 @@ def test_user_namespace_maps_root_to_the_caller(lab_root, tmp_path):
 # --- chroot vs pivot_root ------------------------------------------------------------------
 def test_escapes(busybox):
     rootfs = busybox.flatten("busybox", lab.scratch("rootfs"))
-    result = {(a.root, a.pid_ns, a.close_fds, a.attack): a.escaped for a in roots.table(rootfs)}
+    result = {(a.root, a.pid_ns, a.close_fds, a.attack): a.escaped for a in roots.every_attempt(rootfs)}
     assert result[("chroot", False, False, "chroot-dotdot")] is True
     assert result[("pivot_root", False, False, "chroot-dotdot")] is False
     assert result[("pivot_root", False, False, "proc-host-root")] is True

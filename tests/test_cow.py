@@ -38,7 +38,7 @@ def test_pagemap_after_fork_and_after_one_write(lab_root):
         assert [r.index for r in after if not r.shared] == [3]
         assert after[3].parent_pfn == before[3].parent_pfn and after[3].child_pfn != before[3].child_pfn
         assert after[3].mapcount == 1 and after[3].parent_exclusive and after[3].child_exclusive
-        assert "0x" in cow.table(after)
+        assert "0x" in cow.format_pages(after)
 
 
 def test_kpagecount_counts_mappings(lab_root):

@@ -122,10 +122,10 @@ def test_reset_notebook_keeps_the_learners_copy(lab_root, tmp_path, monkeypatch)
 def test_memory_limit_check_measures_the_boundary(busybox):
     from labkit.exercises import l09_capstone as ex09
     works = next(m for m in range(16, 136, 8) if ex09.try_limit("busybox", m).exit_code == 0)
-    assert ex09.check_memory_limit(works).ok
-    assert not ex09.check_memory_limit(works + 8).ok          # works too, but is not the smallest
-    assert not ex09.check_memory_limit(works - 8).ok          # dd is OOM-killed there
-    assert not ex09.check_memory_limit("40").ok and not ex09.check_memory_limit(None).ok
+    assert ex09.check_smallest_limit(works).ok
+    assert not ex09.check_smallest_limit(works + 8).ok          # works too, but is not the smallest
+    assert not ex09.check_smallest_limit(works - 8).ok          # dd is OOM-killed there
+    assert not ex09.check_smallest_limit("40").ok and not ex09.check_smallest_limit(None).ok
 
 
 def test_upload_count_check_reads_the_trace(lab_root):

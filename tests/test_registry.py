@@ -97,7 +97,7 @@ def test_corrupted_blob_is_caught(store, reg):
 def test_only_the_last_layer(store, reg):
     client.push(store, "fat", f"{reg.address}/lab/fat:v1")
     trace = []
-    p = client.pull(store, f"{reg.address}/lab/fat:v1", only_last_layer=True, trace=trace)
+    p = client.pull_last_layer(f"{reg.address}/lab/fat:v1", trace=trace)
     assert [e.what for e in trace] == ["manifest", "layer 2/2"]
     assert dg.of_file(p)[0] == store.image("fat").layers[-1].digest
 

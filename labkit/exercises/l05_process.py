@@ -33,7 +33,7 @@ def check_namespaces(types):
     "The limit is in bytes; the program that must survive needs 24 MiB plus a little for itself.",
     "Anything between about 32 and 56 MiB works: 40 << 20, for example.",
 ])
-def check_memory_limit(limit):
+def check_limit_between(limit):
     """``limit`` (bytes): a program allocating 24 MiB must survive, one allocating 64 MiB must not."""
     if not limit:
         yield False, "give a limit in bytes, e.g. 100 << 20"

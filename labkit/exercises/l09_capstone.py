@@ -17,7 +17,7 @@ def try_limit(image: str, limit_mib: int, store=None, cmd: list[str] = HOG) -> c
     "Try the slider: find the first value (a multiple of 8 MiB) at which dd exits 0.",
     "A limit equal to bs (32 MiB) is not enough: dd also needs its code, its stack and page tables.",
 ])
-def check_memory_limit(limit_mib, image: str = "busybox", store=None):
+def check_smallest_limit(limit_mib, image: str = "busybox", store=None):
     """``limit_mib``: a multiple of 8. dd must succeed under it and be OOM-killed 8 MiB lower.
     The check runs both containers, so the answer is measured, not looked up."""
     if not isinstance(limit_mib, int) or limit_mib <= 8 or limit_mib % 8:

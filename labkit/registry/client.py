@@ -11,6 +11,7 @@ the lesson's timeline (Gantt chart) draws.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -107,55 +108,76 @@ def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
 
 # --- pull ----------------------------------------------------------------------------------
 def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
-         trace: list | None = None, only_last_layer: bool = False, retries: int = 3,
-         transport: httpx.BaseTransport | None = None, progress: bool = False) -> st.Image | Path:
+         trace: list | None = None, retries: int = 3, transport: httpx.BaseTransport | None = None,
+         progress: bool = False) -> st.Image:
     """Pull ``ref`` into ``store`` as ``name``. ``parallel=1`` is the v1-style serial pull.
-    ``only_last_layer``: fetch just the top layer (seed 004) and return its path.
     ``progress``: one tqdm bar per blob (a widget in Jupyter, text in a terminal)."""
     r = Ref.parse(ref)
     s = Session(r.host, user, password, trace, transport)
     try:
-        resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest",
-                                headers={"Accept": ACCEPT}), f"GET manifest {r.repo}:{r.tag}")
-        body = resp.content
-        mdigest = dg.of_bytes(body)
-        if resp.headers.get("Docker-Content-Digest", mdigest) != mdigest:
-            raise RegistryError(f"the manifest hashes to {mdigest}, the registry says "
-                                f"{resp.headers['Docker-Content-Digest']}", "the registry or the network changed it")
-        manifest = json.loads(body)
-        layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
-        cfg = st.Descriptor.from_json(manifest["config"])
-        work = lab.fresh_dir(lab.root() / "tmp" / f"pull-{uuid.uuid4().hex[:8]}")
-        try:
-            jobs = [(f"layer {i + 1}/{len(layers)}", d) for i, d in enumerate(layers)]
-            if only_last_layer:
-                jobs = jobs[-1:]
-            else:
-                jobs = [("config", cfg)] + jobs
-            if progress:
-                s.bars = {what: tqdm(total=d.size, desc=what, unit="B", unit_scale=True, position=i, leave=True)
-                          for i, (what, d) in enumerate(jobs)}
-            # ``parallel`` counts layers, like docker's max-concurrent-downloads; the config (a
-            # few hundred bytes) travels beside them, except in the serial pull
-            extra = 1 if parallel > 1 and not only_last_layer else 0
-            with ThreadPoolExecutor(max_workers=max(1, parallel) + extra) as pool:
-                files = list(pool.map(lambda j: _fetch(s, r, j[0], j[1], work, retries), jobs))
-            if only_last_layer:
-                out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
-                files[0].rename(out)
-                return out
+        body, manifest, cfg, layers = _manifest(s, r)
+        jobs = [("config", cfg)] + [(f"layer {i + 1}/{len(layers)}", d) for i, d in enumerate(layers)]
+        with _downloads(s, r, jobs, parallel, retries, progress) as files:
             for (what, desc), f in zip(jobs, files):
                 with open(f, "rb") as src:
                     store.put_blob(src, desc.media_type, expect=desc.digest)
-            mdesc = store.put_bytes(body, manifest.get("mediaType", st.MANIFEST))
-            store.set_ref(st.check_name(name or r.repo.split("/")[-1]), mdesc)
-            return store.image(name or r.repo.split("/")[-1])
-        finally:
-            lab.remove_tree(work)
+        mdesc = store.put_bytes(body, manifest.get("mediaType", st.MANIFEST))
+        store.set_ref(st.check_name(name or r.repo.split("/")[-1]), mdesc)
+        return store.image(name or r.repo.split("/")[-1])
+    finally:
+        s.close()
+
+
+def pull_last_layer(ref: str, user=None, password=None, trace: list | None = None, retries: int = 3,
+                    transport: httpx.BaseTransport | None = None) -> Path:
+    """Fetch only the top layer of ``ref`` (seed 004: a build's output is its last layer) into
+    ``<lab root>/tmp``, verified; returns the file. Nothing enters the store."""
+    r = Ref.parse(ref)
+    s = Session(r.host, user, password, trace, transport)
+    try:
+        _, _, _, layers = _manifest(s, r)
+        if not layers:
+            raise RegistryError(f"{ref} has no layers", "pull an image, not an artifact")
+        with _downloads(s, r, [(f"layer {len(layers)}/{len(layers)}", layers[-1])], 1, retries, False) as files:
+            out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
+            files[0].rename(out)
+        return out
+    finally:
+        s.close()
+
+
+def _manifest(s: Session, r: Ref):
+    """GET the manifest, check it against Docker-Content-Digest; (bytes, JSON, config, layers)."""
+    resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", headers={"Accept": ACCEPT}),
+                  f"GET manifest {r.repo}:{r.tag}")
+    body = resp.content
+    mdigest = dg.of_bytes(body)
+    if resp.headers.get("Docker-Content-Digest", mdigest) != mdigest:
+        raise RegistryError(f"the manifest hashes to {mdigest}, the registry says "
+                            f"{resp.headers['Docker-Content-Digest']}", "the registry or the network changed it")
+    manifest = json.loads(body)
+    layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
+    return body, manifest, st.Descriptor.from_json(manifest["config"]), layers
+
+
+@contextlib.contextmanager
+def _downloads(s: Session, r: Ref, jobs: list, parallel: int, retries: int, progress: bool):
+    """Fetch ``jobs`` [(what, descriptor)] into a scratch dir under ``<lab root>/tmp``; yields
+    the files in job order; the dir is removed afterwards. ``parallel`` counts layers, like
+    docker's max-concurrent-downloads; the config (a few hundred bytes) travels beside them,
+    except in the serial pull."""
+    work = lab.fresh_dir(lab.root() / "tmp" / f"pull-{uuid.uuid4().hex[:8]}")
+    try:
+        if progress:
+            s.bars = {what: tqdm(total=d.size, desc=what, unit="B", unit_scale=True, position=i, leave=True)
+                      for i, (what, d) in enumerate(jobs)}
+        extra = 1 if parallel > 1 and jobs[0][0] == "config" else 0
+        with ThreadPoolExecutor(max_workers=max(1, parallel) + extra) as pool:
+            yield list(pool.map(lambda j: _fetch(s, r, j[0], j[1], work, retries), jobs))
     finally:
         for bar in s.bars.values():
             bar.close()
-        s.close()
+        lab.remove_tree(work)
 
 
 def _fetch(s: Session, r: Ref, what: str, desc: st.Descriptor, work: Path, retries: int) -> Path:

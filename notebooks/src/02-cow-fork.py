@@ -63,7 +63,7 @@ assert all(p.pfn for p in before_fork) if ROOT else all(p.pfn is None for p in b
 # %% tags=["nbval-ignore-output"]
 child = cow.Child(buf)
 rows_before = cow.compare(buf, child)
-print(cow.table(rows_before))
+print(cow.format_pages(rows_before))
 
 # %%
 assert all(r.shared for r in rows_before)
@@ -83,7 +83,7 @@ if ROOT:
 faults = child.write([3])
 rows_after = cow.compare(buf, child)
 print("minor faults in the child:", faults)
-print(cow.table(rows_after))
+print(cow.format_pages(rows_after))
 
 # %%
 changed = [r.index for r in rows_after if not r.shared]

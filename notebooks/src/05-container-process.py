@@ -109,7 +109,7 @@ assert inside["uid"] == 0 and inside["uid_map"] == ["0", str(os.geteuid()), "1"]
 
 # %% tags=["nbval-ignore-output"]
 rootfs = store.flatten("busybox", home / "rootfs")
-attempts = roots.table(rootfs)
+attempts = roots.every_attempt(rootfs)
 for a in attempts:
     print(a)
 
@@ -249,7 +249,7 @@ ex.check_namespaces(my_types)
 my_limit = None
 
 # %%
-ex.check_memory_limit(my_limit)
+ex.check_limit_between(my_limit)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

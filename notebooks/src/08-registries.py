@@ -223,7 +223,7 @@ assert narrow.span(1) / narrow.span(4) < latency.span(1) / latency.span(4)
 
 # %%
 trace = []
-last = client.pull(store, f"{reg.address}/lab/app:v1", only_last_layer=True, trace=trace)
+last = client.pull_last_layer(f"{reg.address}/lab/app:v1", trace=trace)
 print([e.what for e in trace], dg.of_file(last)[0] == store.image(image).layers[-1].digest)
 assert [e.what for e in trace] == ["manifest", "layer 5/5"]
 

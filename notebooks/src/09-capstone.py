@@ -267,7 +267,7 @@ assert shared == {v1.layers[0].digest}              # busybox's layer, in all th
 my_limit = None
 
 # %%
-ex.check_memory_limit(my_limit, "capstone/pulled", store=fresh)
+ex.check_smallest_limit(my_limit, "capstone/pulled", store=fresh)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
