@@ -11,6 +11,8 @@ import time
 from bench import headline, with_lab
 from labkit import build, lab, squash
 from labkit.image import store as st
+from labkit.image import mutate
+from labkit.image.base import base_image
 from labkit.tree import write_tree
 
 DOCKERFILE = """FROM busybox
@@ -29,11 +31,11 @@ CMD ["cat", "/app/one"]
 @with_lab
 def main() -> None:
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     print(f"\nsquash, layers of 20 files (s)  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"{'layers':>6} {'merge':>8} {'diff':>8} {'same digest':>12}")
     for n in (2, 10, 25, 50):
-        r = squash.measure(s, n)
+        r = squash.measure(n, store=s)
         print(f"{n:>6} {r['merge']:>8.2f} {r['diff']:>8.2f} {str(r['merge_digest'] == r['diff_digest']):>12}")
     squash_vs_export(s, 10)
     ctx = write_tree(lab.scratch("bench-build"), {"a.txt": "a", "b.txt": "b", "Dockerfile": DOCKERFILE})
@@ -41,7 +43,7 @@ def main() -> None:
     build.build(ctx, "bench/app", quiet=True)
     cold = time.perf_counter() - t
     t = time.perf_counter()
-    _, steps = build.build(ctx, "bench/app", quiet=True)
+    steps = build.build(ctx, "bench/app", quiet=True).steps
     warm = time.perf_counter() - t
     print(f"\n10-instruction Dockerfile: cold build {cold:.2f} s, warm rebuild {warm:.3f} s "
           f"({sum(x.cached for x in steps)} steps cached; goal < 0.5 s)")
@@ -52,12 +54,12 @@ def squash_vs_export(s: st.Store, n: int) -> None:
     prev = "busybox"
     for i in range(n):
         d = write_tree(lab.scratch(f"bench-sq{i}"), {f"d{i}/f{j}": 4096 for j in range(20)})
-        prev = s.add_layer(prev, d, f"bench/sq{i}", f"layer {i}").name
+        prev = mutate.add_layer(prev, d, f"bench/sq{i}", f"layer {i}", store=s).name
     w = lab.scratch("bench-export")
-    layout = s.save(prev, w / "layout", "v1")
+    layout = s.save(w / "layout", "v1", prev)
 
     def ours():
-        squash.squash(s, prev, "busybox", "bench/squashed")
+        squash.squash(prev, "busybox", "bench/squashed", store=s)
 
     def theirs():
         shutil.rmtree(w / "bundle", ignore_errors=True)

@@ -17,6 +17,7 @@ import time
 from bench import headline, with_lab
 from labkit import lab
 from labkit.image import store as st
+from labkit.image.base import base_image
 
 REPEAT = 20
 
@@ -35,9 +36,9 @@ def _time(argv, **kw) -> float | None:
 @with_lab
 def main() -> None:
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     w = lab.scratch("bench-run")
-    s.save("busybox", w / "layout", "v1")
+    s.save(w / "layout", "v1", "busybox")
     subprocess.run(["umoci", "unpack", "--image", f"{w / 'layout'}:v1", str(w / "bundle")], check=True,
                    capture_output=True)
     spec = json.loads((w / "bundle" / "config.json").read_text())

@@ -14,6 +14,7 @@ import time
 from bench import headline, with_lab
 from labkit import lab
 from labkit.image import layer, store as st
+from labkit.image import mutate
 from labkit.tree import write_big_file
 
 REPEAT = 3
@@ -59,8 +60,8 @@ def main() -> None:
     rows.append(("layer apply vs tar -x", t_lab, t_tar))
 
     s = st.Store()
-    s.import_rootfs(src, "bench")
-    layout = s.save("bench", w / "layout", "v1")
+    mutate.import_rootfs(src, "bench", store=s)
+    layout = s.save(w / "layout", "v1", "bench")
     t_lab = _median(lambda: s.flatten("bench", w / "flat"), lambda: lab.fresh_dir(w / "flat"))
     t_umoci = _median(lambda: subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(w / "bundle")],
                                              check=True, capture_output=True),
@@ -68,7 +69,7 @@ def main() -> None:
     rows.append(("unpack vs umoci unpack", t_lab, t_umoci))
     (w / "bundle" / "rootfs" / "big" / "00.bin").write_bytes(b"changed")
     (w / "flat" / "big" / "00.bin").write_bytes(b"changed")
-    t_lab = _median(lambda: s.add_layer("bench", w / "flat", "bench2", "change"))
+    t_lab = _median(lambda: mutate.add_layer("bench", w / "flat", "bench2", "change", store=s))
     t_umoci = _median(lambda: subprocess.run(["umoci", "repack", "--image", f"{layout}:v2", str(w / "bundle")],
                                              check=True, capture_output=True))
     rows.append(("layer of a whole rootfs vs umoci repack (diff only, gzip)", t_lab, t_umoci))

@@ -10,6 +10,8 @@ import time
 from bench import headline, with_lab
 from labkit import lab
 from labkit.image import store as st
+from labkit.image import mutate
+from labkit.image.base import base_image
 from labkit.registry import link, reference, server
 from labkit.tree import write_tree
 
@@ -17,17 +19,17 @@ from labkit.tree import write_tree
 @with_lab
 def main() -> None:
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     prev = "busybox"                  # layer 1; seven more make the issue's 8 layers
     for i in range(7):
-        prev = s.add_layer(prev, write_tree(lab.scratch(f"bench-reg-{i}"), {f"p{i}/d": 1 << 20}),
-                           f"bench/reg{i}", f"layer {i}").name
+        prev = mutate.add_layer(prev, write_tree(lab.scratch(f"bench-reg-{i}"), {f"p{i}/d": 1 << 20}),
+                           f"bench/reg{i}", f"layer {i}", store=s).name
     t = link.timeline(lab.root() / "bench-registry", s, prev, layers_parallel=(1, 8), delay=0.05, rate=None)
     span = {p: t.span(p) for p in (1, 8)}
     print(f"\nregistry pull of 8 layers (busybox + 7 x 1 MiB), 50 ms per request  [{os.uname().release}, {os.cpu_count()} cpus]")
     print(f"serial {span[1]:.2f} s, parallel(8) {span[8]:.2f} s, speed-up {span[1] / span[8]:.1f}x (goal >= 3x)")
     headline("pull 8 layers at 50 ms per request: parallel(8)", "s", span[8], "the v1-style serial pull", span[1])
-    layout = s.save(prev, lab.root() / "bench-layout", "v1")
+    layout = s.save(lab.root() / "bench-layout", "v1", prev)
     size = sum(d.size for d in s.image(prev).layers)
     rows = {}
     with server.serve(lab.root() / "bench-registry2") as srv:
@@ -48,7 +50,7 @@ def big_blob(s: st.Store, size: int = 1 << 30) -> None:
     """Push a 1 GiB layer with `labkit push` and pull it back with `labkit pull`, each a
     process of its own; report every process's peak resident memory (VmHWM, ru_maxrss).
     (skopeo would gzip the layer on push and shrink this repetitive blob to a few MiB.)"""
-    s.add_layer("busybox", write_tree(lab.scratch("bench-big"), {"big/blob": size}), "bench/big", "1 GiB").name
+    mutate.add_layer("busybox", write_tree(lab.scratch("bench-big"), {"big/blob": size}), "bench/big", "1 GiB", store=s).name
     lab.remove_tree(lab.root() / "bench-big")
     peak = {}
     for name, registry in (("labkit registry", reference.labkit_registry),

@@ -31,6 +31,8 @@ from pathlib import Path
 from . import container, lab, snapshot, squash
 from .errors import LabError
 from .image import digest, layer, store as st
+from .image import mutate
+from .image.base import base_image
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT",
                 "EXPOSE", "LABEL", "ARG", "TAG", "COMPRESS")
@@ -98,7 +100,7 @@ class _State:
 
 
 class Builder:
-    def __init__(self, context: str | os.PathLike, store: st.Store | None = None, quiet: bool = False):
+    def __init__(self, context: str | os.PathLike, *, store: st.Store | None = None, quiet: bool = False):
         self.context = Path(context).resolve()
         if not self.context.is_dir():
             raise BuildError(f"the build context {context} is not a directory", "give the directory with the files to COPY")
@@ -130,7 +132,7 @@ class Builder:
             raise BuildError("the Dockerfile has no FROM", "add FROM busybox")
         img = self._commit(s, tag)
         if squash_all and s.layers:
-            img = squash.squash(self.store, tag, s.base, tag)
+            img = squash.squash(tag, s.base, tag, store=self.store)
         return img
 
     def _do(self, s: _State, ins: Instruction) -> Step:
@@ -265,7 +267,7 @@ class Builder:
         base = args.strip()
         tmp = f"build-tmp/{uuid.uuid4().hex[:8]}"
         self._commit(s, tmp)
-        img = squash.squash(self.store, tmp, base, tmp)
+        img = squash.squash(tmp, base, tmp, store=self.store)
         b = self.store.image(base)
         s.base = base
         s.layers = [(img.layers[-1], img.diff_ids[-1])]
@@ -318,8 +320,8 @@ class Builder:
         snapshot.unpack_layers(*self._stack(s), self.store)
 
     def _commit(self, s: _State, name: str) -> st.Image:
-        return self.store.commit(name, list(s.layers), list(s.history), config=s.config,
-                                 base=self.store.image(s.base))
+        return mutate.commit(name, list(s.layers), list(s.history), config=s.config,
+                                 base=self.store.image(s.base), store=self.store)
 
     def _context_path(self, src: str, ins: Instruction) -> Path:
         p = (self.context / src).resolve()
@@ -332,13 +334,20 @@ class Builder:
         return p
 
 
+@dataclass
+class Built:
+    """What :func:`build` made: the image, and what each instruction did."""
+    image: st.Image
+    steps: list[Step]
+
+
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, squash_all: bool = False,
-          build_args: dict | None = None, quiet: bool = False) -> tuple[st.Image, list[Step]]:
-    """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag``; returns the image and its steps."""
-    b = Builder(context, quiet=quiet)
+          build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None) -> Built:
+    """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``."""
+    b = Builder(context, store=store, quiet=quiet)
     text = dockerfile if dockerfile is not None else (Path(context) / "Dockerfile").read_text()
     img = b.build(text, tag, build_args, squash_all)
-    return img, b.steps
+    return Built(img, b.steps)
 
 
 def _command(args: str, build_args: dict) -> list[str]:
@@ -400,7 +409,7 @@ def toolchain_image(name: str = "lab/toolchain", store: st.Store | None = None) 
     store = store or st.Store()
     if name in store.refs():
         return store.image(name)
-    st.base_image(store)
+    base_image(store)
     packages = _closure(TOOLCHAIN)
     root = lab.fresh_dir(lab.root() / "tmp" / "toolchain-rootfs")
     try:
@@ -418,7 +427,7 @@ def toolchain_image(name: str = "lab/toolchain", store: st.Store | None = None) 
                         os.symlink(os.readlink(f), dst)
                     else:
                         shutil.copy2(f, dst)
-        return store.add_layer("busybox", root, name, f"host toolchain: {' '.join(sorted(packages))}")
+        return mutate.add_layer("busybox", root, name, f"host toolchain: {' '.join(sorted(packages))}", store=store)
     finally:
         lab.remove_tree(root)
 

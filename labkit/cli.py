@@ -74,6 +74,8 @@ def _oci_ref(value: str) -> tuple[str, str]:
 def cmd_image(args) -> int:
     import json
     from .image import store as st
+    from .image import mutate
+    from .image.base import base_image
     s = st.Store()
     if args.action == "ls":
         print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
@@ -98,20 +100,20 @@ def cmd_image(args) -> int:
         print(f"removed {args.name}; {len(freed)} blob(s) no other image used were deleted")
     elif args.action == "save":
         path, tag = _oci_ref(args.oci)
-        print(f"saved {args.name} to {s.save(args.name, path, tag)} as {tag}")
+        print(f"saved {args.name} to {s.save(path, tag, args.name)} as {tag}")
     elif args.action == "load":
         path, tag = _oci_ref(args.oci)
         img = s.load(path, tag, args.tag)
         print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
     elif args.action == "squash":
         from . import squash
-        img = squash.squash(s, args.name, args.onto, args.tag, args.method)
+        img = squash.squash(args.name, args.onto, args.tag, args.method, store=s)
         print(f"{img.name}: {len(img.layers)} layers ({args.onto}'s plus one); history of the squashed steps is gone")
     elif args.action == "import":
         if args.busybox:
-            img = st.base_image(s, args.tag or "busybox")
+            img = base_image(s, args.tag or "busybox")
         elif args.rootfs and args.tag:
-            img = s.import_rootfs(args.rootfs, args.tag)
+            img = mutate.import_rootfs(args.rootfs, args.tag, store=s)
         else:
             raise LabError("import needs a rootfs directory and -t NAME, or --busybox",
                            "e.g. labkit image import --busybox, or labkit image import ./rootfs -t mine")
@@ -165,7 +167,8 @@ def cmd_build(args) -> int:
     from . import build
     dockerfile = Path(args.file).read_text() if args.file else None
     build_args = dict(a.split("=", 1) for a in args.build_arg or [])
-    img, steps = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args)
+    built = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args)
+    img, steps = built.image, built.steps
     cached = sum(s.cached for s in steps)
     print(f"built {img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers"
           + (f"; {cached} step(s) from the cache" if cached else ""))
@@ -184,17 +187,15 @@ def cmd_registry(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .image import store as st
     from .registry import client
-    d = client.push(st.Store(), args.name, args.ref, args.user, args.password)
+    d = client.push(args.name, args.ref, args.user, args.password)
     print(f"pushed {args.name} to {args.ref} ({d})")
     return 0
 
 
 def cmd_pull(args) -> int:
-    from .image import store as st
     from .registry import client
-    img = client.pull(st.Store(), args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password,
+    img = client.pull(args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password,
                       progress=not args.quiet)
     print(f"pulled {args.ref} as {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
     return 0

@@ -33,6 +33,7 @@ from pathlib import Path
 from . import cgroups, kernel, lab, overlay, roots, sandbox, snapshot
 from .errors import LabError
 from .image import store as st
+from .image import mutate
 
 NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
@@ -301,8 +302,8 @@ class Container:
     def commit(self, name: str, store: st.Store | None = None) -> st.Image:
         """A new image: the container's image plus its read-write layer (only)."""
         store = store or st.Store()
-        return store.add_layer(self.cfg.image, self.upper, name,
-                               f"labkit commit {self.cfg.name}: {' '.join(self.cfg.cmd)}")
+        return mutate.add_layer(self.cfg.image, self.upper, name,
+                               f"labkit commit {self.cfg.name}: {' '.join(self.cfg.cmd)}", store=store)
 
     def remove(self) -> None:
         """Delete the container's directory (its volumes stay: they are not the container's)."""

@@ -200,7 +200,7 @@ class Child:
     def minor_faults(self) -> int:
         return proc_minor_faults(self.pid)
 
-    def exit(self) -> None:
+    def close(self) -> None:
         """Ask the child to exit, and reap it (kill it if it does not answer)."""
         if self.pid is None:
             return
@@ -231,7 +231,7 @@ class Child:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.exit()
+        self.close()
 
 
 def _serve(ch: sandbox.Channel, buf: Buffer) -> None:

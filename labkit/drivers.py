@@ -155,8 +155,9 @@ class Btrfs(Driver):
 DRIVERS = {"vfs": VFS, "overlay": Overlay, "btrfs": Btrfs}
 
 
-def measure(driver: str, store: st.Store, image: str, n: int) -> list[Cost]:
+def measure(driver: str, image: str, n: int, *, store: st.Store | None = None) -> list[Cost]:
     """Create ``n`` containers of ``image`` with ``driver``; one Cost after each."""
+    store = store or st.Store()
     out = []
     with DRIVERS[driver](store, image, lab.root() / "scratch" / f"driver-{driver}") as d:
         total = 0.0
@@ -178,11 +179,12 @@ def _run(*argv: str) -> str:
     return r.stdout
 
 
-def one_byte_write(driver: str, store: st.Store, image: str, path: str) -> int:
+def one_byte_write(driver: str, image: str, path: str, *, store: st.Store | None = None) -> int:
     """Disk the driver uses more after one container overwrites one byte of ``path``.
 
     overlay copies the whole file up; btrfs copies only the extent block written; vfs has
     already paid (the container owns a full copy)."""
+    store = store or st.Store()
     with DRIVERS[driver](store, image, lab.root() / "scratch" / f"driver-{driver}-write") as d:
         root = d.create()
         before = d.disk_used()

@@ -40,7 +40,7 @@ class Process:
     """A process sleeping in new namespaces, so the lesson can look at it and join it.
 
     With "pid" it is PID 1 of its namespace; ``pid`` is its number in ours. It is a
-    sandbox.Child, in the lab's ledger until stop().
+    sandbox.Child, in the lab's ledger until close().
     """
     namespaces: tuple[str, ...]
     hostname: str | None = None
@@ -65,7 +65,7 @@ class Process:
         through a pidfd), and return its result."""
         return join(self.pid, fn, *args, types=types or self.namespaces)
 
-    def stop(self) -> None:
+    def close(self) -> None:
         if self.pid:
             self._child.close()
             self.pid = 0
@@ -74,7 +74,7 @@ class Process:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
 def _sleep(ch: sandbox.Channel, hostname: str | None) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import lab, overlay
 from .image import layer, store as st
+from .image import mutate
 
 
 def merge(s: st.Store, name: str, base: str, out: Path) -> Path:
@@ -82,8 +83,9 @@ def canonical(cs: Path, base_tree: Path) -> Path:
     return cs
 
 
-def squash(s: st.Store, name: str, base: str, new_name: str, method: str = "diff") -> st.Image:
+def squash(name: str, base: str, new_name: str, method: str = "diff", *, store: st.Store | None = None) -> st.Image:
     """A new image: ``base``'s layers plus one layer for everything ``name`` added on top."""
+    s = store or st.Store()
     work = lab.fresh_dir(lab.root() / "tmp" / f"squash-{method}")
     try:
         cs = (diff(s, name, base, work / "cs", work) if method == "diff" else merge(s, name, base, work / "cs"))
@@ -93,9 +95,9 @@ def squash(s: st.Store, name: str, base: str, new_name: str, method: str = "diff
         img, b = s.image(name), s.image(base)
         config = img.config.get("config", {})
         steps = len(img.history) - len(b.history)
-        return s.commit(new_name, [(desc, diff_id)],
+        return mutate.commit(new_name, [(desc, diff_id)],
                         [{"created_by": f"squash ({method}) of {steps} steps onto {base}: their history is gone"}],
-                        config=config, base=b)
+                        config=config, base=b, store=s)
     finally:
         lab.remove_tree(work)
 
@@ -149,9 +151,10 @@ def _copy_entry(src_top: Path, rel: Path, out: Path, parents: bool = True) -> No
         os.chmod(dst, stat.S_IMODE(st_.st_mode))
 
 
-def measure(s: st.Store, layers: int, files: int = 20, base: str = "busybox") -> dict:
+def measure(layers: int, files: int = 20, base: str = "busybox", *, store: st.Store | None = None) -> dict:
     """Time both methods on a synthetic stack: ``layers`` layers of ``files`` small files
     each, every layer also rewriting and deleting some of the previous one's."""
+    s = store or st.Store()
     import time
     from .tree import write_tree
     work = lab.fresh_dir(lab.root() / "tmp" / f"squash-measure-{layers}")
@@ -165,7 +168,7 @@ def measure(s: st.Store, layers: int, files: int = 20, base: str = "busybox") ->
             if i:
                 for j in range(1, files, 4):
                     overlay.make_whiteout(up / "data" / f"l{i - 1}" / f"f{j}")
-            prev = s.add_layer(prev, up, f"measure/{layers}/l{i}", f"step {i}").name
+            prev = mutate.add_layer(prev, up, f"measure/{layers}/l{i}", f"step {i}", store=s).name
         out = {"layers": layers}
         for method in ("merge", "diff"):
             t = time.perf_counter()

@@ -107,14 +107,14 @@ def namespace_picker() -> w.VBox:
     def start(_):
         chosen = tuple(t for t, b in boxes.items() if b.value)
         if state.get("p"):
-            state["p"].stop()
+            state["p"].close()
         out.clear_output(wait=True)
         with out:
             p = state["p"] = ns.Process(chosen, hostname="picked" if "uts" in chosen else None)
             import socket
             print(f"new namespaces: {', '.join(chosen) or 'none'}; its hostname: {p.run(socket.gethostname)}")
             display(viz.namespace_graph({"this notebook": ns.links(), f"process {p.pid}": p.links()}))
-            p.stop()
+            p.close()
             state["p"] = None
 
     go.on_click(start)

@@ -39,8 +39,9 @@ def lab_root(tmp_path, monkeypatch):
 def busybox(lab_root):
     """The image store of a fresh lab root, holding the busybox base image."""
     from labkit.image import store as st
+    from labkit.image.base import base_image
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     return s
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from labkit import build, container, lab, overlay, squash
+from labkit.image import mutate
 from labkit.snapshot import Snapshotter, SnapshotError
 from labkit.tree import read_tree, write_tree
 
@@ -76,7 +77,7 @@ def _bundle(d):
 def test_every_instruction(busybox):
     ctx = _ctx({"hello.txt": "hi\n", "site/index.html": "<h1/>\n"}, DOCKERFILE)
     _bundle(ctx)
-    img, steps = build.build(ctx, "lab/app", quiet=True)
+    img = build.build(ctx, "lab/app", quiet=True).image
     tree = read_tree(busybox.flatten("lab/app", lab.scratch("flat")))
     assert tree["app/hello.txt"] == "hi\n" and tree["srv/site/index.html"] == "<h1/>\n"
     assert tree["opt/tool/readme"] == "from a tar\n"
@@ -97,12 +98,15 @@ def test_every_instruction(busybox):
 
 def test_rebuild_is_all_cache_and_same_digest(busybox):
     ctx = _ctx({"hello.txt": "hi\n"}, "FROM busybox\nCOPY hello.txt /\nRUN echo x > /x\n")
-    one, steps1 = build.build(ctx, "lab/c", quiet=True)
-    two, steps2 = build.build(ctx, "lab/c", quiet=True)
+    built = build.build(ctx, "lab/c", quiet=True)
+    one, steps1 = built.image, built.steps
+    built = build.build(ctx, "lab/c", quiet=True)
+    two, steps2 = built.image, built.steps
     assert not any(s.cached for s in steps1) and [s.cached for s in steps2 if s.layer] == [True, True]
     assert one.manifest_desc.digest == two.manifest_desc.digest
     (ctx / "hello.txt").write_text("changed\n")
-    three, steps3 = build.build(ctx, "lab/c", quiet=True)
+    built = build.build(ctx, "lab/c", quiet=True)
+    three, steps3 = built.image, built.steps
     assert [s.cached for s in steps3 if s.layer] == [False, False]     # a changed file misses from there on
     assert three.manifest_desc.digest != one.manifest_desc.digest
 
@@ -126,12 +130,12 @@ def test_errors_name_the_line(busybox):
 
 def test_compress_and_squash_flag(busybox):
     ctx = _ctx({"a": "1"}, "FROM busybox\nCOPY a /a\nRUN echo 2 > /b\nRUN rm /a\nCOMPRESS busybox\n")
-    img, _ = build.build(ctx, "lab/z", quiet=True)
+    img = build.build(ctx, "lab/z", quiet=True).image
     assert len(img.layers) == 2 and "squash" in img.history[-1]["created_by"]
     tree = read_tree(busybox.flatten("lab/z", lab.scratch("f")))
     assert tree["b"] == "2\n" and "a" not in tree
     ctx2 = _ctx({"a": "1"}, "FROM busybox\nCOPY a /a\nRUN echo 2 > /b\n")
-    flat, _ = build.build(ctx2, "lab/s", squash_all=True, quiet=True)
+    flat = build.build(ctx2, "lab/s", squash_all=True, quiet=True).image
     assert len(flat.layers) == 2
 
 
@@ -140,7 +144,7 @@ def test_built_image_runs_the_same_under_runc(busybox):
     build.build(ctx, "lab/r", quiet=True)
     _, mine = container.run("lab/r")
     out = lab.scratch("runc")
-    busybox.save("lab/r", out / "layout", "v1")
+    busybox.save(out / "layout", "v1", "lab/r")
     subprocess.run(["umoci", "unpack", "--image", f"{out / 'layout'}:v1", str(out / "bundle")], check=True,
                    capture_output=True)
     spec = json.loads((out / "bundle" / "config.json").read_text())
@@ -162,7 +166,7 @@ change = hs.tuples(hs.sampled_from(["add", "delete", "opaque", "mkdir"]), hs.sam
 def test_squash_methods_agree_on_random_stacks(busybox, layers):
     d = lab.scratch("rand")
     write_tree(d / "base", {"a/a": "base", "b": "base", "c/": None})
-    busybox.add_layer("busybox", d / "base", "rand/base", "base")
+    mutate.add_layer("busybox", d / "base", "rand/base", "base", store=busybox)
     prev = "rand/base"
     for i, changes in enumerate(layers):
         up = d / f"l{i}"
@@ -182,10 +186,10 @@ def test_squash_methods_agree_on_random_stacks(busybox, layers):
                 overlay.make_opaque(up / top)
             elif op == "mkdir":
                 (up / top).mkdir(exist_ok=True)
-        busybox.add_layer(prev, up, f"rand/l{i}", f"layer {i}")
+        mutate.add_layer(prev, up, f"rand/l{i}", f"layer {i}", store=busybox)
         prev = f"rand/l{i}"
-    a = squash.squash(busybox, prev, "rand/base", "rand/merged", "merge")
-    b = squash.squash(busybox, prev, "rand/base", "rand/diffed", "diff")
+    a = squash.squash(prev, "rand/base", "rand/merged", "merge", store=busybox)
+    b = squash.squash(prev, "rand/base", "rand/diffed", "diff", store=busybox)
     assert a.layers[-1].digest == b.layers[-1].digest
     want = read_tree(busybox.flatten(prev, lab.scratch("want")))
     assert read_tree(busybox.flatten("rand/merged", lab.scratch("got"))) == want
@@ -203,7 +207,7 @@ def test_exercises(busybox):
                       "token": "t\n"})
     build.build(leak, "lesson07/leaky", quiet=True)
     assert not ex.check_squashed("lesson07/leaky").ok
-    squash.squash(busybox, "lesson07/leaky", "busybox", "lesson07/clean")
+    squash.squash("lesson07/leaky", "busybox", "lesson07/clean", store=busybox)
     assert ex.check_squashed("lesson07/clean").ok
 
 

@@ -227,7 +227,7 @@ def test_labkit_image_runs_the_same_under_runc(busybox):
     script = "echo $$; cat /etc/passwd | head -1; ls /bin | wc -l"
     _, mine = container.run("busybox", ["/bin/sh", "-c", script])
     out = lab.scratch("runc")
-    busybox.save("busybox", out / "layout", "v1")
+    busybox.save(out / "layout", "v1", "busybox")
     subprocess.run(["umoci", "unpack", "--image", f"{out / 'layout'}:v1", str(out / "bundle")], check=True,
                    capture_output=True)
     spec = json.loads((out / "bundle" / "config.json").read_text())

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from labkit import drivers, lab, tree
+from labkit.image import mutate
 from labkit.mountinfo import mounts_under
 
 
@@ -15,7 +16,7 @@ def fat(busybox):
     s = busybox
     d = lab.scratch("fat")
     tree.write_tree(d, {"data/blob": 16 << 20})
-    s.add_layer("busybox", d, "fat", "COPY blob")
+    mutate.add_layer("busybox", d, "fat", "COPY blob", store=s)
     return s
 
 
@@ -26,7 +27,7 @@ def _loops_on(root):
 
 @pytest.mark.parametrize("name", sorted(drivers.DRIVERS))
 def test_each_driver_gives_every_container_the_image(fat, name):
-    costs = drivers.measure(name, fat, "fat", 3)
+    costs = drivers.measure(name, "fat", 3, store=fat)
     assert [c.containers for c in costs] == [1, 2, 3]
     assert all(b.seconds >= a.seconds for a, b in zip(costs, costs[1:]))
     image = 16 << 20
@@ -45,9 +46,9 @@ def test_containers_are_independent(fat):
 
 
 def test_one_byte_write_costs(fat):
-    assert drivers.one_byte_write("vfs", fat, "fat", "data/blob") == 0
-    assert drivers.one_byte_write("overlay", fat, "fat", "data/blob") >= 16 << 20
-    assert drivers.one_byte_write("btrfs", fat, "fat", "data/blob") < 1 << 20
+    assert drivers.one_byte_write("vfs", "fat", "data/blob", store=fat) == 0
+    assert drivers.one_byte_write("overlay", "fat", "data/blob", store=fat) >= 16 << 20
+    assert drivers.one_byte_write("btrfs", "fat", "data/blob", store=fat) < 1 << 20
 
 
 def test_exception_inside_still_detaches_the_loop_device(fat):

@@ -88,10 +88,11 @@ def test_whiteouts_only_hide_lower_layers(lab_root):
 def test_umoci_repack_layer_applies_the_same(lab_root):
     """A layer umoci makes from a changed rootfs gives labkit the same tree as umoci."""
     from labkit.image import store as st
+    from labkit.image.base import base_image
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     out = lab.root() / "interop"
-    s.save("busybox", out, "v1")
+    s.save(out, "v1", "busybox")
     bundle = out.parent / "bundle"
     subprocess.run(["umoci", "unpack", "--image", f"{out}:v1", str(bundle)], check=True, capture_output=True)
     rootfs = bundle / "rootfs"

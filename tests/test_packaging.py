@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from labkit import lab
+from labkit import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_provision_installs_every_tool_preflight_checks():
     code = [re.sub(r"#.*", "", line) for line in lines]
     block = " ".join(code[:next(i for i, c in enumerate(code) if ")" in c) + 1]).replace(")", " ")
     packages = set(block.split())
-    for tool, (pkg, _) in lab.TOOLS.items():
+    for tool, (pkg, _) in preflight.TOOLS.items():
         assert pkg in packages, f"preflight checks {tool} but provision.sh does not install {pkg}"
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from labkit import lab, tree
 from labkit.image import digest as dg, store as st
+from labkit.image import mutate
 from labkit.registry import auth, client, link, server
 
 
@@ -18,7 +19,7 @@ def store(busybox):
     s = busybox
     d = lab.scratch("fat")
     tree.write_tree(d, {"data/blob": 4 << 20})
-    s.add_layer("busybox", d, "fat", "COPY blob")
+    mutate.add_layer("busybox", d, "fat", "COPY blob", store=s)
     return s
 
 
@@ -37,7 +38,7 @@ def http(srv):
 # --- skopeo, the real client ---------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["oci", "v2s2"])
 def test_skopeo_push_inspect_tags_pull_delete(store, reg, fmt):
-    out = store.save("fat", lab.root() / "layout", "v1")
+    out = store.save(lab.root() / "layout", "v1", "fat")
     dest = f"docker://{reg.address}/lab/fat:v1"
     run = lambda *a: subprocess.run(["skopeo", *a], capture_output=True, text=True, timeout=120)
     r = run("copy", "--dest-tls-verify=false", "--format", fmt, f"oci:{out}:v1", dest)
@@ -60,22 +61,22 @@ def test_skopeo_push_inspect_tags_pull_delete(store, reg, fmt):
 # --- labkit's client -----------------------------------------------------------------------------
 def test_push_then_pull_parallel_and_serial(store, reg):
     trace = []
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1", trace=trace)
+    client.push("fat", f"{reg.address}/lab/fat:v1", trace=trace, store=store)
     order = [e.what for e in trace if e.method == "PUT"]
     assert order[-1] == "manifest" and order.index("finish config") > order.index("finish layer 2/2")
     for par in (1, 4):
-        img = client.pull(store, f"{reg.address}/lab/fat:v1", name=f"back{par}", parallel=par)
+        img = client.pull(f"{reg.address}/lab/fat:v1", name=f"back{par}", parallel=par, store=store)
         assert img.manifest_desc.digest == store.image("fat").manifest_desc.digest
     again = []
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1", trace=again)
+    client.push("fat", f"{reg.address}/lab/fat:v1", trace=again, store=store)
     assert [e.method for e in again] == ["HEAD", "HEAD", "HEAD", "PUT"]     # nothing uploaded twice
 
 
 def test_interrupted_layer_resumes_with_range(store, reg):
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     trace = []
-    img = client.pull(store, f"{reg.address}/lab/fat:v1", name="resumed", trace=trace,
-                      transport=link.Cut(store.image("fat").layers[1].digest, 1 << 20))
+    img = client.pull(f"{reg.address}/lab/fat:v1", name="resumed", trace=trace,
+                      transport=link.Cut(store.image("fat").layers[1].digest, 1 << 20), store=store)
     layer2 = [e for e in trace if e.what.startswith("layer 2/2")]
     assert [e.status for e in layer2] == [-1, 206] and "resume at" in layer2[1].what
     assert [e.status for e in trace if e.what.startswith("layer 1/2")] == [200]     # the other layer: once
@@ -83,19 +84,19 @@ def test_interrupted_layer_resumes_with_range(store, reg):
 
 
 def test_corrupted_blob_is_caught(store, reg):
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     layer = store.image("fat").layers[-1]
     p = lab.root() / "registry" / "blobs" / "sha256" / dg.encoded(layer.digest)
     data = bytearray(p.read_bytes())
     data[100] ^= 0xFF
     p.write_bytes(bytes(data))
     with pytest.raises(client.RegistryError, match="arrived as"):
-        client.pull(store, f"{reg.address}/lab/fat:v1", name="bad", retries=1)
+        client.pull(f"{reg.address}/lab/fat:v1", name="bad", retries=1, store=store)
     assert "bad" not in store.refs()
 
 
 def test_only_the_last_layer(store, reg):
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     trace = []
     p = client.pull_last_layer(f"{reg.address}/lab/fat:v1", trace=trace)
     assert [e.what for e in trace] == ["manifest", "layer 2/2"]
@@ -218,11 +219,11 @@ def test_token_auth(store, lab_root):
         r = http(srv).get("/v2/lab/fat/tags/list")
         assert r.status_code == 401 and 'Bearer realm="' in r.headers["WWW-Authenticate"]
         with pytest.raises(client.RegistryError, match="401"):
-            client.push(store, "fat", f"{srv.address}/lab/fat:v1")           # anonymous: pull only
+            client.push("fat", f"{srv.address}/lab/fat:v1", store=store)           # anonymous: pull only
         with pytest.raises(auth.AuthError, match="token service refused"):
-            client.push(store, "fat", f"{srv.address}/lab/fat:v1", user="alice", password="wrong")
-        client.push(store, "fat", f"{srv.address}/lab/fat:v1", user="alice", password="secret")
-        img = client.pull(store, f"{srv.address}/lab/fat:v1", name="anon")    # anonymous pull allowed
+            client.push("fat", f"{srv.address}/lab/fat:v1", user="alice", password="wrong", store=store)
+        client.push("fat", f"{srv.address}/lab/fat:v1", user="alice", password="secret", store=store)
+        img = client.pull(f"{srv.address}/lab/fat:v1", name="anon", store=store)    # anonymous pull allowed
         assert img.diff_ids == store.image("fat").diff_ids
 
 
@@ -259,8 +260,8 @@ def test_client_against_debian_docker_registry(store, lab_root):
     from labkit.registry import reference
     need(shutil.which("docker-registry") is not None, "Debian's docker-registry")
     with reference.docker_registry(lab.root() / "docker-registry") as address:
-        client.push(store, "fat", f"{address}/lab/fat:v1", chunk=1 << 20)    # several PATCHes
-        img = client.pull(store, f"{address}/lab/fat:v1", name="from-docker-registry", parallel=4)
+        client.push("fat", f"{address}/lab/fat:v1", chunk=1 << 20, store=store)    # several PATCHes
+        img = client.pull(f"{address}/lab/fat:v1", name="from-docker-registry", parallel=4, store=store)
         assert img.diff_ids == store.image("fat").diff_ids
     assert lab.entries() == []
 
@@ -286,10 +287,10 @@ def test_an_abandoned_upload_expires_and_leaves_nothing(reg):
 
 
 def test_pull_shows_one_progress_bar_per_blob_and_a_resumed_bar_continues(store, reg, capsys):
-    client.push(store, "fat", f"{reg.address}/lab/fat:v1")
+    client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     capsys.readouterr()
-    client.pull(store, f"{reg.address}/lab/fat:v1", name="shown", progress=True,
-                transport=link.Cut(store.image("fat").layers[1].digest, 1 << 20))
+    client.pull(f"{reg.address}/lab/fat:v1", name="shown", progress=True,
+                transport=link.Cut(store.image("fat").layers[1].digest, 1 << 20), store=store)
     err = capsys.readouterr().err
     for what in ("config", "layer 1/2", "layer 2/2"):
         assert what in err
@@ -306,8 +307,8 @@ def test_timeline_runs_across_a_veth_pair_between_two_namespaces(busybox, lab_ro
     from pathlib import Path
     prev = "busybox"
     for i in range(2):
-        prev = busybox.add_layer(prev, tree.write_tree(lab.scratch(f"t{i}"), {f"p{i}/d": 256 << 10}),
-                                 f"t/{i}", "layer").name
+        prev = mutate.add_layer(prev, tree.write_tree(lab.scratch(f"t{i}"), {f"p{i}/d": 256 << 10}),
+                                 f"t/{i}", "layer", store=busybox).name
     t = link.timeline(lab.root() / "tl", busybox, prev, layers_parallel=(1, 2), delay=0.02, rate="100mbit")
     assert len({os.readlink("/proc/self/ns/net"), t.client.netns, t.server.netns}) == 3
     assert any("10.77.0.2/30" in a for a in t.client.addresses) and "rate 100Mbit" in t.server.qdisc
@@ -320,11 +321,11 @@ def test_push_streams_chunks_without_holding_them(busybox):
     holds a chunk whole (the bench measures the whole process for 1 GiB)."""
     import tracemalloc
     from labkit.registry import reference
-    busybox.add_layer("busybox", tree.write_tree(lab.scratch("big"), {"big": 64 << 20}), "big", "64 MiB")
+    mutate.add_layer("busybox", tree.write_tree(lab.scratch("big"), {"big": 64 << 20}), "big", "64 MiB", store=busybox)
     with reference.labkit_registry(lab.root() / "reg") as address:
         tracemalloc.start()
         try:
-            client.push(busybox, "big", f"{address}/lab/big:v1", chunk=16 << 20)
+            client.push("big", f"{address}/lab/big:v1", chunk=16 << 20, store=busybox)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

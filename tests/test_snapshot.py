@@ -6,6 +6,7 @@ import pytest
 
 from labkit import lab, snapshot
 from labkit.image import digest, store as st
+from labkit.image import mutate
 from labkit.snapshot import Snapshotter, SnapshotError
 from labkit.tree import write_tree
 
@@ -13,7 +14,7 @@ from labkit.tree import write_tree
 def test_unpack_commits_each_chain_id_on_its_parent(busybox):
     d = lab.scratch("two")
     write_tree(d / "app", {"app/run.sh": "echo hi\n"})
-    img = busybox.add_layer("busybox", d / "app", "app", "COPY run.sh /app/")
+    img = mutate.add_layer("busybox", d / "app", "app", "COPY run.sh /app/", store=busybox)
     dirs = snapshot.unpack("app", busybox)
     sn = snapshot.of(busybox)
     infos = {i.key: i for i in sn.walk()}
@@ -27,7 +28,7 @@ def test_unpack_commits_each_chain_id_on_its_parent(busybox):
 
 def test_a_second_store_has_its_own_snapshots(busybox):
     other = st.Store(lab.root() / "elsewhere" / "store")
-    busybox.save("busybox", lab.root() / "layout", "latest")
+    busybox.save(lab.root() / "layout", "latest", "busybox")
     other.load(lab.root() / "layout", "latest", "busybox")
     mine = snapshot.unpack("busybox", busybox)
     theirs = snapshot.unpack("busybox", other)
@@ -41,7 +42,7 @@ def _poisoned(store: st.Store, name: str) -> st.Image:
     write_tree(d / "rootfs", {"bin/sh": "#!/evil\n"})
     desc, _ = store.add_layer_dir(d / "rootfs")
     genuine = store.image("busybox").diff_ids[0]
-    return store.commit(name, [(desc, genuine)], [{"created_by": "evil"}])
+    return mutate.commit(name, [(desc, genuine)], [{"created_by": "evil"}], store=store)
 
 
 def test_a_layer_that_does_not_match_its_diff_id_is_refused(busybox):
@@ -61,10 +62,10 @@ def test_a_gzip_layer_is_checked_against_its_diff_id(busybox):
     desc, diff_id = busybox.add_layer_dir(d / "rootfs")
     raw = busybox.blob_path(desc.digest).read_bytes()
     gz = busybox.put_bytes(gzip.compress(raw, mtime=0), st.LAYER_GZIP)
-    good = busybox.commit("gz-good", [(gz, diff_id)], [{"created_by": "gz"}])
+    good = mutate.commit("gz-good", [(gz, diff_id)], [{"created_by": "gz"}], store=busybox)
     assert (snapshot.unpack("gz-good", busybox)[0] / "hello").read_text() == "hi\n"
     bad_diff = digest.of_bytes(b"something else")
-    busybox.commit("gz-bad", [(gz, bad_diff)], [{"created_by": "gz"}], base=busybox.image("busybox"))
+    mutate.commit("gz-bad", [(gz, bad_diff)], [{"created_by": "gz"}], base=busybox.image("busybox"), store=busybox)
     with pytest.raises(digest.DigestError, match="DiffID"):
         snapshot.unpack("gz-bad", busybox)
     assert not snapshot.of(busybox).exists(busybox.image("gz-bad").chain_ids[-1])

@@ -7,6 +7,7 @@ import pytest
 
 from labkit import lab, overlay, snapshot
 from labkit.image import digest, store as st
+from labkit.image import mutate
 from labkit.image.store import StoreError
 from labkit.tree import read_tree, write_tree
 
@@ -36,8 +37,8 @@ def test_images_share_base_layers_and_rm_keeps_what_others_need(store):
     d = lab.scratch("share")
     write_tree(d / "app1", {"app": "one"})
     write_tree(d / "app2", {"app": "two"})
-    one = store.add_layer("busybox", d / "app1", "app1", "COPY app /app")
-    two = store.add_layer("busybox", d / "app2", "app2", "COPY app /app")
+    one = mutate.add_layer("busybox", d / "app1", "app1", "COPY app /app", store=store)
+    two = mutate.add_layer("busybox", d / "app2", "app2", "COPY app /app", store=store)
     assert one.layers[0] == two.layers[0] and one.layers[1] != two.layers[1]
     assert one.chain_ids[0] == two.chain_ids[0] and one.chain_ids[1] != two.chain_ids[1]
     assert [h["created_by"] for h in one.history] == ["busybox-static from the host", "COPY app /app"]
@@ -51,8 +52,8 @@ def test_same_content_same_image_digest(lab_root):
     s = st.Store()
     d = lab.scratch("same")
     write_tree(d / "r", {"x": "1"})
-    a = s.import_rootfs(d / "r", "a", created_by="import")
-    b = s.import_rootfs(d / "r", "b", created_by="import")
+    a = mutate.import_rootfs(d / "r", "a", created_by="import", store=s)
+    b = mutate.import_rootfs(d / "r", "b", created_by="import", store=s)
     assert a.manifest_desc.digest == b.manifest_desc.digest
 
 
@@ -104,7 +105,7 @@ def test_malformed_manifest_and_oversized_json(store, tmp_path):
 
 def test_wrong_digest_on_load_is_refused(store):
     out = lab.root() / "saved"
-    store.save("busybox", out, "v1")
+    store.save(out, "v1", "busybox")
     lay = st.Layout(out, create=False)
     layer_desc = store.image("busybox").layers[0]
     with open(lay.blob_path(layer_desc.digest), "ab") as f:
@@ -117,7 +118,7 @@ def test_wrong_digest_on_load_is_refused(store):
 
 def test_load_names_the_missing_tag(store):
     out = lab.root() / "saved"
-    store.save("busybox", out, "v1")
+    store.save(out, "v1", "busybox")
     with pytest.raises(StoreError, match="tags there: v1"):
         store.load(out, "v2")
     with pytest.raises(StoreError, match="not an OCI image layout"):
@@ -126,7 +127,7 @@ def test_load_names_the_missing_tag(store):
 
 def test_bad_names_are_refused(store):
     with pytest.raises(StoreError, match="not a valid image name"):
-        store.commit("Bad Name", [], [])
+        mutate.commit("Bad Name", [], [], store=store)
 
 
 # --- the real tools --------------------------------------------------------------------------------
@@ -155,9 +156,9 @@ def test_skopeo_copies_both_ways(store):
 def test_umoci_unpack_matches_labkit_flatten(store):
     d = lab.scratch("umoci")
     write_tree(d / "up", {"etc/motd": "layer two\n"})
-    store.add_layer("busybox", d / "up", "two", "echo > /etc/motd")
+    mutate.add_layer("busybox", d / "up", "two", "echo > /etc/motd", store=store)
     out = d / "layout"
-    store.save("two", out, "latest")
+    store.save(out, "latest", "two")
     subprocess.run(["umoci", "unpack", "--image", f"{out}:latest", str(d / "bundle")], check=True,
                    capture_output=True)
     flat = store.flatten("two", d / "flat")

@@ -5,6 +5,8 @@ import secrets
 
 from .. import lab
 from ..image import digest, layer, store as st
+from ..image import mutate
+from ..image.base import base_image
 from ..tree import read_tree, write_tree
 from . import exercise
 
@@ -20,7 +22,7 @@ def check_handmade(tar_path):
         yield False, "pass the path of your layer tar"
         return
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     dest = lab.scratch("03-ex-handmade-check")
     s.flatten("busybox", dest)
     layer.apply(tar_path, dest)
@@ -47,15 +49,15 @@ def check_chain_id(image, answer):
 def setup_secret_image(name: str = "leaky") -> st.Image:
     """An image whose second layer adds a token and whose third layer deletes it."""
     s = st.Store()
-    st.base_image(s)
+    base_image(s)
     d = lab.scratch("03-ex-secret")
     write_tree(d / "add", {"root/.token": secrets.token_hex(12) + "\n"})
-    s.add_layer("busybox", d / "add", name + "-build", "COPY .token /root/.token")
+    mutate.add_layer("busybox", d / "add", name + "-build", "COPY .token /root/.token", store=s)
     (d / "del").mkdir()
     write_tree(d / "del", {"root/": None})
     from .. import overlay
     overlay.make_whiteout(d / "del" / "root" / ".token")
-    img = s.add_layer(name + "-build", d / "del", name, "RUN rm /root/.token")
+    img = mutate.add_layer(name + "-build", d / "del", name, "RUN rm /root/.token", store=s)
     s.remove_ref(name + "-build")
     return img
 

@@ -15,7 +15,7 @@ def check_vfs_prediction(guess_mib, image: str = "lesson04/fat"):
     if guess_mib is None:
         yield False, "replace None with a number of MiB"
         return
-    measured = drivers.measure("vfs", st.Store(), image, 5)[-1].disk_bytes / 2**20
+    measured = drivers.measure("vfs", image, 5, store=st.Store())[-1].disk_bytes / 2**20
     ok = abs(float(guess_mib) - measured) <= 0.15 * measured
     yield ok, f"you said {guess_mib} MiB; the five copies use {measured:.0f} MiB" + (
         "" if ok else " (within 15% counts)")

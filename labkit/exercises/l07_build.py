@@ -19,7 +19,7 @@ def check_cache_order(dockerfile: str):
     (ctx / "app.py").write_text("print('v1')\n")
     build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True)
     (ctx / "app.py").write_text("print('v2')\n")
-    _, steps = build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True)
+    steps = build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True).steps
     slow = [s for s in steps if s.instruction.name == "RUN" and "slow" in s.instruction.args]
     copies = [s for s in steps if s.instruction.name == "COPY" and "app.py" in s.instruction.args]
     yield bool(slow) and bool(copies), "it has the slow RUN and the COPY of app.py" if slow and copies else \
@@ -31,7 +31,7 @@ def check_cache_order(dockerfile: str):
 
 
 @exercise("07.squash", "squash a leaked secret away", hints=[
-    "Squashing with `squash.squash(store, name, base, new)` keeps only the final tree's difference from base.",
+    "Squashing with `squash.squash(name, base, new, store=store)` keeps only the final tree's difference from base.",
     "After squashing onto busybox, no layer of the new image contains root/.token.",
 ])
 def check_squashed(name: str):

@@ -306,24 +306,6 @@ class Store(Layout):
                              f"images in the store: {have}; make one with labkit image import or load")
         return read_image(self, name, refs[name])
 
-    def commit(self, name: str, layers: list[tuple[Descriptor, str]], history: list[dict],
-               config: dict | None = None, base: Image | None = None) -> Image:
-        """Write config and manifest for ``base``'s layers plus ``layers`` [(descriptor, diff_id)]
-        and name the result. ``history`` entries are appended to the base's."""
-        check_name(name)
-        cfg = dict(base.config) if base else {"architecture": "amd64", "os": "linux", "created": EPOCH,
-                                              "config": {"Env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"]}}
-        if config:
-            cfg["config"] = {**cfg.get("config", {}), **config}
-        cfg["rootfs"] = {"type": "layers", "diff_ids": (base.diff_ids if base else []) + [d for _, d in layers]}
-        cfg["history"] = (base.history if base else []) + [{"created": EPOCH, **h} for h in history]
-        cfg_desc = self.put_json(cfg, CONFIG)
-        manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": cfg_desc.to_json(),
-                    "layers": [d.to_json() for d in (base.layers if base else [])] + [d.to_json() for d, _ in layers]}
-        m_desc = self.put_json(manifest, MANIFEST)
-        self.set_ref(name, m_desc)
-        return self.image(name)
-
     def add_layer_tar(self, tar: str | os.PathLike) -> tuple[Descriptor, str]:
         """Store a layer tar as a blob; returns (descriptor, DiffID). Uncompressed: they are equal."""
         layer.validate(tar)
@@ -345,18 +327,6 @@ class Store(Layout):
             return Descriptor(LAYER, info.diff_id, info.size), info.diff_id
         finally:
             tmp.unlink(missing_ok=True)
-
-    def import_rootfs(self, rootfs: str | os.PathLike, name: str, created_by: str = "",
-                      config: dict | None = None) -> Image:
-        """A one-layer image from a directory tree."""
-        desc, diff = self.add_layer_dir(rootfs)
-        return self.commit(name, [(desc, diff)], [{"created_by": created_by or f"import {Path(rootfs).name}"}],
-                           config=config)
-
-    def add_layer(self, base: str, directory: str | os.PathLike, name: str, created_by: str) -> Image:
-        """A new image: ``base``'s layers (shared, not copied) plus ``directory`` as a layer."""
-        desc, diff = self.add_layer_dir(directory)
-        return self.commit(name, [(desc, diff)], [{"created_by": created_by}], base=self.image(base))
 
     def remove(self, name: str) -> list[str]:
         """Drop a name, then every blob no other name needs; returns the freed digests."""
@@ -402,67 +372,36 @@ class Store(Layout):
         return dest
 
     # moving images between layouts
-    def save(self, name: str, directory: str | os.PathLike, tag: str) -> Path:
-        """Copy ``name`` into the OCI layout ``directory`` (made if missing) as ``tag``."""
-        img = self.image(name)
+    def save(self, directory: str | os.PathLike, tag: str, name: str) -> Path:
+        """Copy image ``name`` into the OCI layout ``directory`` (made if missing) as ``tag``."""
         dst = Layout(lab.inside(directory))
-        for desc in [*img.layers, img.config_desc, img.manifest_desc]:
-            if not dst.has_blob(desc.digest):
-                with self.open_blob(desc) as r:
-                    dst.put_blob(r, desc.media_type, expect=desc.digest)
-        dst.set_ref(tag, Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
+        copy(self, name, dst, tag)
         return dst.path
 
     def load(self, directory: str | os.PathLike, tag: str, name: str | None = None) -> Image:
         """Copy image ``tag`` of the OCI layout ``directory`` into the store as ``name``."""
-        src = Layout(directory, create=False)
-        refs = src.refs()
-        if tag not in refs:
-            raise StoreError(f"{directory} has no image tagged {tag!r}",
-                             f"tags there: {', '.join(sorted(refs)) or 'none'}")
-        img = read_image(src, tag, Descriptor(refs[tag].media_type, refs[tag].digest, refs[tag].size))
-        for desc in [*img.layers, img.config_desc, img.manifest_desc]:
-            if not self.has_blob(desc.digest):
-                with src.open_blob(desc) as r:
-                    self.put_blob(r, desc.media_type, expect=desc.digest)
-        for desc in img.layers:
-            layer.validate(self.open_layer(desc))
-        self.set_ref(check_name(name or tag), Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
-        return self.image(name or tag)
+        def safe_layers(img: Image) -> None:        # before the name appears in index.json
+            for d in img.layers:
+                layer.validate(self.open_layer(d))
+        img = copy(Layout(directory, create=False), tag, self, check_name(name or tag), check=safe_layers)
+        return self.image(img.name)
 
 
-# --- the offline base image ------------------------------------------------------------------
-BUSYBOX = "/bin/busybox"
-
-
-def busybox_rootfs(dest: str | os.PathLike) -> Path:
-    """A minimal root filesystem from the host's static busybox: /bin/busybox, a symlink
-    per applet, /etc/passwd and group, and the usual empty directories."""
-    import subprocess
-    if not Path(BUSYBOX).is_file():
-        raise StoreError(f"{BUSYBOX} is missing", "apt-get install busybox-static (scripts/provision.sh does it)")
-    d = lab.fresh_dir(dest)
-    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "var", "home"):
-        (d / sub).mkdir()
-    os.chmod(d / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, d / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for a in applets:
-        if a != "busybox" and "/" not in a:
-            (d / "bin" / a).symlink_to("busybox")
-    (d / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-    (d / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    return d
-
-
-def base_image(store: Store | None = None, name: str = "busybox") -> Image:
-    """The lab's offline base image (made from busybox-static on first use)."""
-    store = store or Store()
-    if name in store.refs():
-        return store.image(name)
-    rootfs = busybox_rootfs(lab.root() / "tmp" / "busybox-rootfs")
-    try:
-        return store.import_rootfs(rootfs, name, created_by="busybox-static from the host",
-                                   config={"Cmd": ["/bin/sh"], "WorkingDir": "/"})
-    finally:
-        lab.remove_tree(rootfs)
+def copy(src: Layout, src_name: str, dst: Layout, dst_name: str, check=None) -> Image:
+    """Copy image ``src_name`` of layout ``src`` into layout ``dst`` as ``dst_name`` (what
+    ``skopeo copy oci:A:x oci:B:y`` does): each blob ``dst`` lacks, verified as it is read,
+    then ``check(image)`` if given, and only then the name."""
+    refs = src.refs()
+    if src_name not in refs:
+        raise StoreError(f"{src.path} has no image tagged {src_name!r}",
+                         f"tags there: {', '.join(sorted(refs)) or 'none'}")
+    d = refs[src_name]
+    img = read_image(src, src_name, Descriptor(d.media_type, d.digest, d.size))
+    for desc in [*img.layers, img.config_desc, img.manifest_desc]:
+        if not dst.has_blob(desc.digest):
+            with src.open_blob(desc) as r:
+                dst.put_blob(r, desc.media_type, expect=desc.digest)
+    if check:
+        check(img)
+    dst.set_ref(dst_name, Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
+    return Image(dst_name, img.manifest_desc, img.manifest, img.config)

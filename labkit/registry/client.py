@@ -3,8 +3,8 @@ parallel, each verified by its sha256; an interrupted layer resumes with a Range
 a failed layer is retried alone. Push goes layers, config, manifest, skipping blobs the
 registry has. httpx does HTTP; what this module adds is the protocol.
 
-    pull(store, "127.0.0.1:5000/lab/busybox:v1", name="busybox-copy", parallel=4)
-    push(store, "busybox", "127.0.0.1:5000/lab/busybox:v1")
+    pull("127.0.0.1:5000/lab/busybox:v1", name="busybox-copy", parallel=4)
+    push("busybox", "127.0.0.1:5000/lab/busybox:v1")
 
 Every request is appended to ``trace`` (if given) with its start and end time, which is what
 the lesson's timeline (Gantt chart) draws.
@@ -107,12 +107,14 @@ def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
 
 
 # --- pull ----------------------------------------------------------------------------------
-def pull(store: st.Store, ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
+def pull(ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
          trace: list | None = None, retries: int = 3, transport: httpx.BaseTransport | None = None,
-         progress: bool = False) -> st.Image:
-    """Pull ``ref`` into ``store`` as ``name``. ``parallel=1`` is the v1-style serial pull.
+         progress: bool = False, *, store: st.Store | None = None) -> st.Image:
+    """Pull ``ref`` into ``store`` (the lab's by default) as ``name``. ``parallel=1`` is the
+    v1-style serial pull.
     ``progress``: one tqdm bar per blob (a widget in Jupyter, text in a terminal)."""
     r = Ref.parse(ref)
+    store = store or st.Store()
     s = Session(r.host, user, password, trace, transport)
     try:
         body, manifest, cfg, layers = _manifest(s, r)
@@ -246,11 +248,12 @@ def _hash_of(path: Path):
 
 
 # --- push ----------------------------------------------------------------------------------
-def push(store: st.Store, name: str, ref: str, user=None, password=None, trace: list | None = None,
-         chunk: int = 4 << 20, mount_from: str | None = None) -> str:
-    """Push image ``name`` to ``ref``: blobs the registry lacks (chunked), then the manifest.
-    Returns the manifest digest."""
+def push(name: str, ref: str, user=None, password=None, trace: list | None = None,
+         chunk: int = 4 << 20, mount_from: str | None = None, *, store: st.Store | None = None) -> str:
+    """Push image ``name`` of ``store`` (the lab's by default) to ``ref``: blobs the registry
+    lacks (chunked), then the manifest. Returns the manifest digest."""
     r = Ref.parse(ref)
+    store = store or st.Store()
     s = Session(r.host, user, password, trace)
     try:
         img = store.image(name)

@@ -133,17 +133,17 @@ def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float 
     def inside():
         srv, near, far = across(Slow(Registry(root), delay), rate)
         try:
-            client.push(image_store, name, f"{srv.address}/lab/timeline:v1")
+            client.push(name, f"{srv.address}/lab/timeline:v1", store=image_store)
             out = Timeline({}, near, far)
             for par in layers_parallel:
                 trace = []
-                client.pull(image_store, f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
-                            parallel=par, trace=trace)
+                client.pull(f"{srv.address}/lab/timeline:v1", name=f"timeline-{par}",
+                            parallel=par, trace=trace, store=image_store)
                 image_store.remove_ref(f"timeline-{par}")
                 out.pulls[par] = trace
             return out
         finally:
-            srv.stop()
+            srv.close()
     return sandbox.run(inside, namespaces=("net",), timeout=300)
 
 
@@ -152,7 +152,7 @@ class Cut(httpx.BaseTransport):
     the body of the first ``GET .../blobs/<blob>`` stops after ``after`` bytes with a read
     error, as a cable pulled out would. Everything else passes through untouched.
 
-        client.pull(store, ref, transport=link.Cut(layer.digest, 256 << 10))
+        client.pull(ref, transport=link.Cut(layer.digest, 256 << 10), store=store)
     """
 
     def __init__(self, blob: str, after: int):

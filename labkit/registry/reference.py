@@ -3,7 +3,7 @@
 started the same way (`labkit registry serve`), so each can be measured apart from its client.
 
     with reference.docker_registry(lab.root() / "docker-registry") as address:
-        client.push(store, "busybox", f"{address}/lab/busybox:v1")
+        client.push("busybox", f"{address}/lab/busybox:v1", store=store)
 """
 from __future__ import annotations
 

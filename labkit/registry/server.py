@@ -336,7 +336,7 @@ class Server:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self._srv.shutdown()
         self._srv.server_close()
 
@@ -344,7 +344,7 @@ class Server:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
 def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:

@@ -106,7 +106,7 @@ picture
 # %%
 red = [line for line in picture.source.splitlines() if "#c62828" in line]
 assert len(red) == 2 and all("3 ->" in line for line in red)   # parent3 and child3 edges only
-child.exit()
+child.close()
 
 # %% [markdown]
 # ## 4. N writes cost about N minor faults

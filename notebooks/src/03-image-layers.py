@@ -24,12 +24,14 @@
 # %%
 import io, json, os, shutil, subprocess, tarfile, hashlib
 from labkit import lab, overlay, snapshot, tree, viz
-from labkit.image import digest, layer, store as st, waste
+from labkit.image import digest, layer, waste, mutate
+from labkit.image.store import Store
+from labkit.image.base import base_image
 from labkit.exercises import hint, l03_layers as ex
 
 home = lab.scratch("03-image-layers")
-store = st.Store()
-base = st.base_image(store)
+store = Store()
+base = base_image(store)
 print(f"base image {base.name!r}: {len(base.layers)} layer, {len(base.history)} history entry")
 
 # %% [markdown]
@@ -149,8 +151,8 @@ assert info.diff_id == again1.diff_id == again2.diff_id and real.diff_id != info
 
 # %% tags=["nbval-ignore-output"]
 desc, diff = store.add_layer_tar(home / "layer.tar")
-app = store.commit("lesson03/app", [(desc, diff)], [{"created_by": "RUN add app, change passwd, rm vi, new home"}],
-                   base=store.image("busybox"))
+app = mutate.commit("lesson03/app", [(desc, diff)], [{"created_by": "RUN add app, change passwd, rm vi, new home"}],
+                   base=store.image("busybox"), store=store)
 print(json.dumps(app.manifest, indent=1)[:600])
 print("config.rootfs:", json.dumps(app.config["rootfs"], indent=1))
 print("ChainIDs:", [c[:19] + "…" for c in app.chain_ids])
@@ -173,7 +175,7 @@ inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{store.path}:l
                                       capture_output=True, text=True, check=True).stdout)
 assert inspected["Layers"] == app.diff_ids and inspected["Digest"] == app.manifest_desc.digest
 bundle = home / "bundle"
-subprocess.run(["umoci", "unpack", "--image", f"{store.save('lesson03/app', home / 'layout', 'v1')}:v1", str(bundle)],
+subprocess.run(["umoci", "unpack", "--image", f"{store.save(home / 'layout', 'v1', 'lesson03/app')}:v1", str(bundle)],
                check=True, capture_output=True)
 assert tree.read_tree(bundle / "rootfs") == expected_tree          # umoci agrees with labkit
 
@@ -187,9 +189,9 @@ assert tree.read_tree(bundle / "rootfs") == expected_tree          # umoci agree
 tree.write_tree(home / "web", {"srv/index.html": "<h1>web</h1>\n"})
 tree.write_tree(home / "api", {"srv/api.py": "print('api')\n"})
 tree.write_tree(home / "web2", {"srv/style.css": "h1 {}\n"})
-web = store.add_layer("busybox", home / "web", "lesson03/web", "COPY index.html /srv/")
-api = store.add_layer("busybox", home / "api", "lesson03/api", "COPY api.py /srv/")
-web2 = store.add_layer("lesson03/web", home / "web2", "lesson03/web-styled", "COPY style.css /srv/")
+web = mutate.add_layer("busybox", home / "web", "lesson03/web", "COPY index.html /srv/", store=store)
+api = mutate.add_layer("busybox", home / "api", "lesson03/api", "COPY api.py /srv/", store=store)
+web2 = mutate.add_layer("lesson03/web", home / "web2", "lesson03/web-styled", "COPY style.css /srv/", store=store)
 family = [app, web, api, web2]
 logical = sum(img.size for img in family)
 stored = sum({d.digest: d.size for img in family for d in img.layers}.values())
@@ -220,10 +222,10 @@ steps = [("COPY data.bin /data.bin", {"data.bin": 8 << 20}),
 prev = "busybox"
 for i, (step, spec) in enumerate(steps):
     tree.write_tree(home / f"step{i}", spec)
-    prev = store.add_layer(prev, home / f"step{i}", f"lesson03/fat{i}", step).name
+    prev = mutate.add_layer(prev, home / f"step{i}", f"lesson03/fat{i}", step, store=store).name
 (home / "step3" / "root").mkdir(parents=True)
 overlay.make_whiteout(home / "step3" / "root" / "credentials")
-fat = store.add_layer(prev, home / "step3", "lesson03/fat", "RUN rm /root/credentials")
+fat = mutate.add_layer(prev, home / "step3", "lesson03/fat", "RUN rm /root/credentials", store=store)
 report = waste.analyse(store, "lesson03/fat")
 for w in report.wasted:
     print(f"{w.path:<18} {w.size:>9} bytes in layer {w.layer}, {w.why}")

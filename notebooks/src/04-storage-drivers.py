@@ -24,14 +24,16 @@
 # %%
 import os, subprocess
 from labkit import lab, drivers, tree, viz
-from labkit.image import store as st
+from labkit.image.store import Store
+from labkit.image import mutate
+from labkit.image.base import base_image
 from labkit.exercises import hint, l04_drivers as ex
 
 home = lab.scratch("04-storage-drivers")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 tree.write_tree(home / "data", {"data/blob": 64 << 20})           # a 64 MiB file, so sizes show
-fat = store.add_layer("busybox", home / "data", "lesson04/fat", "COPY blob /data/blob")
+fat = mutate.add_layer("busybox", home / "data", "lesson04/fat", "COPY blob /data/blob", store=store)
 print(f"image lesson04/fat: {len(fat.layers)} layers, the top one {fat.layers[-1].size >> 20} MiB")
 
 # %% [markdown]
@@ -99,7 +101,7 @@ assert lab.entries() == []          # the mount and the loop device are gone
 # time and the disk used.
 
 # %% tags=["nbval-ignore-output"]
-costs = {name: drivers.measure(name, store, "lesson04/fat", 8) for name in drivers.DRIVERS}
+costs = {name: drivers.measure(name, "lesson04/fat", 8, store=store) for name in drivers.DRIVERS}
 print(f"{'driver':<8} {'N':>2} {'time (ms)':>10} {'disk (MiB)':>11}")
 for name, rows in costs.items():
     for c in (rows[0], rows[-1]):
@@ -124,7 +126,7 @@ assert costs["vfs"][-1].seconds > costs["overlay"][-1].seconds
 # snapshot shares extents, and only the block written is copied. vfs paid in advance.
 
 # %% tags=["nbval-ignore-output"]
-grown = {name: drivers.one_byte_write(name, store, "lesson04/fat", "data/blob") for name in drivers.DRIVERS}
+grown = {name: drivers.one_byte_write(name, "lesson04/fat", "data/blob", store=store) for name in drivers.DRIVERS}
 for name, b in grown.items():
     print(f"{name:<8} disk grew by {b / 2**20:8.3f} MiB")
 

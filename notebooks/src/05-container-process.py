@@ -24,12 +24,13 @@
 # %%
 import os, socket
 from labkit import lab, ns, procfs, roots, sandbox, cgroups, container, viz, widgets
-from labkit.image import store as st
+from labkit.image.store import Store
+from labkit.image.base import base_image
 from labkit.exercises import hint, l05_process as ex
 
 home = lab.scratch("05-container-process")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 print("namespace types:", ", ".join(ns.TYPES))
 
 # %% [markdown]
@@ -70,7 +71,7 @@ viz.namespace_graph({"notebook": mine, f"process {p.pid}": theirs})
 # %%
 g = viz.namespace_graph({"notebook": mine, "process": theirs}).source
 assert g.count("#f7cfcf") == 10 and g.count("#cfe3f7") == 2   # 5 new types x 2 processes; user, cgroup shared
-p.stop()
+p.close()
 
 # %% [markdown]
 # **Try it.** Tick namespace types and start a process; the picture shows what it shares.

@@ -28,12 +28,14 @@
 # %%
 import os, tarfile
 from labkit import lab, overlay, container, tree, viz, widgets
-from labkit.image import store as st, waste
+from labkit.image import waste
+from labkit.image.store import Store
+from labkit.image.base import base_image
 from labkit.exercises import hint, l06_rootfs as ex
 
 home = lab.scratch("06-container-rootfs")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 script = ("echo 'hello from the container' > /etc/motd; rm /bin/vi; "
           "echo 'kept on the host' > /data/notes.txt; echo tmp > /scratch/t; cat /etc/hostname")
 c, r = container.run("busybox", ["/bin/sh", "-c", script], hostname="web1", name="lesson06-web",

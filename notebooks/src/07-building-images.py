@@ -24,13 +24,15 @@
 # %%
 import os, time, tarfile
 from labkit import lab, build, snapshot, squash, container, viz, widgets
-from labkit.image import store as st, waste
+from labkit.image import waste
+from labkit.image.store import Store
+from labkit.image.base import base_image
 from labkit.tree import write_tree, read_tree
 from labkit.exercises import hint, l07_build as ex
 
 home = lab.scratch("07-building-images")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 ctx = write_tree(home / "ctx", {"hello.txt": "hello from COPY\n", "site/index.html": "<h1>hi</h1>\n"})
 dockerfile = """\
 FROM busybox
@@ -54,7 +56,8 @@ _ = (ctx / "Dockerfile").write_text(dockerfile)
 # the config.
 
 # %% tags=["nbval-ignore-output"]
-img, steps = build.build(ctx, "lesson07/app")
+built = build.build(ctx, "lesson07/app")
+img, steps = built.image, built.steps
 
 # %%
 made = [s for s in steps if s.layer]
@@ -116,14 +119,15 @@ sn.remove("by-hand/view"); sn.remove("by-hand/committed")
 
 # %% tags=["nbval-ignore-output"]
 t = time.perf_counter()
-again, steps2 = build.build(ctx, "lesson07/app")
+built = build.build(ctx, "lesson07/app")
+again, steps2 = built.image, built.steps
 warm = time.perf_counter() - t
 print(f"rebuild: {warm:.2f} s")
 
 # %%
 assert all(s.cached for s in steps2 if s.layer) and again.manifest_desc.digest == img.manifest_desc.digest
 (ctx / "site" / "index.html").write_text("<h1>changed</h1>\n")
-_, steps3 = build.build(ctx, "lesson07/app", quiet=True)
+steps3 = build.build(ctx, "lesson07/app", quiet=True).steps
 print([(s.instruction.name, "CACHED" if s.cached else "ran") for s in steps3 if s.layer])
 assert [s.cached for s in steps3 if s.layer] == [True, False, False, False]
 
@@ -143,7 +147,7 @@ assert half.layers == store.image("lesson07/app").layers[:len(half.layers)]
 # `base`; the config stays the one of the last step:
 
 # %%
-compressed, _ = build.build(ctx, "lesson07/compressed", dockerfile + "COMPRESS busybox\n", quiet=True)
+compressed = build.build(ctx, "lesson07/compressed", dockerfile + "COMPRESS busybox\n", quiet=True).image
 print(len(compressed.layers), "layers;", compressed.history[-1]["created_by"])
 assert len(compressed.layers) == 2 and compressed.config["config"]["Cmd"] == ["cat", "/app/run.txt"]
 assert read_tree(store.flatten("lesson07/compressed", home / "c1")) == read_tree(store.flatten("lesson07/app", home / "c2"))
@@ -157,8 +161,8 @@ assert read_tree(store.flatten("lesson07/compressed", home / "c1")) == read_tree
 # tars they give **the same layer, byte for byte**:
 
 # %%
-a = squash.squash(store, "lesson07/app", "busybox", "lesson07/sq-merge", "merge")
-b = squash.squash(store, "lesson07/app", "busybox", "lesson07/sq-diff", "diff")
+a = squash.squash("lesson07/app", "busybox", "lesson07/sq-merge", "merge", store=store)
+b = squash.squash("lesson07/app", "busybox", "lesson07/sq-diff", "diff", store=store)
 print("same layer digest:", a.layers[-1].digest == b.layers[-1].digest)
 print([mm.name for mm in tarfile.open(store.open_layer(b.layers[-1]))])
 
@@ -172,7 +176,7 @@ assert read_tree(store.flatten("lesson07/sq-merge", home / "s1")) == read_tree(s
 # one before):
 
 # %% tags=["nbval-ignore-output"]
-rows = [squash.measure(store, n) for n in (2, 6, 12, 24)]
+rows = [squash.measure(n, store=store) for n in (2, 6, 12, 24)]
 for r_ in rows:
     print(f"{r_['layers']:>3} layers: merge {r_['merge']:.2f} s, diff {r_['diff']:.2f} s, same digest {r_['merge_digest'] == r_['diff_digest']}")
 fig = viz.squash_plot(rows)
@@ -221,9 +225,9 @@ assert "app/hello.txt" in [mm.name for mm in waste.layer_entries(store, "lesson0
 # %%
 build.toolchain_image()
 cc = write_tree(home / "cc", {"hello.c": '#include <stdio.h>\nint main(void) { puts("hello from the last layer"); return 0; }\n'})
-built, _ = build.build(cc, "lesson07/hello-build",
+built = build.build(cc, "lesson07/hello-build",
                        "FROM lab/toolchain\nCOPY hello.c /src/\nRUN mkdir -p /out && gcc -O2 -static -o /out/hello /src/hello.c\n",
-                       quiet=True)
+                       quiet=True).image
 last = waste.layer_entries(store, "lesson07/hello-build")[-1]
 print("the last layer holds:", [mm.name for mm in last])
 binary = home / "hello"
@@ -275,7 +279,7 @@ ex.check_squashed(my_image)
 # <details><summary>Solution</summary>
 #
 # ```python
-# squash.squash(store, "lesson07/leaky", "busybox", "lesson07/clean")
+# squash.squash("lesson07/leaky", "busybox", "lesson07/clean", store=store)
 # my_image = "lesson07/clean"
 # ```
 # </details>

@@ -25,17 +25,19 @@
 import json, os, httpx
 from pathlib import Path
 from labkit import lab, tree, viz
-from labkit.image import store as st, digest as dg
+from labkit.image import digest as dg, mutate
+from labkit.image.store import MANIFEST, Store
+from labkit.image.base import base_image
 from labkit.registry import server, client, auth, link
 from labkit.exercises import hint, l08_registry as ex
 
 home = lab.scratch("08-registries")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 prev = "busybox"
 for i in range(4):
     tree.write_tree(home / f"l{i}", {f"layer{i}/data": 512 << 10})
-    prev = store.add_layer(prev, home / f"l{i}", f"lesson08/img{i}", f"COPY data {i}").name
+    prev = mutate.add_layer(prev, home / f"l{i}", f"lesson08/img{i}", f"COPY data {i}", store=store).name
 image = prev
 log = []
 reg = server.serve(home / "registry", log=log)
@@ -50,7 +52,7 @@ print(f"a registry on 127.0.0.1 (port {'free' if reg.port else '?'}); image {ima
 
 # %% tags=["nbval-ignore-output"]
 trace = []
-client.push(store, image, f"{reg.address}/lab/app:v1", trace=trace)
+client.push(image, f"{reg.address}/lab/app:v1", trace=trace, store=store)
 for e in trace:
     print(f"{e.method:<6} {e.status}  {e.what}")
 
@@ -67,7 +69,7 @@ assert [w for m, w in methods if m == "PUT"][-2] == "finish config"
 # %%
 doc = json.loads(store.open_blob(store.image(image).manifest_desc).read())
 r = httpx.put(f"http://{reg.address}/v2/lab/empty/manifests/v1", content=json.dumps(doc),
-              headers={"Content-Type": st.MANIFEST})
+              headers={"Content-Type": MANIFEST})
 print(r.status_code, r.json()["errors"][0]["code"])
 assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
 
@@ -76,7 +78,7 @@ assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_
 
 # %%
 again = []
-client.push(store, image, f"{reg.address}/lab/app:v1", trace=again)
+client.push(image, f"{reg.address}/lab/app:v1", trace=again, store=store)
 print([e.method for e in again])
 assert [e.method for e in again] == ["HEAD"] * 6 + ["PUT"]      # 5 layers, the config, then the manifest
 
@@ -88,7 +90,7 @@ assert [e.method for e in again] == ["HEAD"] * 6 + ["PUT"]      # 5 layers, the 
 
 # %% tags=["nbval-ignore-output"]
 trace = []
-pulled = client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/pulled", parallel=4, trace=trace)
+pulled = client.pull(f"{reg.address}/lab/app:v1", name="lesson08/pulled", parallel=4, trace=trace, store=store)
 for e in trace:
     print(f"{e.method:<4} {e.status}  {e.what:<12} {e.bytes:>8} bytes")
 
@@ -107,7 +109,7 @@ blob = home / "registry" / "blobs" / "sha256" / dg.encoded(top.digest)
 good = blob.read_bytes()
 blob.write_bytes(good[:1000] + bytes([good[1000] ^ 1]) + good[1001:])
 try:
-    client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/tampered", retries=0)
+    client.pull(f"{reg.address}/lab/app:v1", name="lesson08/tampered", retries=0, store=store)
     caught = None
 except client.RegistryError as e:
     caught = str(e)
@@ -128,8 +130,8 @@ assert caught and "arrived as" in caught and "lesson08/tampered" not in store.re
 
 # %% tags=["nbval-ignore-output"]
 trace = []
-client.pull(store, f"{reg.address}/lab/app:v1", name="lesson08/resumed", trace=trace,
-            transport=link.Cut(store.image(image).layers[-1].digest, 256 << 10))
+client.pull(f"{reg.address}/lab/app:v1", name="lesson08/resumed", trace=trace,
+            transport=link.Cut(store.image(image).layers[-1].digest, 256 << 10), store=store)
 for e in trace:
     print(f"{e.status:>4}  {e.what}")
 
@@ -152,14 +154,14 @@ users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
 secure = server.serve(home / "registry-auth", auth=auth.TokenAuth(users, anonymous_pull=True))
 r = httpx.get(f"http://{secure.address}/v2/lab/app/tags/list")
 print(r.status_code, r.headers["WWW-Authenticate"].replace(secure.address, "HOST"))
-client.push(store, image, f"{secure.address}/lab/app:v1", user="alice", password="secret")
+client.push(image, f"{secure.address}/lab/app:v1", user="alice", password="secret", store=store)
 try:
-    client.push(store, image, f"{secure.address}/lab/other:v1")
+    client.push(image, f"{secure.address}/lab/other:v1", store=store)
     anonymous_push = "allowed"
 except client.RegistryError:
     anonymous_push = "refused"
 print("anonymous push:", anonymous_push, "| anonymous pull:",
-      client.pull(store, f"{secure.address}/lab/app:v1", name="lesson08/anon").name)
+      client.pull(f"{secure.address}/lab/app:v1", name="lesson08/anon", store=store).name)
 
 # %%
 assert r.status_code == 401 and 'scope="repository:lab/app:pull"' in r.headers["WWW-Authenticate"]
@@ -181,7 +183,7 @@ assert anonymous_push == "refused"
 prev8 = "busybox"
 for i in range(8):
     tree.write_tree(home / f"m{i}", {f"part{i}/data": 1 << 20})
-    prev8 = store.add_layer(prev8, home / f"m{i}", f"lesson08/eight{i}", f"COPY part {i}").name
+    prev8 = mutate.add_layer(prev8, home / f"m{i}", f"lesson08/eight{i}", f"COPY part {i}", store=store).name
 latency = link.timeline(home / "registry-tl", store, prev8, layers_parallel=(1, 4), delay=0.05, rate=None)
 print("client side:", latency.client.addresses, "\nserver side:", latency.server.addresses)
 viz.link_graph(latency.client, latency.server, delay=0.05)
@@ -263,7 +265,7 @@ ex.check_resume_header(my_header)
 # ## Clean up
 
 # %%
-reg.stop(); secure.stop()
+reg.close(); secure.close()
 for name in [n for n in store.refs() if n.startswith("lesson08/")]:
     store.remove_ref(name)
 store.gc()

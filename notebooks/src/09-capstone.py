@@ -26,13 +26,14 @@
 # %%
 import json, os, subprocess, tarfile
 from labkit import lab, build, container, snapshot, squash, viz, widgets, tree
-from labkit.image import store as st
+from labkit.image.store import Store
+from labkit.image.base import base_image
 from labkit.registry import server, client
 from labkit.exercises import hint, progress, l09_capstone as ex
 
 home = lab.scratch("09-capstone")
-store = st.Store()
-st.base_image(store)
+store = Store()
+base_image(store)
 ctx = tree.write_tree(home / "ctx", {"greet.sh": '#!/bin/sh\necho "hello from $(cat /app/version) on $(hostname)"\n'})
 dockerfile = """\
 FROM busybox
@@ -57,7 +58,8 @@ def sh(*argv: str) -> str:
 # Each step that changes files adds one layer on top of busybox's; `CMD` only changes the config.
 
 # %% tags=["nbval-ignore-output"]
-v1, steps = build.build(ctx, "capstone/v1", dockerfile)
+built = build.build(ctx, "capstone/v1", dockerfile)
+v1, steps = built.image, built.steps
 stages.append(("built capstone/v1", f"{len(v1.layers)} layers", "Dockerfile"))
 
 # %%
@@ -70,7 +72,7 @@ assert v1.config["config"]["Cmd"] == ["/app/greet.sh"]
 # reads the history every step left.
 
 # %% tags=["nbval-ignore-output"]
-layout = store.save("capstone/v1", home / "layout-v1", "v1")
+layout = store.save(home / "layout-v1", "v1", "capstone/v1")
 local = json.loads(sh("skopeo", "inspect", f"oci:{layout}:v1"))
 print(sh("umoci", "stat", "--image", f"{layout}:v1"))
 
@@ -89,11 +91,11 @@ assert local["Layers"] == [d.digest for d in v1.layers]
 # %% tags=["nbval-ignore-output"]
 reg = server.serve(home / "registry")
 first = []
-client.push(store, "capstone/v1", f"{reg.address}/course/app:v1", trace=first)
+client.push("capstone/v1", f"{reg.address}/course/app:v1", trace=first, store=store)
 for e in first:
     print(f"{e.method:6} {e.what:22} {e.status}")
 base_push = []
-client.push(store, "busybox", f"{reg.address}/course/busybox:latest", trace=base_push, mount_from="course/app")
+client.push("busybox", f"{reg.address}/course/busybox:latest", trace=base_push, mount_from="course/app", store=store)
 remote = json.loads(sh("skopeo", "inspect", "--tls-verify=false", f"docker://{reg.address}/course/app:v1"))
 stages.append(("registry course/app:v1", f"manifest {remote['Digest'][7:19]}", "push"))
 
@@ -112,10 +114,10 @@ assert [e.what for e in base_push if e.method == "PATCH"][0].startswith("config"
 # unpacked, and unpacks each layer again (checking it against its DiffID) under the same ChainIDs.
 
 # %% tags=["nbval-ignore-output"]
-fresh = st.Store(home / "second-store")
+fresh = Store(home / "second-store")
 assert fresh.refs() == {}
-pulled = client.pull(fresh, f"{reg.address}/course/app:v1", name="capstone/pulled", parallel=4)
-client.pull(fresh, f"{reg.address}/course/busybox:latest", name="busybox")
+pulled = client.pull(f"{reg.address}/course/app:v1", name="capstone/pulled", parallel=4, store=fresh)
+client.pull(f"{reg.address}/course/busybox:latest", name="busybox", store=fresh)
 print(pulled.manifest_desc.digest, *[c[7:19] for c in pulled.chain_ids])
 stages.append(("second store", "capstone/pulled", "pull"))
 
@@ -181,7 +183,7 @@ assert not any(n.startswith("etc/") for n in names)            # the init layer 
 # history are not.
 
 # %% tags=["nbval-ignore-output"]
-sq = squash.squash(fresh, "capstone/v2", "busybox", "capstone/v2-squashed")
+sq = squash.squash("capstone/v2", "busybox", "capstone/v2-squashed", store=fresh)
 print(f"v2: {len(v2.layers)} layers, {v2.size} bytes; squashed: {len(sq.layers)} layers, {sq.size} bytes")
 stages.append(("capstone/v2-squashed", f"{len(sq.layers)} layers", "squash"))
 
@@ -199,7 +201,7 @@ assert sq.layers[0] == fresh.image("busybox").layers[0]
 
 # %% tags=["nbval-ignore-output"]
 second = []
-client.push(fresh, "capstone/v2-squashed", f"{reg.address}/course/app:v2", trace=second)
+client.push("capstone/v2-squashed", f"{reg.address}/course/app:v2", trace=second, store=fresh)
 for e in second:
     print(f"{e.method:6} {e.what:22} {e.status}")
 stages.append(("registry course/app:v2", f"{sum(e.method == 'PATCH' for e in second)} blobs sent", "push"))
@@ -306,7 +308,7 @@ assert "09.limit" in ids and "09.upload" in ids and ids == sorted(ids, key=lambd
 # ## Clean up
 
 # %%
-reg.stop()
+reg.close()
 for s_ in (store, fresh):
     for name in [n for n in s_.refs() if n.startswith("capstone/")]:
         s_.remove_ref(name)
