@@ -71,67 +71,84 @@ def _oci_ref(value: str) -> tuple[str, str]:
     return path, tag
 
 
-def cmd_image(args) -> int:
-    import json
-    from .image import store as st
+def _store():
+    from .image.store import Store
+    return Store()
+
+
+def cmd_image_ls(args) -> int:
+    print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
+    for img in _store().images():
+        print(f"{img.name:<24} {img.manifest_desc.digest[7:19]:<19} {len(img.layers):>6} {img.size:>10}")
+    return 0
+
+
+def cmd_image_history(args) -> int:
+    img = _store().image(args.name)
+    layers = iter(zip(img.layers, img.diff_ids))
+    print(f"{'LAYER':<14} {'SIZE':>10}  CREATED BY")
+    for h in img.history:
+        if h.get("empty_layer"):
+            print(f"{'<none>':<14} {0:>10}  {h.get('created_by', '')}")
+        else:
+            desc, diff = next(layers, (None, None))
+            print(f"{(diff or '?')[7:19]:<14} {desc.size if desc else 0:>10}  {h.get('created_by', '')}")
+    return 0
+
+
+def cmd_image_inspect(args) -> int:
+    img = _store().image(args.name)
+    print(json.dumps({"name": img.name, "digest": img.manifest_desc.digest, "manifest": img.manifest,
+                      "config": img.config, "chain_ids": img.chain_ids}, indent=2))
+    return 0
+
+
+def cmd_image_rm(args) -> int:
+    freed = _store().remove(args.name)
+    print(f"removed {args.name}; {len(freed)} blob(s) no other image used were deleted")
+    return 0
+
+
+def cmd_image_save(args) -> int:
+    path, tag = _oci_ref(args.oci)
+    print(f"saved {args.name} to {_store().save(path, tag, args.name)} as {tag}")
+    return 0
+
+
+def cmd_image_load(args) -> int:
+    path, tag = _oci_ref(args.oci)
+    img = _store().load(path, tag, args.tag)
+    print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
+    return 0
+
+
+def cmd_image_squash(args) -> int:
+    from . import squash
+    img = squash.squash(args.name, args.onto, args.tag, args.method)
+    print(f"{img.name}: {len(img.layers)} layers ({args.onto}'s plus one); history of the squashed steps is gone")
+    return 0
+
+
+def cmd_image_import(args) -> int:
     from .image import mutate
     from .image.base import base_image
-    s = st.Store()
-    if args.action == "ls":
-        print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
-        for img in s.images():
-            print(f"{img.name:<24} {img.manifest_desc.digest[7:19]:<19} {len(img.layers):>6} {img.size:>10}")
-    elif args.action == "history":
-        img = s.image(args.name)
-        layers = iter(zip(img.layers, img.diff_ids))
-        print(f"{'LAYER':<14} {'SIZE':>10}  CREATED BY")
-        for h in img.history:
-            if h.get("empty_layer"):
-                print(f"{'<none>':<14} {0:>10}  {h.get('created_by', '')}")
-            else:
-                desc, diff = next(layers, (None, None))
-                print(f"{(diff or '?')[7:19]:<14} {desc.size if desc else 0:>10}  {h.get('created_by', '')}")
-    elif args.action == "inspect":
-        img = s.image(args.name)
-        print(json.dumps({"name": img.name, "digest": img.manifest_desc.digest, "manifest": img.manifest,
-                          "config": img.config, "chain_ids": img.chain_ids}, indent=2))
-    elif args.action == "rm":
-        freed = s.remove(args.name)
-        print(f"removed {args.name}; {len(freed)} blob(s) no other image used were deleted")
-    elif args.action == "save":
-        path, tag = _oci_ref(args.oci)
-        print(f"saved {args.name} to {s.save(path, tag, args.name)} as {tag}")
-    elif args.action == "load":
-        path, tag = _oci_ref(args.oci)
-        img = s.load(path, tag, args.tag)
-        print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
-    elif args.action == "squash":
-        from . import squash
-        img = squash.squash(args.name, args.onto, args.tag, args.method, store=s)
-        print(f"{img.name}: {len(img.layers)} layers ({args.onto}'s plus one); history of the squashed steps is gone")
-    elif args.action == "import":
-        if args.busybox:
-            img = base_image(s, args.tag or "busybox")
-        elif args.rootfs and args.tag:
-            img = mutate.import_rootfs(args.rootfs, args.tag, store=s)
-        else:
-            raise LabError("import needs a rootfs directory and -t NAME, or --busybox",
-                           "e.g. labkit image import --busybox, or labkit image import ./rootfs -t mine")
-        print(f"{img.name}: {img.manifest_desc.digest}, {len(img.layers)} layer(s)")
+    if args.busybox:
+        img = base_image(name=args.tag or "busybox")
+    elif args.rootfs and args.tag:
+        img = mutate.import_rootfs(args.rootfs, args.tag)
+    else:
+        raise LabError("import needs a rootfs directory and -t NAME, or --busybox",
+                       "e.g. labkit image import --busybox, or labkit image import ./rootfs -t mine")
+    print(f"{img.name}: {img.manifest_desc.digest}, {len(img.layers)} layer(s)")
     return 0
 
 
 def cmd_run(args) -> int:
     from . import container
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    c = container.Container.create(args.image, cmd or None, hostname=args.hostname, memory=args.memory,
-                                   pids=args.pids, cpus=args.cpus, volumes=args.volume or [], name=args.name or "")
-    try:
-        c.start(capture=False)
-        res = c.wait()
-    finally:
-        if args.rm:
-            c.remove()
+    _, res = container.run(args.image, cmd or None, timeout=None, rm=args.rm, capture=False, hostname=args.hostname,
+                           memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
+                           name=args.name or "")
     if res.oom_killed or res.signal:
         print(f"labkit: {res.message}", file=sys.stderr)
     return res.exit_code
@@ -229,16 +246,21 @@ def parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="the image store (an OCI layout under the lab root)")
     isub = image.add_subparsers(dest="action", required=True)
-    isub.add_parser("ls", help="list images")
-    for action in ("history", "inspect", "rm"):
-        isub.add_parser(action, help=f"{action} NAME").add_argument("name", metavar="NAME")
+    isub.add_parser("ls", help="list images").set_defaults(fn=cmd_image_ls)
+    for action, fn in (("history", cmd_image_history), ("inspect", cmd_image_inspect), ("rm", cmd_image_rm)):
+        one = isub.add_parser(action, help=f"{action} NAME")
+        one.add_argument("name", metavar="NAME")
+        one.set_defaults(fn=fn)
     sv = isub.add_parser("save", help="NAME --oci DIR:TAG")
+    sv.set_defaults(fn=cmd_image_save)
     sv.add_argument("name", metavar="NAME")
     sv.add_argument("--oci", required=True, metavar="DIR:TAG")
     ld = isub.add_parser("load", help="--oci DIR:TAG [-t NAME]")
+    ld.set_defaults(fn=cmd_image_load)
     ld.add_argument("--oci", required=True, metavar="DIR:TAG")
     ld.add_argument("-t", "--tag", metavar="NAME")
     im = isub.add_parser("import", help="ROOTFS -t NAME, or --busybox")
+    im.set_defaults(fn=cmd_image_import)
     im.add_argument("rootfs", nargs="?", metavar="ROOTFS")
     im.add_argument("-t", "--tag", metavar="NAME")
     im.add_argument("--busybox", action="store_true", help="the lab's base image from busybox-static")
@@ -247,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     sq.add_argument("--onto", required=True, metavar="BASE")
     sq.add_argument("-t", "--tag", required=True, metavar="NEW")
     sq.add_argument("--method", choices=["diff", "merge"], default="diff")
-    image.set_defaults(fn=cmd_image)
+    sq.set_defaults(fn=cmd_image_squash)
 
     b = sub.add_parser("build", help="build an image from a Dockerfile: -f Dockerfile -t NAME [--squash] CONTEXT")
     b.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")

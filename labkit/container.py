@@ -70,6 +70,9 @@ class Config:
     workdir: str = "/"
     name: str = ""
     user: str = ""          # "uid[:gid]" or a name from the image's /etc/passwd
+    lowerdirs: list[str] = field(default_factory=list)   # the overlay's lowerdirs, top (init layer) first
+    upper: str = ""         # the read-write layer (a builder's snapshot, or <dir>/upper)
+    work: str = ""
 
 
 @dataclass
@@ -98,7 +101,9 @@ class Container:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.dir = lab.root() / "containers" / cfg.id
-        self.init, self.upper, self.work, self.rootfs = (self.dir / n for n in ("init", "upper", "work", "rootfs"))
+        self.init, self.rootfs = self.dir / "init", self.dir / "rootfs"
+        self.upper = Path(cfg.upper) if cfg.upper else self.dir / "upper"
+        self.work = Path(cfg.work) if cfg.work else self.dir / "work"
         self.pid: int | None = None
         self.group: cgroups.Group | None = None
 
@@ -123,19 +128,24 @@ class Container:
                      workdir or conf.get("WorkingDir") or "/", name or cid, user or conf.get("User", ""))
         if name and any(c.cfg.name == name for c in containers()):
             raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
+        if layers:
+            lowers, upper, work = layers
+            cfg.upper, cfg.work = str(upper), str(work)
+        else:
+            lowers = snapshot.unpack(image, store)
         c = cls(cfg)
+        cfg.lowerdirs = [str(c.init), *map(str, lowers)]
         lab.inside(c.dir).mkdir(parents=True)
-        for d in (c.upper, c.work, c.rootfs):
+        for d in (c.dir / "upper", c.dir / "work", c.rootfs):
             d.mkdir()
         cfg.volumes = [_volume(v) for v in volumes]
         c._write_init_layer()
-        if layers:
-            lowers, c.upper, c.work = layers
-            c.lowerdirs = [c.init, *lowers]
-        else:
-            c.lowerdirs = [c.init, *snapshot.unpack(image, store)]
         c._save()
         return c
+
+    @property
+    def lowerdirs(self) -> list[Path]:
+        return [Path(p) for p in self.cfg.lowerdirs]
 
     def _write_init_layer(self) -> None:
         """The init layer: files the runtime writes for this container alone (seed 002)."""
@@ -150,9 +160,7 @@ class Container:
         (etc / "resolv.conf").write_text(resolv or "nameserver 127.0.0.1\n")
 
     def _save(self) -> None:
-        (self.dir / "config.json").write_text(json.dumps({**asdict(self.cfg),
-                                                          "lowerdirs": [str(p) for p in self.lowerdirs],
-                                                          "upper": str(self.upper), "work": str(self.work)}))
+        (self.dir / "config.json").write_text(json.dumps(asdict(self.cfg)))
 
     @classmethod
     def load(cls, ident: str) -> "Container":
@@ -345,24 +353,18 @@ def containers() -> list[Container]:
     top = lab.root() / "containers"
     out = []
     for d in sorted(top.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if top.exists() else []:
-        data = json.loads(d.read_text())
-        lowers = data.pop("lowerdirs", [])
-        upper, work = data.pop("upper", None), data.pop("work", None)
-        c = Container(Config(**data))
-        c.lowerdirs = [Path(p) for p in lowers]
-        if upper:
-            c.upper, c.work = Path(upper), Path(work)
-        out.append(c)
+        out.append(Container(Config(**json.loads(d.read_text()))))
     return out
 
 
 def run(image: str, cmd: list[str] | None = None, timeout: float | None = 120, rm: bool = False,
-        **opts) -> tuple[Container, Result]:
+        capture: bool = True, **opts) -> tuple[Container, Result]:
     """Create, start and wait for a container; returns it (for diff and commit) and its Result.
-    ``rm``: like ``docker run --rm``, remove it once it has exited (also after an error)."""
+    ``rm``: like ``docker run --rm``, remove it once it has exited (also after an error).
+    ``capture=False``: the command writes to our stdout and stderr (``labkit run``)."""
     c = Container.create(image, cmd, **opts)
     try:
-        c.start()
+        c.start(capture=capture)
         return c, c.wait(timeout)
     finally:
         if rm:

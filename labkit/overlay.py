@@ -365,9 +365,9 @@ def _lookup(top: Path, parts: tuple[str, ...], prefix: str) -> tuple[bool, bool,
 
 # --- building and mounting ----------------------------------------------------------------
 def stack(base: str | os.PathLike, lowers: dict[str, dict], upper: str | None = "upper",
-          merged: str = "merged", work: str = "work", api: str = "auto", **options) -> Overlay:
+          work: str = "work", merged: str = "merged", api: str = "auto", **options) -> Overlay:
     """Write lower layers from dicts (top first, see tree.write_tree) under ``base`` and
-    describe an overlay over them (not yet mounted).
+    describe an overlay over them (not yet mounted). Like Overlay(): lower, upper, work, merged.
 
         stack(d, {"material2": {"concrete": "good concrete\\n"}, "material": {...}}, upper="build")
     """

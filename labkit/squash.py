@@ -172,7 +172,7 @@ def measure(layers: int, files: int = 20, base: str = "busybox", *, store: st.St
         out = {"layers": layers}
         for method in ("merge", "diff"):
             t = time.perf_counter()
-            img = squash(s, prev, base, f"measure/{layers}/{method}", method)
+            img = squash(prev, base, f"measure/{layers}/{method}", method, store=s)
             out[method] = time.perf_counter() - t
             out[method + "_digest"] = img.layers[-1].digest
         return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need
+from helpers import need
 from labkit.registry import reference
 
 REPO = Path(__file__).resolve().parents[1]

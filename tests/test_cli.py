@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from conftest import need
+from helpers import need
 
 
 def labkit(*args, home):

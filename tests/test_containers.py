@@ -10,7 +10,7 @@ import pytest
 from labkit import cgroups, container, lab, ns, procfs, roots, sandbox
 from labkit.tree import read_tree
 
-from conftest import need
+from helpers import need
 
 
 # --- namespaces ---------------------------------------------------------------------------

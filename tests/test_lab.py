@@ -10,7 +10,7 @@ from labkit import kernel, lab, preflight
 from labkit.errors import OutsideLabRoot
 from labkit.mountinfo import is_mountpoint, mounts_under
 
-from conftest import need, run_python
+from helpers import need, run_python
 
 
 @pytest.mark.parametrize("path", ["/etc", "/tmp", "/", "{root}/../elsewhere", "{root}"])

@@ -202,7 +202,7 @@ def _fetch(s: Session, r: Ref, what: str, desc: st.Descriptor, work: Path, retri
                 mode = "ab" if resp.status_code == 206 else "wb"
                 h = _hash_of(out) if mode == "ab" else hashlib.sha256()   # hash as the bytes arrive
                 with open(out, mode) as f:
-                    for chunk in resp.iter_bytes(CHUNK):
+                    for chunk in resp.iter_bytes():      # as it arrives: a cut keeps what came
                         f.write(chunk)
                         h.update(chunk)
                         ev.bytes += len(chunk)
