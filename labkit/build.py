@@ -201,9 +201,13 @@ class Builder:
                 final = _under(upper, target) / (f.name if into and not f.is_dir() else "")
                 final.parent.mkdir(parents=True, exist_ok=True)
                 if f.is_dir():
-                    shutil.copytree(f, final, symlinks=True, dirs_exist_ok=True)
+                    # every directory and file written must still resolve inside the upper dir:
+                    # an earlier ADD of a tar may have planted symlinks there
+                    shutil.copytree(f, final, symlinks=True, dirs_exist_ok=True,
+                                    ignore=lambda d, names: _check_inside(upper, final / Path(d).relative_to(f), names),
+                                    copy_function=lambda a, b: shutil.copy2(a, _inside(upper, b), follow_symlinks=False))
                 else:
-                    shutil.copy2(f, final)
+                    shutil.copy2(f, _inside(upper, final), follow_symlinks=False)
                 if owner:
                     uid, _, gid = owner.partition(":")
                     for p in [final, *(final.rglob("*") if final.is_dir() else [])]:
@@ -381,6 +385,22 @@ def _flags(args: str) -> tuple[dict, list[str]]:
         else:
             paths.append(tok)
     return opts, paths
+
+
+def _inside(upper: Path, p: Path) -> Path:
+    """``p`` itself, if it (and any symlink it is) resolves inside ``upper``; else a BuildError."""
+    real = Path(os.path.realpath(p))
+    if real != upper and upper not in real.parents:
+        raise BuildError(f"/{p.relative_to(upper)} leads out of the image through a symlink (to {real})",
+                         "COPY and ADD never write through such a symlink; remove it in an earlier step")
+    return p
+
+
+def _check_inside(upper: Path, d: Path, names: list[str]) -> list[str]:
+    """copytree's ignore hook: check each destination below ``d`` first; ignore nothing."""
+    for n in names:
+        _inside(upper, d / n)
+    return []
 
 
 def _under(upper: Path, target: str) -> Path:

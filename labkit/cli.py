@@ -26,6 +26,9 @@ def cmd_preflight(args) -> int:
 
 def cmd_reset(args) -> int:
     done = lab.reset(dry_run=args.dry_run)
+    if not args.dry_run:
+        from . import snapshot
+        done += [f"active snapshot {k} (its process is gone)" for k in snapshot.Snapshotter(sweep=False).sweep()]
     verb = "would remove" if args.dry_run else "removed"
     for line in done:
         print(f"{verb} {line}")

@@ -18,6 +18,7 @@ or inside its own namespaces; its cgroup and process are in the lab's ledger.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import cgroups, kernel, lab, overlay, roots, sandbox, snapshot
-from .errors import LabError
+from .errors import KernelError, LabError
 from .image import store as st
 from .image import mutate
 
@@ -217,9 +218,11 @@ class Container:
             for spec in self.cfg.volumes:
                 step = f"mounting the volume {spec}"
                 host, ctr = spec.split(":", 1)
-                target = self.rootfs / ctr.lstrip("/")
-                target.mkdir(parents=True, exist_ok=True)
-                kernel.mount(host, str(target), None, kernel.MS_BIND)
+                fd = mkdirs_in_root(self.rootfs, ctr)
+                try:        # mount(2) on /proc/self/fd/N: the directory we hold, not a path again
+                    kernel.mount(host, f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
+                finally:
+                    os.close(fd)
             step = "mounting /proc and /dev"
             (self.rootfs / "proc").mkdir(exist_ok=True)
             kernel.mount("proc", f"{r}/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
@@ -318,6 +321,31 @@ class Container:
         if self.pid:
             self.kill()
         lab.remove_tree(self.dir)
+
+
+def mkdirs_in_root(root: Path, path: str) -> int:
+    """``path`` inside the container's root filesystem, made if missing, as an O_PATH fd.
+    Every lookup is openat2(2) with RESOLVE_IN_ROOT: a symlink in the image is resolved as
+    the container would see it (``/`` is ``root``), so it can never lead to the host's files
+    (the way runc's securejoin mounts volumes)."""
+    flags, how = os.O_PATH | os.O_DIRECTORY, kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS
+    rootfd = os.open(root, flags)
+    try:
+        fd, done = os.dup(rootfd), ""
+        for part in [p for p in path.split("/") if p not in ("", ".")]:
+            nxt = f"{done}/{part}"
+            try:
+                new = kernel.openat2(rootfd, nxt, flags, how)
+            except KernelError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                new = kernel.openat2(rootfd, nxt, flags, how)
+            os.close(fd)
+            fd, done = new, nxt
+        return fd
+    finally:
+        os.close(rootfd)
 
 
 def _user_ids(user: str) -> tuple[int, int]:

@@ -51,6 +51,15 @@ SYS_move_mount = 429
 SYS_fsopen = 430
 SYS_fsconfig = 431
 SYS_fsmount = 432
+SYS_openat2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 FSOPEN_CLOEXEC = 1
 FSMOUNT_CLOEXEC = 1
 FSCONFIG_SET_FLAG = 0
@@ -116,6 +125,16 @@ def pivot_root(new_root: str, put_old: str) -> None:
                           cause=f"labkit does not know pivot_root's syscall number on {os.uname().machine}",
                           fix="add it to SYS_pivot_root in labkit/kernel.py (see syscall(2) tables)")
     _check(_libc.syscall(SYS_pivot_root, _b(new_root), _b(put_old)), "pivot_root", str(new_root))
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2) (Linux 5.6+): open ``path`` relative to ``dirfd`` with RESOLVE_* rules, e.g.
+    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: the kernel refuses (EXDEV, ELOOP) any path that
+    would leave ``dirfd`` or pass through a symlink, at the moment of the call."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    ret = _libc.syscall(SYS_openat2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+    leaves = ret == -1 and ctypes.get_errno() in (errno.ELOOP, errno.EXDEV)
+    return _check(ret, "openat2", path, cause="the path leaves its root or goes through a symlink" if leaves else "")
 
 
 PR_SET_PDEATHSIG = 1

@@ -10,13 +10,20 @@ Layout of the lab root::
 
     ledger/      one JSON file per live mount, process, cgroup ... (see Entry)
     scratch/     one directory per lesson or experiment; reset empties it
+    tmp/         decompressed layers, pulls in progress, rootfs being built; reset empties it
+    containers/  one directory per container (container.py); reset removes them
     progress.json  the learner's exercise progress (reset keeps it)
+
+Two resets at once take turns (a lock); a process is killed only if it is still the one
+recorded (its start time, /proc/PID/stat field 22, must match: PIDs are reused).
 """
 from __future__ import annotations
 
 import atexit
 import errno
+import fcntl
 import json
+import re
 import os
 import shutil
 import time
@@ -24,7 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import kernel
+from . import kernel, procfs
 from .errors import KernelError, LabError, OutsideLabRoot
 from .mountinfo import mounts_under
 
@@ -116,6 +123,7 @@ class Entry:
     note: str = ""
     created: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    start: int = 0            # a process's start time (clock ticks after boot): who the PID was
 
 
 def _ledger_dir() -> Path:
@@ -129,17 +137,26 @@ def record(kind: str, path: str | os.PathLike, note: str = "") -> Entry:
 
     Mounts and loop files must lie under the lab root; cgroups must be directories of a
     ``labkit`` group in a cgroup hierarchy (they cannot live under the lab root)."""
-    if kind == "cgroup":
-        p = Path(path)
-        if p.parent.name != "labkit" or not str(p).startswith("/sys/fs/cgroup/"):
-            raise OutsideLabRoot(f"{p} is not a labkit cgroup", "cgroups go in a labkit/ group under /sys/fs/cgroup")
-    elif kind != "process":
-        inside(path)
-    e = Entry(kind, str(path), note=note)
+    _check_path(kind, path)
+    e = Entry(kind, str(path), note=note, start=_start_time(path) if kind == "process" else 0)
     tmp = _ledger_dir() / f".{e.id}.tmp"
     tmp.write_text(json.dumps(asdict(e)))
     tmp.rename(_ledger_dir() / f"{e.id}.json")
     return e
+
+
+def _check_path(kind: str, path: str | os.PathLike) -> None:
+    """What a ledger entry may name: mounts and loop files under the lab root, cgroups in a
+    ``labkit`` group, processes by number. Checked when recording and again when releasing."""
+    if kind == "cgroup":
+        p = Path(path)
+        if p.parent.name != "labkit" or not str(p).startswith("/sys/fs/cgroup/") or ".." in p.parts:
+            raise OutsideLabRoot(f"{p} is not a labkit cgroup", "cgroups go in a labkit/ group under /sys/fs/cgroup")
+    elif kind == "process":
+        if not str(path).isdigit():
+            raise LabError(f"{path!r} is not a process id", "a process entry names a PID")
+    else:
+        inside(path)
 
 
 def forget(entry: Entry) -> None:
@@ -147,28 +164,47 @@ def forget(entry: Entry) -> None:
     (_ledger_dir() / f"{entry.id}.json").unlink(missing_ok=True)
 
 
+def _start_time(pid) -> int:
+    try:
+        return procfs.stat(int(pid)).starttime
+    except (OSError, ValueError):
+        return 0
+
+
 def entries() -> list[Entry]:
-    """Every entry of the ledger, oldest first (reading it creates nothing)."""
-    out = []
+    """Every readable entry of the ledger, oldest first (reading it changes nothing)."""
+    return _read_ledger()[0]
+
+
+def _read_ledger() -> tuple[list[Entry], dict[Path, Entry | None]]:
+    """The entries, and the corrupt files with what can still be read from them (a torn
+    write from a crash still names its kind and path)."""
+    out, corrupt = [], {}
     for f in (root(create=False) / "ledger").glob("*.json"):
         try:
             out.append(Entry(**json.loads(f.read_text())))
         except (ValueError, TypeError, OSError):
-            f.unlink(missing_ok=True)   # a torn write from a crash: nothing to undo
-    return sorted(out, key=lambda e: e.created)
+            text = f.read_text(errors="replace") if f.exists() else ""
+            kind, path = re.search(r'"kind": "(\w+)"', text), re.search(r'"path": "([^"]*)"', text)
+            corrupt[f] = Entry(kind.group(1), path.group(1), note="from a corrupt ledger file") if kind and path else None
+    return sorted(out, key=lambda e: e.created), corrupt
 
 
 def release(entry: Entry) -> str:
     """Take down what ``entry`` names and forget it; returns a line for the report."""
+    _check_path(entry.kind, entry.path)        # a ledger file is input too: never outside the lab
     what = f"{entry.kind} {entry.path}"
     if entry.kind == "mount":
         for m in _unmount_below(Path(entry.path)):
             what += f" (unmounted {m})" if m != entry.path else ""
     elif entry.kind == "process":
-        try:
-            os.kill(int(entry.path), 9)
-        except ProcessLookupError:
-            pass
+        if entry.start and _start_time(entry.path) != entry.start:
+            what += " (gone; its PID now belongs to another process, left alone)"
+        else:
+            try:
+                os.kill(int(entry.path), 9)
+            except ProcessLookupError:
+                pass
     elif entry.kind == "loop":          # path: the backing file; detach every loop device on it
         import subprocess
         out = subprocess.run(["losetup", "-j", entry.path], capture_output=True, text=True).stdout
@@ -236,24 +272,42 @@ def _release_own() -> None:
 
 # --- reset --------------------------------------------------------------------------------
 def reset(dry_run: bool = False) -> list[str]:
-    """Take down everything the lab made: ledger entries, stray mounts, scratch dirs.
+    """Take down everything the lab made: ledger entries, stray mounts, and the scratch,
+    tmp and containers directories.
 
     Works after a crash: the ledger is on disk, and mounts nobody recorded are found
-    in /proc/self/mountinfo. Progress (and later the image store) is kept.
-    Returns one line per thing removed (or, with ``dry_run``, that would be).
+    in /proc/self/mountinfo. Progress and the image store are kept. Returns one line per
+    thing removed (or, with ``dry_run``, that would be; a dry run changes nothing).
     """
-    order = {"process": 0, "mount": 1, "cgroup": 2, "loop": 3}
-    todo = sorted(entries(), key=lambda e: (order.get(e.kind, 9), -len(e.path)))
-    s = root() / "scratch"
-    if dry_run:
-        recorded = {e.path for e in todo}
-        return ([f"{e.kind} {e.path}" for e in todo]
-                + [f"mount {m.mountpoint} (not in the ledger)" for m in mounts_under(root())
-                   if str(m.mountpoint) not in recorded]
-                + ([f"dir {s}"] if s.exists() else []))
-    done = [release(e) for e in todo]
-    done += [f"mount {m} (not in the ledger)" for m in _unmount_below(root())]
-    if s.exists():
-        shutil.rmtree(s)
-        done.append(f"dir {s}")
-    return done
+    r = root()
+    with open(r / ".reset.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)         # a second reset waits, then finds it done
+        good, corrupt = _read_ledger()
+        order = {"process": 0, "mount": 1, "cgroup": 2, "loop": 3}
+        todo = sorted(good + [e for e in corrupt.values() if e], key=lambda e: (order.get(e.kind, 9), -len(e.path)))
+        dirs = [r / d for d in TRANSIENT if (r / d).exists()]
+        if dry_run:
+            recorded = {e.path for e in todo}
+            return ([f"{e.kind} {e.path}" + (f" ({e.note})" if e.note.startswith("from a corrupt") else "")
+                     for e in todo]
+                    + [f"corrupt ledger file {f.name}" for f in corrupt]
+                    + [f"mount {m.mountpoint} (not in the ledger)" for m in mounts_under(r)
+                       if str(m.mountpoint) not in recorded]
+                    + [f"dir {d}" for d in dirs])
+        done = []
+        for e in todo:
+            try:
+                done.append(release(e))
+            except LabError as err:             # e.g. a ledger file naming a path outside the lab
+                done.append(f"{e.kind} {e.path}: refused ({err.problem})")
+        for f in corrupt:
+            f.unlink(missing_ok=True)
+            done.append(f"corrupt ledger file {f.name} (what it named was taken down)")
+        done += [f"mount {m} (not in the ledger)" for m in _unmount_below(r)]
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+            done.append(f"dir {d}")
+        return done
+
+
+TRANSIENT = ("scratch", "tmp", "containers")     # what reset empties (progress, store, snapshots stay)

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import lab
+from . import lab, procfs
 from .errors import LabError
 from .image import digest, layer
 from .image.store import Descriptor, Store
@@ -46,6 +46,8 @@ class Info:
     parent: str | None
     kind: str            # "active", "view" or "committed"
     created: float
+    owner: int = 0       # for active and view snapshots: the process using it, and its start time
+    owner_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,16 @@ class Mounts:
 
 
 class Snapshotter:
-    """Snapshots under ``root`` (by default ``<lab root>/snapshots``, the default store's)."""
+    """Snapshots under ``root`` (by default ``<lab root>/snapshots``, the default store's).
+    Opening it sweeps away active snapshots whose process died (see :meth:`sweep`)."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, sweep: bool = True):
         self.root = lab.inside(root or lab.root() / "snapshots")
         for sub in ("committed", "active", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.meta = self.root / "meta"
+        if sweep:
+            self.sweep()
 
     # --- where things are ---
     def _id(self, key: str) -> str:
@@ -89,8 +94,13 @@ class Snapshotter:
         return Info(**json.loads(self._meta(key).read_text()))
 
     def walk(self) -> list[Info]:
-        return sorted((Info(**json.loads(p.read_text())) for p in self.meta.glob("*.json")),
-                      key=lambda i: i.created)
+        out = []
+        for p in self.meta.glob("*.json"):
+            try:
+                out.append(Info(**json.loads(p.read_text())))
+            except FileNotFoundError:          # removed by another process meanwhile
+                pass
+        return sorted(out, key=lambda i: i.created)
 
     def _save(self, info: Info) -> None:
         tmp = self.meta / f".{self._id(info.key)}.{uuid.uuid4().hex}.tmp"
@@ -125,7 +135,8 @@ class Snapshotter:
         d = lab.fresh_dir(self.root / "active" / self._id(key))
         (d / "fs").mkdir()
         (d / "work").mkdir()
-        self._save(Info(key, parent, kind, time.time()))
+        me = os.getpid()
+        self._save(Info(key, parent, kind, time.time(), me, procfs.stat(me).starttime))
         return self.mounts(key)
 
     def mounts(self, key: str) -> Mounts:
@@ -165,10 +176,34 @@ class Snapshotter:
         if d.exists():
             lab.remove_tree(d)
 
+    def sweep(self) -> list[str]:
+        """Remove active and view snapshots whose process is gone (a kernel killed in the
+        middle of a build or an unpack); returns their keys. Committed ones stay."""
+        gone = []
+        for info in self.walk():
+            if info.kind == "committed" or _alive(info.owner, info.owner_start):
+                continue
+            lab.remove_tree(self.root / "active" / self._id(info.key))
+            self._meta(info.key).unlink(missing_ok=True)
+            gone.append(info.key)
+        known = {self._id(i.key) for i in self.walk()}
+        for d in (self.root / "active").iterdir():       # a directory whose record never got written
+            if d.name not in known and time.time() - d.stat().st_mtime > 60:
+                lab.remove_tree(d)
+        return gone
+
     def usage(self, key: str) -> int:
         """Bytes of disk of the snapshot's own directory (not its parents')."""
         d = self.dir(key)
         return du(d / "fs" if (d / "fs").is_dir() else d)
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        st = procfs.stat(pid)
+    except OSError:
+        return False
+    return st.state != "Z" and (not start or st.starttime == start)
 
 
 def of(store: Store) -> Snapshotter:

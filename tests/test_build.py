@@ -237,3 +237,29 @@ def test_online_compile_keeps_only_the_last_layer(busybox):
     out.chmod(0o755)
     assert subprocess.run([str(out)], capture_output=True, text=True).stdout == "compiled\n"
     assert build.toolchain_image().manifest_desc == busybox.image("lab/toolchain").manifest_desc   # cached
+
+
+def test_add_never_writes_through_a_symlink_its_own_tar_planted(busybox, tmp_path):
+    """ADD evil.tar x.txt /dst/: the tar makes /dst/x.txt a symlink to a host file; copying the
+    second source there must not overwrite the host file."""
+    import io
+    import tarfile
+    host = tmp_path / "host-file"
+    host.write_text("precious\n")
+    ctx = lab.scratch("evil-ctx")
+    with tarfile.open(ctx / "evil.tar", "w") as t:
+        info = tarfile.TarInfo("x.txt")
+        info.type, info.linkname = tarfile.SYMTYPE, str(host)
+        t.addfile(info)
+    (ctx / "x.txt").write_text("overwritten!\n")
+    with pytest.raises(build.BuildError, match="through a symlink"):
+        build.build(ctx, "lab/evil", "FROM busybox\nADD evil.tar x.txt /dst/\n", quiet=True)
+    assert host.read_text() == "precious\n"
+    tree_dir = ctx / "tree"
+    tree_dir.mkdir()
+    (tree_dir / "x.txt").write_text("overwritten!\n")
+    # in a later step the symlink is in a lower layer: the copy lands in the new upper dir and
+    # hides it, as in docker; the host file is never touched
+    build.build(ctx, "lab/evil2", "FROM busybox\nADD evil.tar /dst/\nCOPY tree /dst/\n", quiet=True)
+    assert host.read_text() == "precious\n"
+    assert read_tree(busybox.flatten("lab/evil2", lab.scratch("evil2")))["dst/x.txt"] == "overwritten!\n"

@@ -255,3 +255,40 @@ def test_run_rm_removes_the_container_also_after_an_error(busybox):
     with pytest.raises(container.ContainerError):
         container.run("busybox", ["/nope"], rm=True)
     assert container.containers() == []
+
+
+def test_groups_made_and_removed_by_several_processes_at_once(lab_root):
+    """Every process shares /sys/fs/cgroup/*/labkit; one removing that parent when its last group
+    went must never make another's group creation fail."""
+    import sys
+    code = ("from labkit import cgroups\n"
+            "import os\n"
+            "for i in range(60):\n"
+            "    with cgroups.Group(f't-race-{os.getpid()}-{i}', want=('memory', 'pids')):\n"
+            "        pass\n")
+    env = dict(os.environ, LABKIT_HOME=str(lab_root))
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    errors = [r.communicate(timeout=120)[1] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], errors
+
+
+def test_a_volume_under_an_image_symlink_never_creates_host_dirs(busybox, tmp_path):
+    """The image's /data is a symlink to a host path; -v HOST:/data/new must not mkdir on the host."""
+    from labkit.image import mutate
+    outside = tmp_path / "host-dir"
+    outside.mkdir()
+    d = lab.scratch("symlinked")
+    (d / "layer").mkdir()
+    (d / "layer" / "data").symlink_to(outside)
+    (d / "layer" / "inside").symlink_to("/tmp")                 # a symlink that stays in the image
+    mutate.add_layer("busybox", d / "layer", "lab/symlinked", "ln -s", store=busybox)
+    vol = lab.scratch("vol")
+    try:
+        container.run("lab/symlinked", ["/bin/true"], volumes=[f"{vol}:/data/new"], rm=True)
+    except container.ContainerError as e:
+        assert "volume" in str(e)
+    assert list(outside.iterdir()) == []
+    (vol / "hello").write_text("hi\n")
+    _, r = container.run("lab/symlinked", ["/bin/cat", "/tmp/v/hello"], volumes=[f"{vol}:/inside/v"], rm=True)
+    assert r.stdout == "hi\n"                                   # resolved inside the image: /tmp/v

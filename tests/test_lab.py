@@ -115,3 +115,69 @@ def test_reading_the_ledger_creates_nothing(tmp_path):
     gone = tmp_path / "removed-root"
     run_python("from labkit import lab; assert lab.entries() == []", gone)
     assert not gone.exists()
+
+
+# --- reset and the ledger, tried as a crash and a race would ------------------------------------
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+def test_dry_run_changes_nothing_and_a_corrupt_entry_is_still_taken_down(lab_root):
+    p = _sleeper()
+    e = lab.record("process", p.pid, "a sleeper")
+    f = lab_root / "ledger" / f"{e.id}.json"
+    f.write_text(f.read_text()[:-20])                      # torn by a crash: no longer JSON
+    before = sorted(os.listdir(lab_root / "ledger"))
+    plan = lab.reset(dry_run=True)
+    assert sorted(os.listdir(lab_root / "ledger")) == before and p.poll() is None
+    assert any(line.startswith(f"process {p.pid}") for line in plan)
+    assert any("corrupt ledger file" in line for line in plan)
+    done = lab.reset()
+    assert p.wait(5) == -signal.SIGKILL and not f.exists()
+    assert any("corrupt ledger file" in line for line in done)
+
+
+def test_reset_never_kills_a_reused_pid(lab_root):
+    p = _sleeper()
+    e = lab.record("process", p.pid, "a sleeper")
+    f = lab_root / "ledger" / f"{e.id}.json"
+    f.write_text(f.read_text().replace(f'"start": {e.start}', f'"start": {e.start + 12345}'))
+    done = lab.reset()                                     # the PID now "belongs" to someone else
+    assert p.poll() is None and any("left alone" in line for line in done)
+    p.kill()
+    p.wait()
+
+
+def test_a_ledger_file_naming_a_path_outside_the_lab_is_refused(lab_root, tmp_path):
+    import json
+    (lab_root / "ledger").mkdir(exist_ok=True)
+    (lab_root / "ledger" / "evil.json").write_text(json.dumps(
+        {"kind": "mount", "path": "/", "owner_pid": 1, "note": "", "created": 0, "id": "evil"}))
+    done = lab.reset()
+    assert any("refused" in line for line in done)
+
+
+def test_two_resets_at_once_both_succeed(lab_root):
+    for _ in range(5):
+        lab.record("process", _sleeper().pid, "a sleeper")
+    (lab_root / "scratch" / "x").mkdir(parents=True)
+    env = dict(os.environ, LABKIT_HOME=str(lab_root))
+    runs = [subprocess.Popen([sys.executable, "-m", "labkit", "reset"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=60) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs
+    assert lab.entries() == [] and not (lab_root / "scratch").exists()
+
+
+def test_reset_removes_tmp_containers_and_orphaned_active_snapshots(lab_root):
+    from labkit.snapshot import Snapshotter
+    code = ("from labkit.snapshot import Snapshotter; s = Snapshotter(); m = s.prepare('half-done');"
+            " open(m.upperdir / 'f', 'w').write('x'); import os; os._exit(1)")
+    run_python(code, lab_root, check=False)                 # a kernel killed in the middle of a build
+    (lab_root / "tmp" / "pull-123").mkdir(parents=True)
+    (lab_root / "containers" / "abc").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "labkit", "reset"], env=dict(os.environ, LABKIT_HOME=str(lab_root)),
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "active snapshot half-done" in r.stdout, r.stdout + r.stderr
+    assert not (lab_root / "tmp").exists() and not (lab_root / "containers").exists()
+    assert Snapshotter().walk() == [] and os.listdir(lab_root / "snapshots" / "active") == []

@@ -146,6 +146,16 @@ HOSTILE = {
     "huge-pax-header": ([("a", "pax", 9 << 20)], "read of"),
     "overlay-xattr": ([("d", "xattr", None)], "overlay xattr"),
     "reserved-whiteout": ([(".wh..wh.plnk", "file", b"")], "reserved"),
+    # a whiteout of "." or ".." would remove the directory holding it, or its parent
+    "whiteout-dotdot": ([("sub/x", "file", b"1"), ("sub/.wh..", "file", b"")], "names no file"),
+    "whiteout-dot": ([(".wh..", "file", b"")], "names no file"),
+    "whiteout-empty": ([("sub/.wh.", "file", b"")], "names no file"),
+    # CVE-2021-32760: q/victim/ first, then q becomes a symlink; the directory attributes set at
+    # the end would go through it to the host
+    "dir-then-symlink": ([("q/victim/", "dir", None), ("q", "sym", "{outside}")], "would replace the directory"),
+    # a hard link through a directory the same layer turned into a symlink
+    "hardlink-via-swapped-dir": ([("x/passwd", "file", b"x"), ("x", "sym", "{outside}"), ("y", "lnk", "x/passwd")],
+                                 "would replace the directory"),
 }
 
 
@@ -219,3 +229,20 @@ def test_big_layer_streams_with_flat_memory(lab_root):
     assert size > 256 << 20
     assert grown_kib < 64 * 1024, f"memory grew by {grown_kib} KiB"
     assert os.path.getsize(d / "dest" / "big") == 256 << 20
+
+
+def test_attributes_are_never_set_through_a_symlink(lab_root, tmp_path):
+    """The structural half of CVE-2021-32760: even if a directory became a symlink after its
+    entries were written, setting their attributes goes by fd and stops at the symlink."""
+    from labkit.errors import KernelError
+    outside = tmp_path / "outside"
+    (outside / "victim").mkdir(parents=True)
+    os.chmod(outside / "victim", 0o755)
+    dest = lab.scratch("attrs")
+    (dest / "q").symlink_to(outside)
+    m = tarfile.TarInfo("q/victim")
+    m.type, m.mode, m.uid, m.gid = tarfile.DIRTYPE, 0o4777, 4243, 4243
+    with pytest.raises(KernelError, match="openat2"):
+        layer._set_attrs(dest, dest / "q" / "victim", m)
+    st_ = os.stat(outside / "victim")
+    assert stat.S_IMODE(st_.st_mode) == 0o755 and st_.st_uid == 0

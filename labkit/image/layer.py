@@ -27,7 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .. import lab
+from .. import kernel, lab
 from ..errors import LabError
 from ..overlay import is_whiteout, xattr
 from . import digest
@@ -228,7 +228,7 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
             written.add(name)
             report.written += 1
     for path, m in reversed(dir_attrs):    # children first changed the dirs' mtimes
-        _set_attrs(path, m)
+        _set_attrs(dest, path, m)
     return report
 
 
@@ -240,19 +240,20 @@ def validate(tar_path: str | os.PathLike, dest: str | os.PathLike | None = None,
     must not be written through either.
     """
     seen: dict[str, tarfile.TarInfo] = {}
+    holders: set[str] = set()       # every directory an entry so far was written into
     n = 0
     with _open(tar_path) as tar:
         try:
             for m in tar:
                 n += 1
-                _check_member(m, seen, Path(dest) if dest else None, allow_devices)
+                _check_member(m, seen, holders, Path(dest) if dest else None, allow_devices)
         except tarfile.TarError as e:
             raise LayerError(f"{tar_path} is not a readable tar archive ({e})",
                              "check that the file is an uncompressed layer tar and was copied whole")
     return n
 
 
-def _check_member(m: tarfile.TarInfo, seen: dict, dest: Path | None, allow_devices: bool) -> None:
+def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | None, allow_devices: bool) -> None:
     raw = m.name
     if len(raw) > MAX_NAME or any(len(v) > MAX_NAME for v in m.pax_headers.values()):
         raise _hostile(raw[:80] + "...", f"has a name or header longer than {MAX_NAME} bytes")
@@ -265,9 +266,15 @@ def _check_member(m: tarfile.TarInfo, seen: dict, dest: Path | None, allow_devic
         raise _hostile(raw, "climbs out of the layer with '..'")
     if name in seen:
         raise _hostile(raw, "appears twice in the layer (image-spec forbids duplicate entries)")
+    if name in holders and not m.isdir():
+        raise _hostile(raw, f"would replace the directory {name!r} that earlier entries of this layer are in "
+                            "(then their modes and owners would be set through it: CVE-2021-32760)")
     base = PurePosixPath(name).name
-    if base.startswith(WHITEOUT) and base != OPAQUE and (base.startswith(WHITEOUT + WHITEOUT) or base == WHITEOUT):
-        raise _hostile(raw, "uses a reserved whiteout name")
+    if base.startswith(WHITEOUT + WHITEOUT) and base != OPAQUE:
+        raise _hostile(raw, "uses a reserved whiteout name (.wh..wh. is reserved, image-spec layer.md)")
+    if base.startswith(WHITEOUT) and base[len(WHITEOUT):] in ("", ".", ".."):
+        raise _hostile(raw, "is a whiteout that names no file (.wh. must be followed by a plain name, "
+                            "not '', '.' or '..')")
     for parent in PurePosixPath(name).parents:
         p = str(parent)
         if p == ".":
@@ -298,6 +305,7 @@ def _check_member(m: tarfile.TarInfo, seen: dict, dest: Path | None, allow_devic
         if key.startswith("SCHILY.xattr.") and key[13:].startswith(OVERLAY_XATTRS):
             raise _hostile(raw, f"carries the overlay xattr {key[13:]!r}, which could forge whiteouts")
     seen[name] = m
+    holders.update(str(p) for p in PurePosixPath(name).parents if str(p) != ".")
 
 
 def _regular_inside(dest: Path, rel: str) -> bool:
@@ -402,15 +410,42 @@ def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dest: Pat
     else:
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
         os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
-    _set_attrs(path, m)
+    _set_attrs(dest, path, m)
 
 
-def _set_attrs(path: Path, m: tarfile.TarInfo) -> None:
-    if os.geteuid() == 0:
-        os.chown(path, m.uid, m.gid, follow_symlinks=False)
-    if not m.issym():
-        os.chmod(path, m.mode)
-    for key, value in m.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            os.setxattr(path, key[13:], value.encode(), follow_symlinks=False)
-    os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+def _set_attrs(dest: Path, path: Path, m: tarfile.TarInfo) -> None:
+    """Owner, mode, xattrs and mtime of ``path`` (below ``dest``), set on a file descriptor:
+    the parent directory is opened with openat2(2) RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so
+    nothing is ever changed through a symlink or outside ``dest`` (CVE-2021-32760)."""
+    rel = PurePosixPath(path.relative_to(dest))
+    pfd = _open_parent(dest, rel)
+    try:
+        name = rel.name
+        if os.geteuid() == 0:
+            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        if m.isdir() or m.isreg():
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                os.chmod(fd, m.mode)
+            finally:
+                os.close(fd)
+        elif not m.issym():                         # a fifo or device node made just now
+            os.chmod(name, m.mode, dir_fd=pfd)
+        for key, value in m.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                os.setxattr(f"/proc/self/fd/{pfd}/{name}", key[13:], value.encode(), follow_symlinks=False)
+        os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
+    finally:
+        os.close(pfd)
+
+
+def _open_parent(dest: Path, rel: PurePosixPath) -> int:
+    """An O_PATH fd of ``dest/rel``'s parent, reached without leaving ``dest`` or following a symlink."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+    top = os.open(dest, flags)
+    if str(rel.parent) == ".":
+        return top
+    try:
+        return kernel.openat2(top, str(rel.parent), flags, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS)
+    finally:
+        os.close(top)
