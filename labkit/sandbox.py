@@ -269,6 +269,7 @@ def run(fn: Callable[..., Any], *args, namespaces: Iterable[str] = ("mnt",),
         except EOFError:
             raise SandboxError(f"the child died without an answer ({_describe(child.wait())})",
                                "look for an OOM kill or a signal; run the function directly to debug it") from None
+        child.wait()                     # it exits right after answering: reap it, no signal needed
     if out:
         sys.stdout.write(out)
     if not ok:
