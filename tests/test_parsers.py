@@ -93,3 +93,17 @@ def test_bearer_auth_says_when_the_token_service_refuses():
                       auth=auth.BearerAuth("alice", "wrong")) as http:
         with pytest.raises(auth.AuthError, match="token service refused"):
             http.get("/v2/")
+
+
+def test_a_star_in_the_token_scope_means_every_action():
+    """distribution's token scope: ``repository:NAME:*`` grants all actions (skopeo delete asks
+    for it)."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+    a = auth.TokenAuth(users={"alice": auth.TokenAuth.hash_password("pw")})
+    token = a._sign({"sub": "alice", "access": [{"type": "repository", "name": "lab/app", "actions": ["*"]}],
+                     "exp": time.time() + 60})
+    for method in ("GET", "PUT", "DELETE"):
+        req = Request(EnvironBuilder(method=method, path="/v2/lab/app/manifests/v1",
+                                     headers={"Authorization": f"Bearer {token}"}).get_environ())
+        a.require(req, "lab/app")                           # no Problem raised

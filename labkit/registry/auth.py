@@ -82,7 +82,7 @@ class TokenAuth:
             action = "delete"
         auth = request.headers.get("Authorization", "")
         claims = self._verify(auth[7:]) if auth.lower().startswith("bearer ") else None
-        if claims and (not repo or any(a["name"] == repo and (action in a["actions"] or
+        if claims and (not repo or any(a["name"] == repo and (action in a["actions"] or "*" in a["actions"] or
                                                                (action == "delete" and "push" in a["actions"]))
                                        for a in claims["access"])):
             return
