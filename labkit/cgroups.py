@@ -108,7 +108,10 @@ class Group:
         d = parent / self.name
         self._entries.append(lab.record("cgroup", d, f"cgroup v{c.version} for {self.name}"))
         for attempt in range(5):        # another process may remove an empty parent meanwhile
-            parent.mkdir(exist_ok=True)
+            try:
+                parent.mkdir()
+            except FileExistsError:     # (pathlib's exist_ok re-checks, and loses that race)
+                pass
             try:
                 if c.version == 2:
                     self._enable_v2(c.mountpoint, parent)

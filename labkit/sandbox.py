@@ -190,12 +190,14 @@ def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr) -> Non
             cgroup.add(os.getpid())
         enter(namespaces)
         if "pid" in namespaces:
+            # SIGTERM stays blocked across the fork: the middle handles it only once it knows
+            # PID 1, and PID 1 only once the kernel will kill it if the middle dies
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             pid1 = os.fork()
             if pid1:
                 _wait_for_pid1(ch, pid1)
             kernel.set_parent_death_signal(signal.SIGKILL)   # if the middle dies, PID 1 dies
-            if os.getppid() == 1:
-                os._exit(1)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         target(ch, *args)
     except BaseException as e:          # noqa: BLE001 - everything goes back to the parent
         code = 1
@@ -211,6 +213,7 @@ def _wait_for_pid1(ch: Channel, pid1: int) -> None:
     ch.close()
     signal.signal(signal.SIGTERM, lambda *a: os.kill(pid1, signal.SIGKILL))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     while True:
         try:
             _, status = os.waitpid(pid1, 0)

@@ -60,14 +60,16 @@ class Mounts:
 
 class Snapshotter:
     """Snapshots under ``root`` (by default ``<lab root>/snapshots``, the default store's).
-    Opening it sweeps away active snapshots whose process died (see :meth:`sweep`)."""
+    The first time a process opens it, active snapshots whose process died are swept away
+    (see :meth:`sweep`)."""
 
     def __init__(self, root: str | os.PathLike | None = None, sweep: bool = True):
         self.root = lab.inside(root or lab.root() / "snapshots")
         for sub in ("committed", "active", "meta"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.meta = self.root / "meta"
-        if sweep:
+        if sweep and self.root not in _SWEPT:     # once per process and directory: not on every unpack
+            _SWEPT.add(self.root)
             self.sweep()
 
     # --- where things are ---
@@ -196,6 +198,9 @@ class Snapshotter:
         """Bytes of disk of the snapshot's own directory (not its parents')."""
         d = self.dir(key)
         return du(d / "fs" if (d / "fs").is_dir() else d)
+
+
+_SWEPT: set[Path] = set()
 
 
 def _alive(pid: int, start: int) -> bool:

@@ -347,7 +347,8 @@ class Store(Layout):
                 raise _diff_id_mismatch(desc, diff_id, desc.digest)
             return self.blob_path(desc.digest)
         out = lab.root() / "tmp" / f"{digest.encoded(desc.digest)}.tar"
-        if out.exists() and (not diff_id or out.with_suffix(".diffid").read_text() == diff_id):
+        known = out.with_suffix(".diffid")
+        if out.exists() and known.exists() and (not diff_id or known.read_text() == diff_id):
             return out
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(f".{uuid.uuid4().hex}")
@@ -381,8 +382,8 @@ class Store(Layout):
     def load(self, directory: str | os.PathLike, tag: str, name: str | None = None) -> Image:
         """Copy image ``tag`` of the OCI layout ``directory`` into the store as ``name``."""
         def safe_layers(img: Image) -> None:        # before the name appears in index.json
-            for d in img.layers:
-                layer.validate(self.open_layer(d))
+            for d in img.layers:                    # (copy verified each digest already)
+                layer.validate(self.blob_path(d.digest) if d.media_type == LAYER else self.open_layer(d))
         img = copy(Layout(directory, create=False), tag, self, check_name(name or tag), check=safe_layers)
         return self.image(img.name)
 

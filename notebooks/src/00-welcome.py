@@ -106,9 +106,10 @@ ov = overlay.stack(home / "demo", {"lower": {"hello": "from the lower layer\n"}}
 ov.mount()
 for e in lab.entries():
     print(e.kind, str(e.path).replace(str(lab.root()), "$LABKIT_HOME"), "-", e.note)
-print("reset would remove:", [line.split()[0] for line in lab.reset(dry_run=True)])
+print("reset would remove kinds:", sorted({line.split()[0] for line in lab.reset(dry_run=True)}))
 
 # %%
+assert f"mount {ov.merged}" in lab.reset(dry_run=True) and is_mountpoint(ov.merged)   # listed, not touched
 ov.unmount()
 assert lab.entries() == [] and not is_mountpoint(ov.merged)
 
