@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class Builder:
         return self._layer_step(s, ins, make, extra="")
 
     def _copy(self, s: _State, ins: Instruction, args: str, add: bool = False) -> Step:
-        opts, paths = _flags(args)
+        opts, paths = _flags(args, ins)
         if len(paths) < 2:
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} needs a source and a destination",
                              f"write it like {ins.name} app.py /app/")
@@ -205,13 +206,13 @@ class Builder:
                     # an earlier ADD of a tar may have planted symlinks there
                     shutil.copytree(f, final, symlinks=True, dirs_exist_ok=True,
                                     ignore=lambda d, names: _check_inside(upper, final / Path(d).relative_to(f), names),
-                                    copy_function=lambda a, b: shutil.copy2(a, _inside(upper, b), follow_symlinks=False))
+                                    copy_function=lambda a, b: _copy_entry(a, _inside(upper, b)))
                 else:
-                    shutil.copy2(f, _inside(upper, final), follow_symlinks=False)
+                    _copy_entry(f, _inside(upper, final))
                 if owner:
-                    uid, _, gid = owner.partition(":")
+                    uid, gid = _owner(owner, [upper, *lowers], ins)
                     for p in [final, *(final.rglob("*") if final.is_dir() else [])]:
-                        os.chown(p, int(uid), int(gid or uid), follow_symlinks=False)
+                        os.chown(p, uid, gid, follow_symlinks=False)
         return self._layer_step(s, ins, make, extra=content.hexdigest())
 
     def _add(self, s, ins, args):
@@ -220,7 +221,7 @@ class Builder:
     # config-only instructions
     def _env(self, s, ins, args):
         env = dict(e.split("=", 1) for e in s.config.get("Env", []) if "=" in e)
-        pairs = shlex.split(args)
+        pairs = _split(args, ins)
         if len(pairs) >= 2 and "=" not in pairs[0]:
             pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
         for p in pairs:
@@ -253,7 +254,7 @@ class Builder:
 
     def _label(self, s, ins, args):
         labels = s.config.setdefault("Labels", {})
-        for p in shlex.split(args):
+        for p in _split(args, ins):
             k, _, v = p.partition("=")
             labels[k] = v
         return self._config_step(s, ins)
@@ -349,9 +350,83 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, s
           build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None) -> Built:
     """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``."""
     b = Builder(context, store=store, quiet=quiet)
-    text = dockerfile if dockerfile is not None else (Path(context) / "Dockerfile").read_text()
+    text = dockerfile if dockerfile is not None else read_dockerfile(Path(context) / "Dockerfile")
     img = b.build(text, tag, build_args, squash_all)
     return Built(img, b.steps)
+
+
+def read_dockerfile(path: str | os.PathLike) -> str:
+    """The Dockerfile's text; it must be UTF-8, as BuildKit reads it."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise BuildError(f"{path} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text",
+                         "save the Dockerfile as UTF-8") from None
+
+
+def _owner(spec: str, roots: list[Path], ins: Instruction) -> tuple[int, int]:
+    """--chown=USER[:GROUP]: numbers as they are; names looked up in the image's /etc/passwd
+    and /etc/group (the topmost layer that has the file), as docker does. The files are read
+    with openat2(RESOLVE_IN_ROOT), so an image's symlink cannot make us read the host's."""
+    user, _, group = spec.partition(":")
+
+    def lookup(name: str, table: str, field: int) -> int:
+        if name.isascii() and name.isdigit():
+            return int(name)
+        for r in roots:
+            try:
+                text = _read_in_root(r, f"etc/{table}")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                parts = line.split(":")
+                if len(parts) > field and parts[0] == name and parts[field].isdigit():
+                    return int(parts[field])
+            break
+        raise BuildError(f"Dockerfile line {ins.line}: --chown={spec}: no {'user' if table == 'passwd' else 'group'} "
+                         f"{name!r} in the image's /etc/{table}",
+                         "use numbers (--chown=1000:1000) or add the user in an earlier RUN step")
+    uid = lookup(user, "passwd", 2)
+    if group:
+        return uid, lookup(group, "group", 2)
+    if user.isascii() and user.isdigit():
+        return uid, uid
+    for r in roots:          # a user name alone: its primary group from /etc/passwd
+        try:
+            for line in _read_in_root(r, "etc/passwd").splitlines():
+                parts = line.split(":")
+                if len(parts) > 3 and parts[0] == user and parts[3].isdigit():
+                    return uid, int(parts[3])
+        except FileNotFoundError:
+            continue
+        break
+    return uid, uid
+
+
+def _read_in_root(root: Path, rel: str) -> str:
+    from . import kernel
+    top = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        try:
+            fd = kernel.openat2(top, rel, os.O_RDONLY, kernel.RESOLVE_IN_ROOT)
+        except kernel.KernelError as e:
+            raise FileNotFoundError(rel) from e
+        with os.fdopen(fd, "r", errors="replace") as f:
+            return f.read(1 << 20)
+    finally:
+        os.close(top)
+
+
+def _copy_entry(src: str, dst: Path) -> None:
+    """copytree's copy function: files with their modes and times; a named pipe is made anew
+    (as docker's COPY does, through its tar stream); a socket is skipped (tar cannot hold one)."""
+    st_ = os.lstat(src)
+    if stat.S_ISFIFO(st_.st_mode):
+        os.mkfifo(dst, stat.S_IMODE(st_.st_mode))
+    elif not stat.S_ISSOCK(st_.st_mode):
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _command(args: str, build_args: dict) -> list[str]:
@@ -376,9 +451,18 @@ def _expand(text: str, values: dict) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: str(values.get(m.group(1) or m.group(2), "")), text)
 
 
-def _flags(args: str) -> tuple[dict, list[str]]:
+def _split(args: str, ins: Instruction) -> list[str]:
+    """Words as the shell would split them (shlex); an unclosed quote names the line."""
+    try:
+        return shlex.split(args)
+    except ValueError as e:
+        raise BuildError(f"Dockerfile line {ins.line}: {ins.name} {args[:50]}: {str(e).lower()}",
+                         "close the quote (or escape it with \\)") from None
+
+
+def _flags(args: str, ins: Instruction) -> tuple[dict, list[str]]:
     opts, paths = {}, []
-    for tok in shlex.split(args):
+    for tok in _split(args, ins):
         if tok.startswith("--") and "=" in tok:
             k, _, v = tok[2:].partition("=")
             opts[k] = v

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import lab, preflight
@@ -183,10 +184,13 @@ def cmd_rm(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from pathlib import Path
     from . import build
-    dockerfile = Path(args.file).read_text() if args.file else None
-    build_args = dict(a.split("=", 1) for a in args.build_arg or [])
+    dockerfile = build.read_dockerfile(args.file) if args.file else None
+    build_args = {}
+    for a in args.build_arg or []:      # NAME alone takes the value from the environment, as docker does
+        name, eq, value = a.partition("=")
+        if eq or name in os.environ:
+            build_args[name] = value if eq else os.environ[name]
     built = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args)
     img, steps = built.image, built.steps
     cached = sum(s.cached for s in steps)
@@ -196,14 +200,54 @@ def cmd_build(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    from werkzeug.serving import run_simple
     from .registry import auth, server
-    host, _, port = args.addr.rpartition(":")
-    a = auth.TokenAuth(args.auth, anonymous_pull=args.anonymous_pull) if args.auth else None
-    print(f"labkit registry on http://{args.addr}/v2/, storing under {args.root}"
+    host, port = args.addr
+    grants = {}
+    for g in args.grant or []:
+        user, _, pattern = g.partition("=")
+        grants.setdefault(user, []).append(pattern)
+    a = auth.TokenAuth(args.auth, anonymous_pull=args.anonymous_pull, grants=grants) if args.auth else None
+    try:
+        srv = server.http_server(server.Registry(args.root, a), host, port)
+    except OSError as e:
+        raise LabError(f"cannot listen on {host}:{port} ({e.strerror})",
+                       "pick another port with --addr 127.0.0.1:PORT, or stop what is using it") from None
+    print(f"labkit registry on http://{host}:{srv.bind_addr[1]}/v2/, storing under {args.root}"
           + (" (token auth)" if a else ""), flush=True)
-    run_simple(host or "127.0.0.1", int(port), server.Registry(args.root, a), threaded=True)
+    try:
+        srv.serve()
+    except KeyboardInterrupt:
+        srv.stop()
     return 0
+
+
+def _address(text: str) -> tuple[str, int]:
+    """--addr HOST:PORT for argparse."""
+    host, _, port = text.rpartition(":")
+    if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
+    return host or "127.0.0.1", int(port)
+
+
+def _positive(kind):
+    """An argparse type: a finite number above 0 (so 0, -1 and nan are refused here)."""
+    def convert(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (v > 0 and v != float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} must be above 0 (leave the flag out for no limit)")
+        return v
+    convert.__name__ = kind.__name__
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (what was wrong, where to look), status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def cmd_push(args) -> int:
@@ -222,7 +266,7 @@ def cmd_pull(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="labkit", description="Container images from the kernel up.")
+    p = _Parser(prog="labkit", description="Container images from the kernel up.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("preflight", help="check kernel features, privileges and tools").set_defaults(fn=cmd_preflight)
     r = sub.add_parser("reset", help="unmount and remove everything the lab made")
@@ -285,10 +329,13 @@ def parser() -> argparse.ArgumentParser:
     reg = sub.add_parser("registry", help="registry serve --addr 127.0.0.1:PORT --root DIR [--auth USERS]")
     rsub = reg.add_subparsers(dest="action", required=True)
     rs = rsub.add_parser("serve")
-    rs.add_argument("--addr", default="127.0.0.1:5000")
+    rs.add_argument("--addr", default="127.0.0.1:5000", type=_address, help="HOST:PORT to listen on")
     rs.add_argument("--root", required=True, help="where blobs and manifests are stored")
-    rs.add_argument("--auth", metavar="USERS", help="a file of name:sha256(password) lines: token auth on")
+    rs.add_argument("--auth", metavar="USERS", help="an htpasswd file of bcrypt hashes (htpasswd -B): token auth on")
     rs.add_argument("--anonymous-pull", action="store_true", help="with --auth: let anyone pull")
+    rs.add_argument("--grant", action="append", metavar="USER=PATTERN",
+                    help="with --auth: let USER push and delete in repositories matching PATTERN "
+                         "(everyone may already push under their own name, USER/...)")
     reg.set_defaults(fn=cmd_registry)
     for verb in ("push", "pull"):
         v = sub.add_parser(verb, help=f"{verb} an image: " + ("NAME HOST:PORT/REPO:TAG" if verb == "push"
@@ -306,8 +353,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a command in a container: IMAGE -- CMD...")
     run.add_argument("--memory", help="memory limit, e.g. 64m")
-    run.add_argument("--pids", type=int, help="most processes at once")
-    run.add_argument("--cpus", type=float, help="CPU time, e.g. 0.5")
+    run.add_argument("--pids", type=_positive(int), help="most processes at once")
+    run.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
     run.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
                      help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
     run.add_argument("--hostname")
@@ -337,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"labkit: {e}", file=sys.stderr)
         return 1
     except OSError as e:        # a file named on the command line that is not there, say
-        print(f"labkit: {e.strerror}: {e.filename}. Check the path and try again.", file=sys.stderr)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"labkit: {e.strerror or e}{where}. Check the path and try again.", file=sys.stderr)
         return 1
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import select
@@ -51,9 +52,28 @@ def parse_size(text: str | int | None) -> int | None:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().rstrip("b")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        n = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+        if not math.isfinite(n):
+            raise ValueError
+        return int(n)
     except (ValueError, KeyError):
         raise ContainerError(f"{text!r} is not a size", "write it like 64m, 512k or 1g") from None
+
+
+MIN_MEMORY = 6 << 20      # docker's smallest --memory
+
+
+def check_limits(memory: int | None, pids: int | None, cpus: float | None) -> None:
+    """Refuse limits that would mean "no limit" or nothing at all (0, negative, nan): a
+    learner who writes --memory 0 must not get an unlimited container by surprise."""
+    if memory is not None and memory < MIN_MEMORY:
+        raise ContainerError(f"--memory {memory} bytes is below the smallest limit, 6m",
+                             "give at least --memory 6m, or leave --memory out for no limit")
+    if pids is not None and (not isinstance(pids, int) or pids < 1):
+        raise ContainerError(f"--pids {pids} would let no process run", "give --pids 1 or more, or leave it out")
+    if cpus is not None and not (math.isfinite(cpus) and cpus >= 0.01):
+        raise ContainerError(f"--cpus {cpus} is not a share of CPU time",
+                             "give a number like 0.5 (from 0.01 up), or leave --cpus out for no limit")
 
 
 @dataclass
@@ -123,6 +143,7 @@ class Container:
         img = store.image(image)
         conf = img.config.get("config", {})
         cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
+        check_limits(parse_size(memory), pids, cpus)
         cid = secrets.token_hex(6)
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
                      [], list(conf.get("Env", []) if env is None else env),

@@ -14,6 +14,9 @@ Layout of the lab root::
     containers/  one directory per container (container.py); reset removes them
     progress.json  the learner's exercise progress (reset keeps it)
 
+The root is mode 0700: what layers unpack below it (setuid programs among them) is out of
+reach of every other local user.
+
 Two resets at once take turns (a lock); a process is killed only if it is still the one
 recorded (its start time, /proc/PID/stat field 22, must match: PIDs are reused).
 """
@@ -25,7 +28,7 @@ import fcntl
 import json
 import re
 import os
-import shutil
+import stat
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -45,9 +48,27 @@ def root(create: bool = True) -> Path:
     if r == Path("/") or len(r.parts) < 3:
         raise OutsideLabRoot(f"LABKIT_HOME={r} is too close to /",
                              "point LABKIT_HOME at a directory of its own, such as /var/lib/labkit")
-    if create:
-        r.mkdir(parents=True, exist_ok=True)
+    if create and r not in _private:
+        _make_private(r)
     return r
+
+
+_private: set[Path] = set()
+
+
+def _make_private(r: Path) -> None:
+    """Create the lab root mode 0700 (as /var/lib/docker is 0710): layers may hold setuid-root
+    programs and world-writable directories, and no other local user may reach them. A root
+    we own with looser modes (made by an older labkit) is tightened."""
+    r.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.stat(r)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(r, 0o700)
+    _private.add(r)
 
 
 def inside(path: str | os.PathLike) -> Path:
@@ -98,7 +119,66 @@ def remove_tree(path: str | os.PathLike) -> None:
     if p.is_symlink() or p.is_file():
         p.unlink()
     elif p.exists():
-        shutil.rmtree(p)
+        rmtree(p)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def rmtree(path: str | os.PathLike) -> None:
+    """Delete the tree at ``path`` (under the lab root): see :func:`rmtree_at`."""
+    p = inside(path)
+    parent = os.open(p.parent, _DIR)
+    try:
+        rmtree_at(parent, p.name)
+    finally:
+        os.close(parent)
+
+
+def rmtree_at(dirfd: int, name: str) -> None:
+    """Delete ``name`` in directory ``dirfd``, a whole tree if it is one, depth first without
+    recursion (shutil.rmtree recurses: a tree 2000 directories deep defeats it). One directory
+    fd is open at a time; climbing back up through ".." is checked against the inode we came
+    from. Symlinks are removed, never followed; a mount inside the tree stops it with an error."""
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dirfd)
+        return
+    fd = os.open(name, _DIR, dir_fd=dirfd)
+    path: list[tuple[str, int]] = []          # (name, inode of its parent) from the top down
+    try:
+        while True:
+            sub = None
+            with os.scandir(fd) as it:
+                for e in it:
+                    if not e.is_dir(follow_symlinks=False):
+                        os.unlink(e.name, dir_fd=fd)
+                    elif e.stat(follow_symlinks=False).st_dev != st.st_dev:
+                        raise LabError(f"a mount inside {name} stops its removal", "run labkit reset")
+                    else:
+                        sub = e.name
+                        break
+            if sub is not None:
+                down = os.open(sub, _DIR, dir_fd=fd)
+                path.append((sub, os.fstat(fd).st_ino))
+                os.close(fd)
+                fd = down
+                continue
+            if not path:
+                break
+            sub, parent_ino = path.pop()
+            up = os.open("..", _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if os.fstat(fd).st_ino != parent_ino:
+                raise LabError(f"{name} was moved while it was being removed", "run labkit reset again")
+            os.rmdir(sub, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dirfd)
 
 
 def _unmount_below(p: Path) -> list[str]:
@@ -305,7 +385,10 @@ def reset(dry_run: bool = False) -> list[str]:
             done.append(f"corrupt ledger file {f.name} (what it named was taken down)")
         done += [f"mount {m} (not in the ledger)" for m in _unmount_below(r)]
         for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                rmtree(d)
+            except (OSError, LabError):
+                pass
             done.append(f"dir {d}")
         return done
 

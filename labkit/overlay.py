@@ -287,10 +287,9 @@ def clear_volatile(workdir: str | os.PathLike) -> None:
     overlayfs.rst, "Volatile mount": after a volatile mount the upper dir may have lost
     writes, so the kernel refuses to reuse it until the user says it is fine.
     """
-    import shutil
     d = lab.inside(Path(workdir) / "work" / "incompat" / "volatile")
     if d.exists():
-        shutil.rmtree(d)
+        lab.rmtree(d)
 
 
 def whiteouts(upperdir: str | os.PathLike) -> list[str]:

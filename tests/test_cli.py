@@ -74,3 +74,72 @@ def test_image_errors_are_one_line(lab_root, tmp_path):
     assert r.returncode == 1 and "outside the lab root" in r.stderr and not (tmp_path / "x.tar").exists()
     r = labkit("image", "load", "--oci", "no-tag-here", home=lab_root)
     assert r.returncode == 1 and "DIR:TAG" in r.stderr
+
+
+def test_bad_input_gets_one_line_and_a_non_zero_status(lab_root, tmp_path):
+    """Every case of issue 13's CLI list: no traceback, no "None: None", one line on stderr."""
+    assert labkit("image", "import", "--busybox", home=lab_root).returncode == 0
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f").write_text("hi\n")
+    files = {"env-quote": 'FROM busybox\nENV A="unclosed\n', "label-quote": 'FROM busybox\nLABEL a="x\n',
+             "copy-quote": 'FROM busybox\nCOPY "f /f\n', "chown-name": "FROM busybox\nCOPY --chown=abc f /f\n"}
+    for name, text in files.items():
+        (ctx / name).write_text(text)
+    (ctx / "latin1").write_bytes(b"FROM busybox\nRUN echo \xff\xfe\n")
+    deep = lab_root / "scratch" / "deep"      # reset empties scratch/ (pytest's own cleanup recurses)
+    deep.mkdir(parents=True)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(2100):               # by fd: the path passes PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    cases = {
+        "push, nothing listening": (["push", "busybox", "127.0.0.1:1/lab/x:v1"], "cannot reach the registry"),
+        "pull, nothing listening": (["pull", "-q", "127.0.0.1:1/lab/x:v1"], "cannot reach the registry"),
+        "--cpus nan": (["run", "--cpus", "nan", "--rm", "busybox", "--", "true"], "must be above 0"),
+        "--cpus -1": (["run", "--cpus", "-1", "--rm", "busybox", "--", "true"], "must be above 0"),
+        "--pids 0": (["run", "--pids", "0", "--rm", "busybox", "--", "true"], "must be above 0"),
+        "--memory 0": (["run", "--memory", "0", "--rm", "busybox", "--", "true"], "below the smallest limit"),
+        "--memory -5": (["run", "--memory", "-5", "--rm", "busybox", "--", "true"], "below the smallest limit"),
+        "--memory lots": (["run", "--memory", "lots", "--rm", "busybox", "--", "true"], "is not a size"),
+        "--addr notaport": (["registry", "serve", "--addr", "127.0.0.1:notaport", "--root", str(lab_root / "r")],
+                            "not HOST:PORT"),
+        "unclosed quote in ENV": (["build", "-f", str(ctx / "env-quote"), "-t", "x", str(ctx)], "no closing quotation"),
+        "unclosed quote in LABEL": (["build", "-f", str(ctx / "label-quote"), "-t", "x", str(ctx)], "line 2"),
+        "unclosed quote in COPY": (["build", "-f", str(ctx / "copy-quote"), "-t", "x", str(ctx)], "line 2"),
+        "--chown=abc": (["build", "-f", str(ctx / "chown-name"), "-t", "x", str(ctx)], "no user 'abc'"),
+        "non-UTF-8 Dockerfile": (["build", "-f", str(ctx / "latin1"), "-t", "x", str(ctx)], "is not UTF-8"),
+        "layer create 2000 deep": (["layer", "create", str(deep), "-o", str(lab_root / "deep.tar")], "PATH_MAX"),
+    }
+    bad = []
+    for what, (args, want) in cases.items():
+        r = labkit(*args, home=lab_root)
+        if (r.returncode == 0 or r.stderr.count("\n") != 1 or want not in r.stderr or "None" in r.stderr
+                or "Traceback" in r.stderr):
+            bad.append(f"{what}: status {r.returncode}, stderr {r.stderr[-300:]!r}")
+    assert not bad, "\n".join(bad)
+    assert not list((lab_root / "containers").glob("*")) if (lab_root / "containers").exists() else True
+
+
+def test_docker_semantics_for_build_args_fifos_and_chown_names(lab_root, tmp_path):
+    """--build-arg NAME takes NAME's value from the environment; COPY of a directory holding a
+    named pipe copies the pipe; --chown=nobody looks the name up in the image (as docker does)."""
+    assert labkit("image", "import", "--busybox", home=lab_root).returncode == 0
+    ctx = tmp_path / "ctx"
+    (ctx / "d").mkdir(parents=True)
+    os.mkfifo(ctx / "d" / "pipe")
+    (ctx / "d" / "f").write_text("x")
+    (ctx / "Dockerfile").write_text("FROM busybox\nARG FOO=unset\nRUN echo $FOO > /foo\n"
+                                    "COPY --chown=nobody d /d\n")
+    env = dict(os.environ, LABKIT_HOME=str(lab_root), FOO="from-env")
+    r = subprocess.run([sys.executable, "-m", "labkit", "build", "--build-arg", "FOO", "-t", "t", str(ctx)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    from labkit.image import store as st
+    import stat
+    flat = st.Store().flatten("t", lab_root / "flat")
+    assert (flat / "foo").read_text() == "from-env\n"
+    assert stat.S_ISFIFO(os.lstat(flat / "d" / "pipe").st_mode)
+    assert os.lstat(flat / "d" / "f").st_uid == 65534

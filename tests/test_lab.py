@@ -1,5 +1,7 @@
 """The lab root gate, the ledger, reset after a crash, preflight."""
+import io
 import os
+import stat
 import signal
 import subprocess
 import sys
@@ -181,3 +183,25 @@ def test_reset_removes_tmp_containers_and_orphaned_active_snapshots(lab_root):
     assert r.returncode == 0 and "active snapshot half-done" in r.stdout, r.stdout + r.stderr
     assert not (lab_root / "tmp").exists() and not (lab_root / "containers").exists()
     assert Snapshotter().walk() == [] and os.listdir(lab_root / "snapshots" / "active") == []
+
+
+def test_setuid_files_from_a_layer_are_out_of_reach_of_other_users(lab_root):
+    """The lab root is 0700 (and tightened if an older labkit left it open), so a setuid-root
+    program a layer unpacked cannot be run or even seen by a local user."""
+    import subprocess
+    import tarfile
+    from labkit.image import layer
+    os.chmod(lab_root, 0o755)
+    lab._private.clear()
+    d = lab.scratch("suid")
+    assert stat.S_IMODE(os.stat(lab_root).st_mode) == 0o700
+    with tarfile.open(d / "l.tar", "w") as t:
+        info = tarfile.TarInfo("bin/su-like")
+        info.mode, info.size = 0o4755, 4
+        t.addfile(info, io.BytesIO(b"#!/x"))
+    layer.apply(d / "l.tar", d / "rootfs")
+    victim = d / "rootfs" / "bin" / "su-like"
+    assert os.stat(victim).st_mode & stat.S_ISUID
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "stat", str(victim)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Permission denied" in r.stderr

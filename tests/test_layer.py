@@ -108,7 +108,10 @@ def test_umoci_repack_layer_applies_the_same(lab_root):
 
 # --- hostile layers ----------------------------------------------------------------------------
 def _tar(path, entries):
-    """entries: (name, kind, extra) with kind in file/dir/sym/lnk/chr/big-pax."""
+    """entries: (name, kind, extra); kind is file/dir/sym/lnk/chr/fifo/pax/xattr, or
+    sparse (a GNU sparse file claiming ``extra`` bytes), paxname (``extra`` replaces the name
+    in a PAX header), cut (the archive is cut to ``extra`` bytes once written)."""
+    cut = None
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
         for name, kind, extra in entries:
             info = tarfile.TarInfo(name)
@@ -123,12 +126,24 @@ def _tar(path, entries):
                 info.type, info.linkname = tarfile.LNKTYPE, extra
             elif kind == "chr":
                 info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
             elif kind == "pax":
                 info.pax_headers["comment"] = "x" * extra
+            elif kind == "paxname":
+                info.pax_headers["path"] = extra
             elif kind == "xattr":
                 info.pax_headers["SCHILY.xattr.trusted.overlay.opaque"] = "y"
                 info.type = tarfile.DIRTYPE
+            elif kind == "sparse":      # GNU sparse 0.1: one byte of data, the rest a hole
+                info.pax_headers.update({"GNU.sparse.map": "0,1", "GNU.sparse.size": str(extra)})
+                info.size, data = 1, io.BytesIO(b"x")
+            elif kind == "cut":
+                cut = extra
+                continue
             t.addfile(info, data)
+    if cut is not None:
+        os.truncate(path, cut)
 
 
 HOSTILE = {
@@ -156,6 +171,25 @@ HOSTILE = {
     # a hard link through a directory the same layer turned into a symlink
     "hardlink-via-swapped-dir": ([("x/passwd", "file", b"x"), ("x", "sym", "{outside}"), ("y", "lnk", "x/passwd")],
                                  "would replace the directory"),
+    "dir-replaced-by-file": ([("q/a", "file", b"1"), ("q", "file", b"2")], "would replace the directory"),
+    # CVE-2021-29136 (umoci): the layer's own root "." as a symlink to the host's /
+    "root-symlink": ([(".", "sym", "{outside}"), ("etc/passwd", "file", b"x")], "root but not a directory"),
+    # a PAX header replaces the harmless ustar name with a climbing one
+    "pax-path-dotdot": ([("harmless", "paxname", "../escaped")], "climbs out"),
+    "whiteout-through-symlink": ([("link", "sym", "{outside}"), ("link/.wh.victim", "file", b"")], "symlink"),
+    "opaque-through-symlink": ([("link", "sym", "{outside}"), ("link/.wh..wh..opq", "file", b"")], "symlink"),
+    "write-through-fifo": ([("f", "fifo", None), ("f/x", "file", b"1")], "non-directory"),
+    "hardlink-through-own-symlink": ([("s", "sym", "{outside}"), ("pw", "lnk", "s/passwd")], "not a file of this layer"),
+    "hardlink-to-directory": ([("d", "dir", None), ("l", "lnk", "d")], "not a regular file"),
+    # the 2024-25 tarfile filter bypasses (CVE-2025-4517, -4330, -4138): a symlink whose target
+    # is longer than PATH_MAX, so realpath() stops resolving it, then a link through it
+    "path-max-symlink": ([("p", "sym", "d/" * 2100 + "../" * 2101 + "etc"), ("pw", "lnk", "p/passwd")],
+                         "longer than"),
+    "path-max-chain": ([("a" * 250, "dir", None), ("a" * 250 + "/s", "sym", "../" * 40),
+                        ("a" * 250 + "/s/escaped", "file", b"x")], "symlink"),
+    # a gzip bomb's uncompressed twin: a sparse file claiming a terabyte
+    "sparse-terabyte": ([("big", "sparse", 1 << 40)], "needs"),
+    "truncated": ([("a", "file", b"x" * 20000), ("cut", "cut", 6000)], "not a readable tar archive (unexpected end of data)"),
 }
 
 
@@ -232,17 +266,49 @@ def test_big_layer_streams_with_flat_memory(lab_root):
 
 
 def test_attributes_are_never_set_through_a_symlink(lab_root, tmp_path):
-    """The structural half of CVE-2021-32760: even if a directory became a symlink after its
-    entries were written, setting their attributes goes by fd and stops at the symlink."""
+    """The structural half of CVE-2021-32760: attributes are set on the fd of the directory the
+    layer made, so swapping that directory for a symlink afterwards changes nothing outside, and
+    a directory is never opened through a symlink at all."""
+    from labkit import kernel
     from labkit.errors import KernelError
     outside = tmp_path / "outside"
     (outside / "victim").mkdir(parents=True)
     os.chmod(outside / "victim", 0o755)
     dest = lab.scratch("attrs")
-    (dest / "q").symlink_to(outside)
     m = tarfile.TarInfo("q/victim")
     m.type, m.mode, m.uid, m.gid = tarfile.DIRTYPE, 0o4777, 4243, 4243
-    with pytest.raises(KernelError, match="openat2"):
-        layer._set_attrs(dest, dest / "q" / "victim", m)
+    with layer._Target(dest) as tgt:
+        fd = tgt.dir("q/victim")
+        (dest / "q").rename(dest / "q.old")
+        (dest / "q").symlink_to(outside)
+        layer._set_attrs(fd, m)
+        with pytest.raises(KernelError, match="openat2"):
+            kernel.openat2(tgt.fd, "q/victim", os.O_RDONLY, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS)
     st_ = os.stat(outside / "victim")
     assert stat.S_IMODE(st_.st_mode) == 0o755 and st_.st_uid == 0
+    assert os.stat(dest / "q.old" / "victim").st_uid == 4243
+
+
+def test_a_tree_2000_directories_deep_goes_into_a_layer_and_back(lab_root):
+    """No recursion limit in create or apply (the 2000-deep tree used to raise RecursionError)."""
+    d = lab.scratch("deep")
+    (d / "src").mkdir()
+    fd = os.open(d / "src", os.O_RDONLY)
+    for _ in range(2000):
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("bottom")
+    os.close(fd)
+    info = layer.create(d / "src", d / "deep.tar")
+    assert info.entries == 2001
+    report = layer.apply(d / "deep.tar", d / "out")
+    assert report.written == 2001
+    fd = os.open(d / "out", os.O_RDONLY)
+    for _ in range(2000):
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    with open(os.open("f", os.O_RDONLY, dir_fd=fd)) as f:
+        assert f.read() == "bottom"
+    os.close(fd)

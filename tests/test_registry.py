@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from labkit import lab, tree
+from labkit.errors import LabError
 from labkit.image import digest as dg, store as st
 from labkit.image import mutate
 from labkit.registry import auth, client, link, server
@@ -213,18 +214,47 @@ def test_hostile_or_unknown_requests_get_spec_errors(reg, path, code):
 # --- auth -----------------------------------------------------------------------------------------
 def test_token_auth(store, lab_root):
     users = lab.root() / "users"
-    users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
-    a = auth.TokenAuth(users, anonymous_pull=True)
+    users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n"
+                     f"bob:{auth.TokenAuth.hash_password('hunter2')}\n")
+    assert users.read_text().startswith("alice:$2y$10$")            # as htpasswd -B writes it
+    a = auth.TokenAuth(users, anonymous_pull=True, grants={"bob": ["lab/*"]})
     with server.serve(lab.root() / "registry", auth=a) as srv:
-        r = http(srv).get("/v2/lab/fat/tags/list")
+        r = http(srv).get("/v2/alice/fat/tags/list")
         assert r.status_code == 401 and 'Bearer realm="' in r.headers["WWW-Authenticate"]
         with pytest.raises(client.RegistryError, match="401"):
-            client.push("fat", f"{srv.address}/lab/fat:v1", store=store)           # anonymous: pull only
+            client.push("fat", f"{srv.address}/alice/fat:v1", store=store)           # anonymous: pull only
         with pytest.raises(auth.AuthError, match="token service refused"):
-            client.push("fat", f"{srv.address}/lab/fat:v1", user="alice", password="wrong", store=store)
-        client.push("fat", f"{srv.address}/lab/fat:v1", user="alice", password="secret", store=store)
-        img = client.pull(f"{srv.address}/lab/fat:v1", name="anon", store=store)    # anonymous pull allowed
+            client.push("fat", f"{srv.address}/alice/fat:v1", user="alice", password="wrong", store=store)
+        client.push("fat", f"{srv.address}/alice/fat:v1", user="alice", password="secret", store=store)
+        img = client.pull(f"{srv.address}/alice/fat:v1", name="anon", store=store)    # anonymous pull allowed
         assert img.diff_ids == store.image("fat").diff_ids
+        # per-repository access: alice pushes only under alice/; bob is granted lab/*
+        with pytest.raises(client.RegistryError, match="DENIED: alice may not push lab/fat"):
+            client.push("fat", f"{srv.address}/lab/fat:v1", user="alice", password="secret", store=store)
+        with pytest.raises(client.RegistryError, match="DENIED: bob may not push alice/fat"):
+            client.push("fat", f"{srv.address}/alice/fat:v2", user="bob", password="hunter2", store=store)
+        client.push("fat", f"{srv.address}/lab/fat:v1", user="bob", password="hunter2", store=store)
+        assert sorted(http(srv).get("/v2/_catalog").status_code for _ in [0]) != [500]
+
+
+def test_users_file_must_hold_bcrypt_hashes(lab_root):
+    users = lab.root() / "users"
+    users.write_text("alice:" + hashlib.sha256(b"secret").hexdigest() + "\n")
+    with pytest.raises(auth.AuthError, match="line 1: the password of 'alice' is not a bcrypt hash"):
+        auth.TokenAuth(users)
+    users.write_text("alice:$2y$05$" + "a" * 53 + "\n")            # any cost, as htpasswd -B -C 5
+    assert not auth.TokenAuth(users).check_password("alice", "secret")
+
+
+def test_skopeo_delete_asks_for_every_action_and_gets_them_in_its_namespace(store, lab_root):
+    users = lab.root() / "users"
+    users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
+    a = auth.TokenAuth(users)
+    with server.serve(lab.root() / "registry", auth=a) as srv:
+        client.push("fat", f"{srv.address}/alice/fat:v1", user="alice", password="secret", store=store)
+        r = subprocess.run(["skopeo", "delete", "--tls-verify=false", "--creds", "alice:secret",
+                            f"docker://{srv.address}/alice/fat:v1"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
 
 
 # --- load -----------------------------------------------------------------------------------------
@@ -348,3 +378,124 @@ def test_storage_refuses_a_bad_name_with_its_own_error(tmp_path):
         fs.tags("UPPER/Case")
     with pytest.raises(BadName):
         fs.put_manifest("../escape", dg.of_bytes(b"x"), "application/json", "v1")
+
+
+# --- a hostile registry ---------------------------------------------------------------------------
+def _hostile_registry(manifest: bytes | None = None, layer_bytes=None):
+    """An httpx transport playing a registry that serves ``manifest`` and streams
+    ``layer_bytes`` (an iterator) for every blob; records how much it sent."""
+    sent = {"bytes": 0}
+    config = b"{}"
+    layer_desc = {"mediaType": st.LAYER, "digest": dg.of_bytes(b"x" * 1000), "size": 1000}
+    body = manifest or json.dumps({"schemaVersion": 2, "mediaType": st.MANIFEST,
+                                   "config": {"mediaType": st.CONFIG, "digest": dg.of_bytes(config), "size": 2},
+                                   "layers": [layer_desc]}).encode()
+
+    def stream():
+        for chunk in layer_bytes():
+            sent["bytes"] += len(chunk)
+            yield chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "/manifests/" in request.url.path:
+            return httpx.Response(200, content=body, headers={"Content-Type": st.MANIFEST})
+        if request.url.path.endswith(dg.of_bytes(config)):
+            return httpx.Response(200, content=config)
+        return httpx.Response(200, content=stream())
+    return httpx.MockTransport(handler), sent
+
+
+def test_a_blob_larger_than_its_descriptor_is_cut_off_while_downloading(busybox):
+    def endless():
+        while True:
+            yield b"x" * (1 << 16)
+    transport, sent = _hostile_registry(layer_bytes=endless)
+    with pytest.raises(client.RegistryError, match="larger than the 1000 bytes its descriptor says"):
+        client.pull("127.0.0.1:1/lab/evil:v1", transport=transport, store=busybox)
+    assert sent["bytes"] < 4 << 20
+    assert not list((lab.root() / "tmp").glob("pull-*"))
+
+
+@pytest.mark.parametrize("body,problem", [
+    (b"{" + b" " * (5 << 20) + b"}", "larger than 4 MiB"),
+    (b"this is not json", "not an image manifest"),
+    (b"[1, 2]", "not an image manifest"),
+    (b'{"schemaVersion": 2, "layers": ["x"], "config": {}}', "malformed"),
+    (b'{"schemaVersion": 2, "manifests": []}', "is an index"),
+])
+def test_a_bad_manifest_is_refused_by_name(busybox, body, problem):
+    transport, _ = _hostile_registry(manifest=body, layer_bytes=lambda: iter([b"x" * 1000]))
+    with pytest.raises(LabError, match=problem):
+        client.pull("127.0.0.1:1/lab/evil:v1", transport=transport, store=busybox)
+    assert "evil" not in busybox.refs()
+
+
+# --- malformed requests get the spec's errors, never a 500 ----------------------------------------
+@pytest.mark.parametrize("body", [
+    {"schemaVersion": 2, "mediaType": st.MANIFEST, "config": {"digest": "sha256:" + "0" * 64}, "layers": ["x"]},
+    {"schemaVersion": 2, "mediaType": st.MANIFEST, "config": {"digest": 123}, "layers": []},
+    {"schemaVersion": 2, "mediaType": server.OCI_INDEX, "manifests": [1]},
+    {"schemaVersion": 2, "mediaType": server.OCI_INDEX, "manifests": "x"},
+    {"schemaVersion": 2, "mediaType": st.MANIFEST, "config": None},
+    "abc", {}, [],
+])
+def test_malformed_manifests_are_manifest_invalid(reg, body):
+    r = http(reg).put("/v2/lab/x/manifests/v1", content=json.dumps(body),
+                      headers={"Content-Type": st.MANIFEST})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+
+
+@pytest.mark.parametrize("n", ["\u0663", "\u00b2", "-1", "1e3", "99999999999999"])
+def test_tags_list_n_must_be_ascii_digits(reg, n):
+    c = http(reg)
+    _manifest(c, "lab/t", "v1")
+    r = c.get("/v2/lab/t/tags/list", params={"n": n})
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_a_garbage_or_non_ascii_token_is_unauthorized_not_a_500(lab_root):
+    users = lab.root() / "users"
+    users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
+    with server.serve(lab.root() / "registry", auth=auth.TokenAuth(users)) as srv:
+        for token in ["caf\u00e9.\u00e9", "abc", "e30=.00", "...."]:
+            r = httpx.get(f"http://{srv.address}/v2/lab/x/tags/list",
+                          headers={"Authorization": f"Bearer {token}".encode()})
+            assert r.status_code == 401 and r.json()["errors"][0]["code"] == "UNAUTHORIZED", (token, r.text)
+
+
+def test_a_full_disk_gets_a_json_error_and_the_partial_upload_is_removed_at_once(lab_root):
+    from labkit import kernel
+    root = lab.scratch("tiny-registry")
+    kernel.mount("tmpfs", str(root), "tmpfs", 0, "size=4m")
+    try:
+        with server.serve(root / "reg") as srv:
+            c = http(srv)
+            loc = c.post("/v2/lab/big/blobs/uploads/").headers["Location"]
+            r = c.patch(loc, content=b"x" * (6 << 20), headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 507 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+            assert "disk is full" in r.json()["errors"][0]["message"]
+            assert list((root / "reg" / "uploads").iterdir()) == []
+            data = b"y" * (1 << 20)                                     # the space is back at once
+            r = c.post("/v2/lab/small/blobs/uploads/", params={"digest": dg.of_bytes(data)}, content=data)
+            assert r.status_code == 201
+    finally:
+        kernel.umount2(str(root))
+
+
+def test_idle_connections_are_closed_so_they_cannot_starve_clients(reg, monkeypatch):
+    """1,100 sockets connect and say nothing (THREADS is 32): a real request still gets through,
+    and the idle ones are closed by the server after IDLE_TIMEOUT."""
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = min(1100, soft - 200)
+    host, port = reg.address.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port))) for _ in range(n)]
+    try:
+        assert http(reg).get("/v2/").status_code == 200
+        idle[0].settimeout(server.IDLE_TIMEOUT * 3)
+        assert idle[0].recv(1) == b""        # closed by the server, not by us
+    finally:
+        for s_ in idle:
+            s_.close()

@@ -164,3 +164,34 @@ def test_umoci_unpack_matches_labkit_flatten(store):
     flat = store.flatten("two", d / "flat")
     assert read_tree(flat) == read_tree(d / "bundle" / "rootfs")
     assert (flat / "etc" / "motd").read_text() == "layer two\n"
+
+
+def test_a_gzip_bomb_stops_before_the_disk_is_full(tmp_path, monkeypatch):
+    """A 200 KiB gzip layer that inflates to 300 MiB, on a 96 MiB lab filesystem: the error
+    names the layer and the space, the partial file is gone at once, the lab keeps its space."""
+    import gzip
+    import io
+    from labkit import kernel
+    from labkit.image.layer import LayerError
+    from tests.helpers import need
+    need(os.geteuid() == 0, "root")
+    small = tmp_path / "small"
+    small.mkdir()
+    kernel.mount("tmpfs", str(small), "tmpfs", 0, "size=96m")
+    try:
+        monkeypatch.setenv("LABKIT_HOME", str(small / "lab"))
+        s = st.Store()
+        buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb") as z:
+            for _ in range(300):
+                z.write(bytes(1 << 20))
+        buf.seek(0)
+        desc = s.put_blob(buf, st.LAYER_GZIP)
+        with pytest.raises(LayerError, match=r"layer sha256:[0-9a-f]{12} \(gzip, \d+ bytes\) needs .* MiB are free"):
+            s.open_layer(desc)
+        assert list((small / "lab" / "tmp").iterdir()) == []
+        free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        assert free > 90 << 20
+        lab.reset()
+    finally:
+        kernel.umount2(str(small))

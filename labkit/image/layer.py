@@ -21,7 +21,6 @@ entry types and oversized headers (CVE-2007-4559, CVE-2018-15664, CVE-2021-32760
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
@@ -84,15 +83,24 @@ def create(source: str | os.PathLike, out: str | os.PathLike, *, mtime: int | No
 
 
 def _walk(top: Path):
-    """Relative paths below ``top``, sorted, each directory before its contents."""
-    def walk(rel: PurePosixPath):
-        for name in sorted(os.listdir(top / rel)):
-            child = rel / name
-            yield child
-            p = top / child
-            if p.is_dir() and not p.is_symlink():
-                yield from walk(child)
-    yield from walk(PurePosixPath())
+    """Relative paths below ``top``, sorted, each directory before its contents. Iterative (a
+    tree 2000 directories deep must not exhaust Python's recursion limit); a path longer than
+    PATH_MAX is refused, since no layer entry may have such a name."""
+    stack = [(PurePosixPath(), iter(sorted(os.listdir(top))))]
+    while stack:
+        rel, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        child = rel / name
+        p = top / child
+        if len(os.fsencode(p)) >= MAX_NAME:
+            raise LayerError(f"{str(p)[:60]}... is longer than {MAX_NAME} bytes (PATH_MAX), "
+                             f"{len(child.parts)} directories deep", "a layer cannot hold it: make the tree shallower")
+        yield child
+        if p.is_dir() and not p.is_symlink():
+            stack.append((child, iter(sorted(os.listdir(p)))))
 
 
 def _entries(top: Path, rel: PurePosixPath, mtime, prefix, links, counts):
@@ -148,10 +156,11 @@ def _copy_xattrs(p: Path, info: tarfile.TarInfo, prefix: str) -> None:
     for name in sorted(names):
         if name.startswith(OVERLAY_XATTRS):
             continue
-        try:
-            info.pax_headers["SCHILY.xattr." + name] = os.getxattr(p, name, follow_symlinks=False).decode()
-        except (OSError, UnicodeDecodeError):
-            pass   # binary values (security.capability ...) are left out of lesson layers
+        try:      # binary values (security.capability) travel as PAX hdrcharset=BINARY, as GNU tar's do
+            value = os.getxattr(p, name, follow_symlinks=False)
+        except OSError:
+            continue
+        info.pax_headers["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
 
 
 # --- apply ------------------------------------------------------------------------------------
@@ -165,6 +174,13 @@ class ApplyReport:
     removed: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`validate` found in a layer that it accepted."""
+    entries: int
+    bytes: int            # the sum of the regular files' sizes (a sparse file counts whole)
+
+
 def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form: bool = False,
           merge: bool = False, allow_devices: bool = False, prefix: str = "trusted.overlay.") -> ApplyReport:
     """Apply the layer ``tar_path`` onto ``dest`` (under the lab root).
@@ -176,81 +192,110 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
     ``<prefix>opaque=y``, so ``dest`` can serve as an overlay lowerdir directly.
     ``merge=True`` (with overlay_form): ``dest`` is a changeset being squashed, so an opaque
     marker also removes what earlier layers put in the directory.
-    The tar is validated completely before the first write.
+    The tar is validated completely, and the free space checked, before the first write;
+    every write then goes through directory file descriptors that never leave ``dest``.
     """
     dest = lab.inside(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    validate(tar_path, dest, allow_devices=allow_devices)
+    checked = validate(tar_path, dest, allow_devices=allow_devices)
+    ensure_space(dest, checked.bytes, f"layer {Path(tar_path).name}")
     report = ApplyReport()
     written: set[str] = set()
     dir_attrs = []
-    with _open(tar_path) as tar:
-        for m in tar:
+    with _open(tar_path) as tar, _Target(dest) as tgt:
+        for m in _members(tar):
             name = _clean(m.name)
             if name is None:
                 continue
             report.entries += 1
-            base = PurePosixPath(name).name
-            parent = str(PurePosixPath(name).parent)
+            rel = PurePosixPath(name)
+            parent, base = str(rel.parent), rel.name
             if base == OPAQUE:
                 report.opaque_dirs += 1
-                if not overlay_form and not _existing_dir(dest, parent):
+                if not overlay_form and not tgt.is_dir(parent):
                     continue          # nothing below to hide
-                d = _safe_dir(dest, parent)
+                d = tgt.dir(parent)
                 if overlay_form:
                     os.setxattr(d, prefix + "opaque", b"y")
                 if not overlay_form or merge:
                     for child in sorted(os.listdir(d)):
-                        rel = str(PurePosixPath(parent) / child) if parent != "." else child
-                        if rel not in written:
-                            _remove(d / child)
-                            report.removed.append(rel)
+                        crel = child if parent == "." else f"{parent}/{child}"
+                        if crel not in written:
+                            tgt.remove(crel)
+                            report.removed.append(crel)
                 continue
             if base.startswith(WHITEOUT):
                 report.whiteouts += 1
-                rel = str(PurePosixPath(parent) / base[len(WHITEOUT):])
-                if rel in written or (not overlay_form and not _existing_dir(dest, parent)):
+                hidden = base[len(WHITEOUT):]
+                hrel = hidden if parent == "." else f"{parent}/{hidden}"
+                if hrel in written or (not overlay_form and not tgt.is_dir(parent)):
                     continue          # own-layer entries stay; a missing parent hides nothing
-                target = _safe_dir(dest, parent) / base[len(WHITEOUT):]
-                if os.path.lexists(target):
-                    _remove(target)
-                    report.removed.append(rel)
+                d = tgt.dir(parent)
+                if _lstat(d, hidden) is not None:
+                    tgt.remove(hrel)
+                    report.removed.append(hrel)
                 if overlay_form:
-                    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                    os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=d)
                 continue
-            target = dest / name
             # a directory made where a whiteout stood must hide what is below (overlay makes
             # such a directory opaque too)
-            replaces_whiteout = overlay_form and m.isdir() and os.path.lexists(target) and is_whiteout(target, prefix)
-            _write_member(tar, m, name, dest, dir_attrs)
+            old = _lstat(tgt.dir(parent), base)
+            replaces_whiteout = (overlay_form and m.isdir() and old is not None
+                                 and stat.S_ISCHR(old.st_mode) and old.st_rdev == 0)
+            _write_member(tar, m, tgt, parent, base, dir_attrs)
             if replaces_whiteout:
-                os.setxattr(target, prefix + "opaque", b"y")
+                os.setxattr(tgt.dir(name), prefix + "opaque", b"y")
             written.add(name)
             report.written += 1
-    for path, m in reversed(dir_attrs):    # children first changed the dirs' mtimes
-        _set_attrs(dest, path, m)
+        for rel, m in reversed(dir_attrs):    # children first changed the dirs' mtimes
+            _set_attrs(tgt.dir(rel), m)
     return report
 
 
 def validate(tar_path: str | os.PathLike, dest: str | os.PathLike | None = None, *,
-             allow_devices: bool = False) -> int:
-    """Read every header of a layer and refuse anything unsafe; returns the entry count.
+             allow_devices: bool = False) -> Checked:
+    """Read every header of a layer and refuse anything unsafe.
 
     Nothing is written. ``dest`` (if given) is where the layer will go: a symlink there
     must not be written through either.
     """
-    seen: dict[str, tarfile.TarInfo] = {}
-    holders: set[str] = set()       # every directory an entry so far was written into
-    n = 0
+    seen: dict[str, bytes] = {}       # name -> tar type of every entry so far
+    holders: set[str] = set()         # every directory an entry so far was written into
+    n = size = 0
     with _open(tar_path) as tar:
         try:
-            for m in tar:
+            for m in _members(tar):
                 n += 1
                 _check_member(m, seen, holders, Path(dest) if dest else None, allow_devices)
+                if m.isreg():
+                    size += m.size
         except tarfile.TarError as e:
             raise LayerError(f"{tar_path} is not a readable tar archive ({e})",
                              "check that the file is an uncompressed layer tar and was copied whole")
-    return n
+    return Checked(n, size)
+
+
+MIN_FREE = 32 << 20     # what a layer must leave free on the lab's filesystem
+
+
+def ensure_space(where: Path, need: int, what: str) -> None:
+    """Refuse to write ``need`` more bytes under ``where`` if that would leave less than
+    MIN_FREE on its filesystem (statvfs(3)): a gzip bomb or a sparse entry claiming terabytes
+    stops with an error naming it instead of filling the disk."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if need + MIN_FREE > free:
+        raise LayerError(f"{what} needs {need >> 20} MiB but only {free >> 20} MiB are free under {where} "
+                         f"(labkit keeps {MIN_FREE >> 20} MiB spare); nothing was written",
+                         "free some space (labkit reset removes old experiments) or do not use this layer")
+
+
+def _members(tar: tarfile.TarFile):
+    """The members of ``tar`` one at a time, forgetting each after use (tarfile keeps a list of
+    every member it has read: 200,000 entries would cost ~200 MiB)."""
+    while (m := tar.next()) is not None:
+        tar.members.clear()
+        yield m
 
 
 def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | None, allow_devices: bool) -> None:
@@ -261,27 +306,28 @@ def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | Non
         raise _hostile(raw, "has an absolute name")
     name = _clean(raw)
     if name is None:
+        if not m.isdir():          # CVE-2021-29136: a root entry that is a symlink to "/"
+            raise _hostile(raw, "is the layer's root but not a directory")
         return
-    if ".." in PurePosixPath(name).parts:
+    parts = name.split("/")
+    if ".." in parts:
         raise _hostile(raw, "climbs out of the layer with '..'")
     if name in seen:
         raise _hostile(raw, "appears twice in the layer (image-spec forbids duplicate entries)")
     if name in holders and not m.isdir():
         raise _hostile(raw, f"would replace the directory {name!r} that earlier entries of this layer are in "
                             "(then their modes and owners would be set through it: CVE-2021-32760)")
-    base = PurePosixPath(name).name
+    base = parts[-1]
     if base.startswith(WHITEOUT + WHITEOUT) and base != OPAQUE:
         raise _hostile(raw, "uses a reserved whiteout name (.wh..wh. is reserved, image-spec layer.md)")
     if base.startswith(WHITEOUT) and base[len(WHITEOUT):] in ("", ".", ".."):
         raise _hostile(raw, "is a whiteout that names no file (.wh. must be followed by a plain name, "
                             "not '', '.' or '..')")
-    for parent in PurePosixPath(name).parents:
-        p = str(parent)
-        if p == ".":
-            break
-        if p in seen and seen[p].type != tarfile.DIRTYPE:
+    parents = ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    for p in parents:
+        if p in seen and seen[p] != tarfile.DIRTYPE:
             raise _hostile(raw, f"would be written through {p!r}, which this layer made a "
-                                f"{'symlink' if seen[p].issym() else 'non-directory'}")
+                                f"{'symlink' if seen[p] == tarfile.SYMTYPE else 'non-directory'}")
         if dest is not None and p not in seen and (dest / p).is_symlink():
             raise _hostile(raw, f"would be written through the symlink {p!r} already in the target")
     if m.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) and not allow_devices:
@@ -293,10 +339,10 @@ def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | Non
     if m.islnk():
         target = m.linkname
         t = _clean(target) if not target.startswith("/") else None
-        if t is None or ".." in PurePosixPath(t).parts:
+        if t is None or ".." in t.split("/"):
             raise _hostile(raw, f"is a hard link to {target!r}, outside the layer")
         if t in seen:
-            if not seen[t].isreg():
+            if seen[t] not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 raise _hostile(raw, f"is a hard link to {target!r}, which is not a regular file")
         elif dest is None or not _regular_inside(dest, t):
             raise _hostile(raw, f"is a hard link to {target!r}, which is not a file of this layer "
@@ -304,8 +350,8 @@ def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | Non
     for key in m.pax_headers:
         if key.startswith("SCHILY.xattr.") and key[13:].startswith(OVERLAY_XATTRS):
             raise _hostile(raw, f"carries the overlay xattr {key[13:]!r}, which could forge whiteouts")
-    seen[name] = m
-    holders.update(str(p) for p in PurePosixPath(name).parents if str(p) != ".")
+    seen[name] = m.type
+    holders.update(parents)
 
 
 def _regular_inside(dest: Path, rel: str) -> bool:
@@ -324,8 +370,7 @@ def _hostile(name: str, problem: str, fix: str = "") -> LayerError:
 
 def _clean(name: str) -> str | None:
     """The entry's name without ``./`` or a trailing slash; None for the root entry."""
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
-    return str(PurePosixPath(*parts)) if parts else None
+    return "/".join(p for p in name.split("/") if p and p != ".") or None
 
 
 class _LimitedReader:
@@ -355,97 +400,160 @@ def _open(tar_path) -> tarfile.TarFile:
                          "layers are stored uncompressed here; check the file") from None
 
 
-def _existing_dir(dest: Path, rel: str) -> bool:
-    """True when ``dest/rel`` is a directory reached without any symlink."""
-    p = dest
-    for part in PurePosixPath(rel).parts if rel != "." else ():
-        p = p / part
-        if p.is_symlink() or not p.is_dir():
-            return False
-    return True
+def _lstat(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
-def _safe_dir(dest: Path, rel: str) -> Path:
-    """``dest/rel`` as a real directory, made if missing, never through a symlink."""
-    p = dest
-    for part in PurePosixPath(rel).parts if rel != "." else ():
-        p = p / part
-        if p.is_symlink() or (p.exists() and not p.is_dir()):
-            _remove(p)
-        if not p.exists():
-            p.mkdir(mode=0o755)
-    return p
+class _Target:
+    """The directory a layer is applied to, reached only through file descriptors.
+
+    ``dir(rel)`` opens (making it if missing) a directory below the target with openat2(2)
+    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so no write can leave the target or pass through a
+    symlink, whatever the layer or anyone else did to the tree; the fds are cached, since a
+    layer writes many entries into one directory.
+    """
+    FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    KEEP = 256
+
+    def __init__(self, dest: Path):
+        self.fd = os.open(dest, self.FLAGS | os.O_CLOEXEC)
+        self.dirs: dict[str, int] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._forget("")
+        os.close(self.fd)
+
+    def dir(self, rel: str) -> int:
+        """An fd of directory ``rel`` ('.' is the target), made (0755) where missing and put in
+        place of a non-directory. Walks down from the deepest directory already open, one
+        name at a time (a tree may be thousands of directories deep)."""
+        if rel == "." or rel == "":
+            return self.fd
+        fd = self.dirs.get(rel)
+        if fd is not None:
+            return fd
+        if len(self.dirs) >= self.KEEP:
+            self._forget("")
+        parts = rel.split("/")
+        i = len(parts) - 1
+        while i > 0 and "/".join(parts[:i]) not in self.dirs:
+            i -= 1
+        fd = self.dirs["/".join(parts[:i])] if i else self.fd
+        for j in range(i, len(parts)):
+            here = "/".join(parts[:j + 1])
+            st = _lstat(fd, parts[j])
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self.remove(here)
+                st = None
+            if st is None:
+                os.mkdir(parts[j], 0o755, dir_fd=fd)
+            fd = kernel.openat2(fd, parts[j], self.FLAGS, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS)
+            self.dirs[here] = fd
+        return fd
+
+    def is_dir(self, rel: str) -> bool:
+        """True when ``rel`` is a directory reached without any symlink."""
+        fd = self.fd
+        opened = []
+        try:
+            for part in PurePosixPath(rel).parts if rel not in (".", "") else ():
+                st = _lstat(fd, part)
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    return False
+                fd = os.open(part, self.FLAGS | os.O_CLOEXEC, dir_fd=fd)
+                opened.append(fd)
+            return True
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def remove(self, rel: str) -> None:
+        """Remove ``rel`` (a whole tree if it is a directory), never following a symlink."""
+        p = PurePosixPath(rel)
+        parent = self.dir(str(p.parent))
+        st = _lstat(parent, p.name)
+        if st is None:
+            return
+        self._forget(rel)
+        lab.rmtree_at(parent, p.name)
+
+    def _forget(self, rel: str) -> None:
+        """Close the cached fds of ``rel`` and everything below it ('' is all)."""
+        for key in [k for k in self.dirs if not rel or k == rel or k.startswith(rel + "/")]:
+            os.close(self.dirs.pop(key))
 
 
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    else:
-        p.unlink()
-
-
-def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, dest: Path, dir_attrs) -> None:
-    parent = _safe_dir(dest, str(PurePosixPath(name).parent))
-    path = parent / PurePosixPath(name).name
+def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, tgt: _Target, parent: str, base: str,
+                  dir_attrs) -> None:
+    """Create one entry named ``base`` in directory ``parent`` of the target, by fd."""
+    rel = base if parent == "." else f"{parent}/{base}"
+    pfd = tgt.dir(parent)
+    old = _lstat(pfd, base)
     if m.isdir():
-        if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
-            _remove(path)
-        path.mkdir(exist_ok=True)
-        dir_attrs.append((path, m))
+        if old is not None and not stat.S_ISDIR(old.st_mode):
+            tgt.remove(rel)
+        tgt.dir(rel)
+        dir_attrs.append((rel, m))
         return
-    if os.path.lexists(path):
-        _remove(path)
+    if old is not None:
+        tgt.remove(rel)
     if m.isreg():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out, tar.extractfile(m) as src:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-    elif m.issym():
-        os.symlink(m.linkname, path)
-    elif m.islnk():
-        os.link(dest / _clean(m.linkname), path, follow_symlinks=False)
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            with tar.extractfile(m) as src:
+                while chunk := src.read(CHUNK):
+                    _write_all(fd, chunk)
+            _set_attrs(fd, m)
+        finally:
+            os.close(fd)
+        return
+    if m.islnk():
+        target = PurePosixPath(_clean(m.linkname))
+        os.link(target.name, base, src_dir_fd=tgt.dir(str(target.parent)), dst_dir_fd=pfd, follow_symlinks=False)
         return   # a hard link shares the attributes of its target
+    if m.issym():
+        os.symlink(m.linkname, base, dir_fd=pfd)
     elif m.isfifo():
-        os.mkfifo(path)
+        os.mkfifo(base, 0o600, dir_fd=pfd)
     else:
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-        os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
-    _set_attrs(dest, path, m)
+        os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+    _set_attrs(pfd, m, base)
 
 
-def _set_attrs(dest: Path, path: Path, m: tarfile.TarInfo) -> None:
-    """Owner, mode, xattrs and mtime of ``path`` (below ``dest``), set on a file descriptor:
-    the parent directory is opened with openat2(2) RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, so
-    nothing is ever changed through a symlink or outside ``dest`` (CVE-2021-32760)."""
-    rel = PurePosixPath(path.relative_to(dest))
-    pfd = _open_parent(dest, rel)
-    try:
-        name = rel.name
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _set_attrs(fd: int, m: tarfile.TarInfo, name: str | None = None) -> None:
+    """Owner, mode, xattrs and mtime from the tar header, set on the file descriptor ``fd`` of
+    the file itself (``name`` None) or on ``name`` inside directory fd ``fd`` without following
+    it: never by a path that a symlink could redirect (CVE-2021-32760). Owners are the header's
+    numbers: no user name is looked up, so nothing of the image (its NSS libraries, its
+    /etc/passwd) is ever consulted or run (CVE-2019-14271)."""
+    if name is None:
         if os.geteuid() == 0:
-            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
-        if m.isdir() or m.isreg():
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-            try:
-                os.chmod(fd, m.mode)
-            finally:
-                os.close(fd)
-        elif not m.issym():                         # a fifo or device node made just now
-            os.chmod(name, m.mode, dir_fd=pfd)
+            os.chown(fd, m.uid, m.gid)
+        os.chmod(fd, m.mode)          # after chown, which clears set-user-ID bits
         for key, value in m.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
-                os.setxattr(f"/proc/self/fd/{pfd}/{name}", key[13:], value.encode(), follow_symlinks=False)
-        os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
-    finally:
-        os.close(pfd)
-
-
-def _open_parent(dest: Path, rel: PurePosixPath) -> int:
-    """An O_PATH fd of ``dest/rel``'s parent, reached without leaving ``dest`` or following a symlink."""
-    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
-    top = os.open(dest, flags)
-    if str(rel.parent) == ".":
-        return top
-    try:
-        return kernel.openat2(top, str(rel.parent), flags, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS)
-    finally:
-        os.close(top)
+                os.setxattr(fd, key[13:], value.encode(errors="surrogateescape"))
+        os.utime(fd, (m.mtime, m.mtime))
+        return
+    if os.geteuid() == 0:
+        os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+    if not m.issym():                 # a fifo or device node made just now
+        os.chmod(name, m.mode, dir_fd=fd)
+    for key, value in m.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            os.setxattr(f"/proc/self/fd/{fd}/{name}", key[13:], value.encode(errors="surrogateescape"),
+                        follow_symlinks=False)
+    os.utime(name, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)

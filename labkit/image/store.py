@@ -19,7 +19,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +281,21 @@ def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
     return img
 
 
+GUARD_EVERY = 16 << 20
+
+
+def _decompress(src, dst, where: Path, desc: Descriptor) -> None:
+    """Copy a decompressing stream, checking the free space every 16 MiB: a gzip bomb (a few
+    KiB that inflate to terabytes) stops with an error naming the layer, not a full disk."""
+    since = GUARD_EVERY
+    while chunk := src.read(digest.CHUNK):
+        if since >= GUARD_EVERY:
+            layer.ensure_space(where, GUARD_EVERY, f"layer {desc.digest[:19]} (gzip, {desc.size} bytes)")
+            since = 0
+        dst.write(chunk)
+        since += len(chunk)
+
+
 class Store(Layout):
     """The lab's image store at ``<lab root>/store``, with its own snapshotter.
 
@@ -355,7 +369,7 @@ class Store(Layout):
         try:
             with self.open_blob(desc) as r, gzip.open(r, "rb") as src, open(tmp, "wb") as f, \
                     digest.HashingWriter(f) as dst:
-                shutil.copyfileobj(src, dst, digest.CHUNK)
+                _decompress(src, dst, out.parent, desc)
             if diff_id and dst.digest != diff_id:
                 raise _diff_id_mismatch(desc, diff_id, dst.digest)
             out.with_suffix(".diffid").write_text(dst.digest)

@@ -4,11 +4,16 @@ its user name and password, or anonymously) and repeats the request with it.
 :class:`TokenAuth` is the registry's side, :class:`BearerAuth` the client's.
 
 Tokens here are HMAC-signed JSON (a JWT in spirit): who, which repository, which actions,
-until when. Users come from a file of ``name:sha256(password)`` lines.
+until when. Users come from an htpasswd file of bcrypt hashes, the one format distribution's
+htpasswd auth reads (``htpasswd -B -c users alice`` writes one). Access is per repository, as
+a class needs it: everybody (signed in) pulls; a user pushes and deletes only below their own
+name (``alice/...``) unless ``grants`` gives them more (``{"teacher": ["*"]}``).
 """
 from __future__ import annotations
 
 import base64
+import binascii
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -17,6 +22,7 @@ import secrets
 import time
 from pathlib import Path
 
+import bcrypt
 import httpx
 from werkzeug.wrappers import Response
 
@@ -24,31 +30,69 @@ from ..errors import LabError
 from .errors import Problem
 
 TTL = 300
+BCRYPT_ROUNDS = 10           # htpasswd -B uses 5; distribution accepts any cost
 
 
 class TokenAuth:
+    """The registry's token service and its check of each request's token."""
+
     def __init__(self, users_file: str | Path | None = None, users: dict | None = None,
-                 anonymous_pull: bool = False, service: str = "labkit"):
-        self.users = dict(users or {})                 # name -> sha256 hex of the password
+                 anonymous_pull: bool = False, service: str = "labkit", grants: dict | None = None):
+        self.users = dict(users or {})                 # name -> bcrypt hash of the password
         if users_file:
-            for line in Path(users_file).read_text().splitlines():
-                if ":" in line and not line.startswith("#"):
-                    name, hashed = line.strip().split(":", 1)
+            for n, line in enumerate(Path(users_file).read_text().splitlines(), 1):
+                if line.strip() and not line.startswith("#"):
+                    name, _, hashed = line.strip().partition(":")
+                    if not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+                        raise AuthError(f"{users_file} line {n}: the password of {name!r} is not a bcrypt hash",
+                                        f"write the file with `htpasswd -B {users_file} {name}` (or "
+                                        "TokenAuth.hash_password)")
                     self.users[name] = hashed
+        self.grants = {u: list(p) for u, p in (grants or {}).items()}   # user -> repository patterns
         self.anonymous_pull = anonymous_pull
         self.service = service
         self.secret = secrets.token_bytes(32)
+        self._checked: dict[tuple[str, bytes], str] = {}     # bcrypt is slow on purpose: remember a match
 
     @staticmethod
     def hash_password(password: str) -> str:
-        return hashlib.sha256(password.encode()).hexdigest()
+        """A bcrypt hash as ``htpasswd -B`` writes it (``$2y$``)."""
+        h = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+        return "$2y$" + h[4:]
+
+    def check_password(self, name: str, password: str) -> bool:
+        hashed = self.users.get(name)
+        if hashed is None:
+            return False
+        key = (name, hashlib.sha256(password.encode()).digest())
+        if self._checked.get(key) == hashed:
+            return True
+        try:
+            ok = bcrypt.checkpw(password.encode(), ("$2b$" + hashed[4:]).encode())
+        except ValueError:               # a damaged hash in the users file matches nothing
+            return False
+        if ok:
+            self._checked[key] = hashed
+        return ok
+
+    def allowed(self, user: str | None, repo: str, actions: list[str]) -> list[str]:
+        """The actions of ``actions`` that ``user`` (None: anonymous) may take on ``repo``:
+        pull for everyone signed in (and anonymous if configured); push and delete below the
+        user's own name or a granted pattern; ``*`` stands for all three."""
+        wanted = {"pull", "push", "delete"} if "*" in actions else set(actions)
+        mine = user is not None and (repo.startswith(user + "/") or
+                                     any(fnmatch.fnmatchcase(repo, pat) for pat in self.grants.get(user, [])))
+        ok = {"pull"} if (user or self.anonymous_pull) else set()
+        if mine:
+            ok |= {"push", "delete"}
+        return sorted(wanted & ok)
 
     # --- the token service ---
     def token_response(self, request) -> Response:
         user = None
         if request.authorization and request.authorization.type == "basic":
-            name, pw = request.authorization.username, request.authorization.password or ""
-            if self.users.get(name) != self.hash_password(pw):
+            name, pw = request.authorization.username or "", request.authorization.password or ""
+            if not self.check_password(name, pw):
                 return Response(json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "wrong user or password"}]}),
                                 401, content_type="application/json")
             user = name
@@ -56,8 +100,7 @@ class TokenAuth:
         for scope in request.args.getlist("scope"):
             kind, _, rest = scope.partition(":")
             repo, _, actions = rest.rpartition(":")
-            allowed = [a for a in actions.split(",") if user or (a == "pull" and self.anonymous_pull)]
-            access.append({"type": kind, "name": repo, "actions": allowed})
+            access.append({"type": kind, "name": repo, "actions": self.allowed(user, repo, actions.split(","))})
         token = self._sign({"sub": user or "anonymous", "access": access, "exp": time.time() + TTL})
         return Response(json.dumps({"token": token, "access_token": token, "expires_in": TTL}), 200,
                         content_type="application/json")
@@ -68,30 +111,39 @@ class TokenAuth:
         return f"{body}.{sig}"
 
     def _verify(self, token: str) -> dict | None:
+        """The token's claims if we signed it and it has not expired; None for anything else
+        (garbage, non-ASCII, expired)."""
+        if not token.isascii():
+            return None
         body, _, sig = token.partition(".")
         if not hmac.compare_digest(hmac.new(self.secret, body.encode(), "sha256").hexdigest(), sig):
             return None
-        claims = json.loads(base64.urlsafe_b64decode(body))
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(body))
+        except (ValueError, binascii.Error):
+            return None
         return claims if claims["exp"] > time.time() else None
 
     # --- the registry side ---
     def require(self, request, repo: str | None) -> None:
-        """Raise a 401 Problem with the challenge unless the request carries a fitting token."""
+        """Raise a 401 Problem with the challenge unless the request carries a token that allows
+        this action on ``repo`` (UNAUTHORIZED without a token, DENIED with one that falls short)."""
         action = "pull" if request.method in ("GET", "HEAD") else "push"
         if request.method == "DELETE":
             action = "delete"
         auth = request.headers.get("Authorization", "")
         claims = self._verify(auth[7:]) if auth.lower().startswith("bearer ") else None
-        if claims and (not repo or any(a["name"] == repo and (action in a["actions"] or "*" in a["actions"] or
-                                                               (action == "delete" and "push" in a["actions"]))
-                                       for a in claims["access"])):
+        if claims and (not repo or any(a["name"] == repo and action in a["actions"] for a in claims["access"])):
             return
         realm = f"{request.host_url.rstrip('/')}/token"
+        wants = {"pull": "pull", "push": "pull,push", "delete": "delete"}[action]
         challenge = f'Bearer realm="{realm}",service="{self.service}"' + (
-            f',scope="repository:{repo}:{"pull" if action == "pull" else "pull,push"}"' if repo else "")
-        code = "DENIED" if claims else "UNAUTHORIZED"
-        raise Problem(code, "authentication required" if not claims else f"the token does not allow {action} on {repo}",
-                      401, {"WWW-Authenticate": challenge})
+            f',scope="repository:{repo}:{wants}"' if repo else "")
+        if not claims:
+            raise Problem("UNAUTHORIZED", "authentication required", 401, {"WWW-Authenticate": challenge})
+        # 401 again, not 403: the client may hold a pull token and now ask for push (distribution)
+        raise Problem("DENIED", f"{claims['sub']} may not {action} {repo} (a user pushes and deletes only "
+                                f"below their own name, {claims['sub']}/...)", 401, {"WWW-Authenticate": challenge})
 
 
 # --- the client side ------------------------------------------------------------------------

@@ -90,6 +90,11 @@ class Session:
         self.http.close()
 
 
+def _unreachable(host: str, e: httpx.TransportError) -> RegistryError:
+    return RegistryError(f"cannot reach the registry at {host} ({type(e).__name__}: {e})",
+                         "is it running? start one with labkit registry serve --addr HOST:PORT --root DIR")
+
+
 def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
     if r.status_code not in ok:
         try:
@@ -126,6 +131,8 @@ def pull(ref: str, name: str | None = None, parallel: int = 4, user=None, passwo
         mdesc = store.put_bytes(body, manifest.get("mediaType", st.MANIFEST))
         store.set_ref(st.check_name(name or r.repo.split("/")[-1]), mdesc)
         return store.image(name or r.repo.split("/")[-1])
+    except httpx.TransportError as e:
+        raise _unreachable(r.host, e) from None
     finally:
         s.close()
 
@@ -144,22 +151,44 @@ def pull_last_layer(ref: str, user=None, password=None, trace: list | None = Non
             out = lab.root() / "tmp" / f"{dg.encoded(layers[-1].digest)}.layer"
             files[0].rename(out)
         return out
+    except httpx.TransportError as e:
+        raise _unreachable(r.host, e) from None
     finally:
         s.close()
 
 
 def _manifest(s: Session, r: Ref):
-    """GET the manifest, check it against Docker-Content-Digest; (bytes, JSON, config, layers)."""
-    resp = _check(s.request("GET", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", headers={"Accept": ACCEPT}),
-                  f"GET manifest {r.repo}:{r.tag}")
-    body = resp.content
+    """GET the manifest, check it against Docker-Content-Digest; (bytes, JSON, config, layers).
+    A body over 4 MiB is refused while it arrives, as distribution refuses to store one
+    (CVE-2017-11468); one that is not a JSON object with a config is refused by name."""
+    what = f"the manifest of {r.repo}:{r.tag}"
+    ev = Event("manifest", "GET", f"/v2/{r.repo}/manifests/{r.tag}", time.monotonic())
+    with s.http.stream("GET", ev.url, headers={"Accept": ACCEPT}) as resp:
+        _check(resp, f"GET manifest {r.repo}:{r.tag}")
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > st.MAX_JSON:
+                raise RegistryError(f"{what} is larger than {st.MAX_JSON >> 20} MiB; it was not read further",
+                                    "a real manifest is a few KiB: the registry is broken or hostile")
+    ev.end, ev.status, ev.bytes = time.monotonic(), resp.status_code, len(body)
+    if s.trace is not None:
+        s.trace.append(ev)
+    body = bytes(body)
     mdigest = dg.of_bytes(body)
     if resp.headers.get("Docker-Content-Digest", mdigest) != mdigest:
         raise RegistryError(f"the manifest hashes to {mdigest}, the registry says "
                             f"{resp.headers['Docker-Content-Digest']}", "the registry or the network changed it")
-    manifest = json.loads(body)
-    layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
-    return body, manifest, st.Descriptor.from_json(manifest["config"]), layers
+    try:
+        manifest = json.loads(body)
+        if manifest.get("manifests") is not None and "config" not in manifest:
+            raise RegistryError(f"{what} is an index (a list of platform images)",
+                                "pull one of its platform manifests by digest (REPO@sha256:...)")
+        layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
+        return body, manifest, st.Descriptor.from_json(manifest["config"]), layers
+    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        raise RegistryError(f"{what} is not an image manifest ({type(e).__name__}: {e})",
+                            "the registry holds something else under this tag; check it with skopeo inspect --raw") from None
 
 
 @contextlib.contextmanager
@@ -203,6 +232,12 @@ def _fetch(s: Session, r: Ref, what: str, desc: st.Descriptor, work: Path, retri
                 h = _hash_of(out) if mode == "ab" else hashlib.sha256()   # hash as the bytes arrive
                 with open(out, mode) as f:
                     for chunk in resp.iter_bytes():      # as it arrives: a cut keeps what came
+                        if f.tell() + len(chunk) > desc.size:
+                            f.close()
+                            out.unlink()
+                            raise RegistryError(f"{what} is larger than the {desc.size} bytes its descriptor "
+                                                "says; the download was stopped there and discarded",
+                                                "the registry is broken or hostile: do not pull from it")
                         f.write(chunk)
                         h.update(chunk)
                         ev.bytes += len(chunk)
@@ -294,6 +329,8 @@ def push(name: str, ref: str, user=None, password=None, trace: list | None = Non
         _check(s.request("PUT", f"/v2/{r.repo}/manifests/{r.tag}", "manifest", content=body,
                          headers={"Content-Type": img.manifest_desc.media_type}), "PUT manifest", ok=(201,))
         return img.manifest_desc.digest
+    except httpx.TransportError as e:
+        raise _unreachable(r.host, e) from None
     finally:
         s.close()
 

@@ -2,7 +2,9 @@
 
 The route table below is the distribution spec's endpoint table (spec.md, "Endpoints"),
 one line per endpoint; each handler cites its end-N. HTTP is werkzeug's (routing, request
-parsing, a threaded server); the protocol is ours:
+parsing) served by cheroot, CherryPy's production WSGI server (it streams request bodies to us
+instead of spooling them to /tmp, runs on a thread of a notebook's kernel, and closes
+connections idle for longer than IDLE_TIMEOUT); the protocol is ours:
 
 * every response carries ``Docker-Content-Digest`` where the spec asks for it;
 * uploads: POST (start, monolithic with ?digest=, or cross-repo ?mount=&from=), PATCH chunks
@@ -14,14 +16,17 @@ parsing, a threaded server); the protocol is ours:
 """
 from __future__ import annotations
 
+import errno
 import json
 import re
+import sys
 import threading
+import traceback
 from dataclasses import dataclass
 
+from cheroot import connections, wsgi
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
@@ -32,6 +37,8 @@ from .storage import NAME, TAG, BadName, Filesystem
 
 MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
+IDLE_TIMEOUT = 10        # seconds a connection may sit idle before the server closes it
+THREADS = 32
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", OCI_INDEX,
                   "application/vnd.docker.distribution.manifest.v2+json",
@@ -74,6 +81,14 @@ class Registry:
             response = error("UNSUPPORTED", e.description or str(e), e.code)
         except BadName as e:
             response = error("NAME_INVALID", str(e))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            response = error("BLOB_UPLOAD_INVALID", "the registry's disk is full; the upload was removed: "
+                             "free space on the registry and push again", 507)
+        except Exception as e:               # a bug of ours: a JSON 500 and a line in the server's log
+            traceback.print_exc(file=sys.stderr)
+            response = error("UNKNOWN", f"the registry failed: {type(e).__name__}: {e}", 500)
         if self.log is not None:
             self.log.append((request.method, request.path + (f"?{request.query_string.decode()}"
                                                              if request.query_string else ""), response.status_code))
@@ -210,7 +225,7 @@ class Registry:
         d = dg.of_bytes(body)
         if ref.startswith("sha256:") and ref != d:
             raise Problem("DIGEST_INVALID", f"the manifest hashes to {d}, not {ref}")
-        for ref_desc in _references(doc):
+        for ref_desc in list(_references(doc)):          # every descriptor well formed first
             rd = _digest(ref_desc.get("digest", ""))
             if ref_desc["kind"] == "blob" and not self.fs.linked(name, rd):
                 raise Problem("MANIFEST_BLOB_UNKNOWN", f"blob {rd} is not in {name}: push it first")
@@ -238,8 +253,8 @@ class Registry:
         headers = {}
         n = request.args.get("n")
         if n is not None:
-            if not n.isdigit():
-                raise Problem("UNSUPPORTED", f"n={n!r} is not a number", 400)
+            if not re.fullmatch(r"[0-9]{1,9}", n):        # ASCII digits only: int() takes '٣' too
+                raise Problem("UNSUPPORTED", f"n={n[:20]!r} is not a number of tags", 400)
             if len(tags) > int(n):
                 tags = tags[:int(n)]
                 headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1] if tags else ""}>; rel="next"'
@@ -273,7 +288,9 @@ class Registry:
                         headers, content_type=OCI_INDEX)
 
 
-def _digest(text: str) -> str:
+def _digest(text) -> str:
+    if not isinstance(text, str):
+        raise Problem("DIGEST_INVALID", f"{str(text)[:80]!r} is not a sha256 digest string")
     try:
         return dg.validate(text)
     except dg.DigestError:
@@ -299,23 +316,21 @@ def _limited(f, n):
 
 
 def _references(doc: dict):
-    """Descriptors a manifest needs present: config and layers, or an index's manifests."""
+    """Descriptors a manifest needs present: config and layers, or an index's manifests
+    (image-spec descriptor.md: each an object with a string digest). Anything else is
+    MANIFEST_INVALID."""
     if "manifests" in doc:
-        for m in doc.get("manifests") or []:
-            yield {**m, "kind": "manifest"}
-        return
-    if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("layers", []), list):
-        raise Problem("MANIFEST_INVALID", "an image manifest needs a config descriptor and a layers list")
-    yield {**doc["config"], "kind": "blob"}
-    for layer in doc.get("layers") or []:
-        yield {**layer, "kind": "blob"}
-
-
-class _Quiet(WSGIRequestHandler):
-    """No access log on stderr (the registry's ``log`` list has every request)."""
-
-    def log(self, *args) -> None:
-        pass
+        kind, descs = "manifest", doc["manifests"]
+        if not isinstance(descs, list):
+            raise Problem("MANIFEST_INVALID", "an index's manifests must be a list of descriptors")
+    else:
+        kind, descs = "blob", [doc.get("config")] + (doc.get("layers") or [] if isinstance(doc.get("layers", []), list)
+                                                    else [None])
+    for d in descs:
+        if not isinstance(d, dict) or not isinstance(d.get("digest"), str):
+            raise Problem("MANIFEST_INVALID", f"{json.dumps(d)[:80]} is not a descriptor (an object with a "
+                          "mediaType, a digest string and a size)")
+        yield {**d, "kind": kind}
 
 
 @dataclass
@@ -326,10 +341,9 @@ class Server:
     port: int
 
     def __post_init__(self):
-        self._srv = make_server(self.host, self.port, self.app, threaded=True, request_handler=_Quiet)
-        self._srv.daemon_threads = True
-        self.port = self._srv.server_port
-        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._srv = http_server(self.app, self.host, self.port)
+        self.port = self._srv.bind_addr[1]
+        self._thread = threading.Thread(target=self._srv.serve, daemon=True)
         self._thread.start()
 
     @property
@@ -337,14 +351,39 @@ class Server:
         return f"{self.host}:{self.port}"
 
     def close(self) -> None:
-        self._srv.shutdown()
-        self._srv.server_close()
+        self._srv.stop()
 
     def __enter__(self) -> "Server":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def http_server(app, host: str, port: int) -> wsgi.Server:
+    """cheroot's WSGI server for ``app``, bound (port 0: any free port) but not yet serving:
+    a pool of THREADS workers, idle keep-alive connections parked in a selector and closed
+    after IDLE_TIMEOUT seconds, so sockets left open cannot starve other clients."""
+    srv = wsgi.Server((host, port), app, numthreads=THREADS, timeout=IDLE_TIMEOUT,
+                      server_name="labkit-registry", request_queue_size=128)
+    srv.prepare()
+    srv._connections.close()
+    srv._connections = _ParkNewConnections(srv)
+    return srv
+
+
+class _ParkNewConnections(connections.ConnectionManager):
+    """cheroot hands a newly accepted connection straight to a worker thread, which then waits
+    up to IDLE_TIMEOUT for its first request: 1,100 sockets that connect and say nothing would
+    hold all THREADS workers for minutes. Here a new connection waits in the selector like a
+    kept-alive one, reaches a worker only when it has sent something, and is closed once idle
+    for IDLE_TIMEOUT."""
+
+    def _from_server_socket(self, server_socket):
+        conn = super()._from_server_socket(server_socket)
+        if conn is not None:
+            self.put(conn)
+        return None
 
 
 def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:

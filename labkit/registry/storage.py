@@ -15,6 +15,7 @@ An S3-compatible driver would implement the same methods over object keys.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -101,12 +102,19 @@ class Filesystem:
         return d / "data"
 
     def append(self, data_file: Path, chunks: Iterator[bytes]) -> int:
-        with open(data_file, "ab") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-            return f.tell()
+        """Add ``chunks`` to an upload; if the disk fills up, the whole upload is removed at once
+        (not left to expire), so the space is back for the next push."""
+        try:
+            with open(data_file, "ab") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                return f.tell()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.cancel_upload(data_file.parent.name)
+            raise
 
     def finish_upload(self, uid: str, repo: str, want: str) -> bool:
         """Hash the upload; if it is ``want``, move it into place and link it. False if not."""
