@@ -312,3 +312,25 @@ def test_a_tree_2000_directories_deep_goes_into_a_layer_and_back(lab_root):
     with open(os.open("f", os.O_RDONLY, dir_fd=fd)) as f:
         assert f.read() == "bottom"
     os.close(fd)
+
+
+def test_file_capabilities_survive_gnu_tar_and_labkit_both_ways(lab_root):
+    """security.capability is binary (struct vfs_cap_data): a GNU tar --xattrs layer applies with
+    it (it used to raise UnicodeEncodeError), and labkit's own layers keep it (it was dropped)."""
+    import struct
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)       # VFS_CAP_REVISION_2, cap_net_raw+ep
+    d = lab.scratch("caps")
+    write_tree(d / "src", {"bin/ping": "#!/bin/sh\n"})
+    os.setxattr(d / "src" / "bin" / "ping", "security.capability", cap)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-cf", str(d / "gnu.tar"), "-C", str(d / "src"), "bin"],
+                   check=True)
+    layer.apply(d / "gnu.tar", d / "from-gnu")
+    assert os.getxattr(d / "from-gnu" / "bin" / "ping", "security.capability") == cap
+    layer.create(d / "src", d / "labkit.tar")
+    layer.apply(d / "labkit.tar", d / "from-labkit")
+    assert os.getxattr(d / "from-labkit" / "bin" / "ping", "security.capability") == cap
+    gnu = lab.scratch("caps-gnu")
+    out = subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xf", str(d / "labkit.tar"), "-C", str(gnu)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert os.getxattr(gnu / "bin" / "ping", "security.capability") == cap

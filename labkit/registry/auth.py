@@ -142,8 +142,10 @@ class TokenAuth:
         if not claims:
             raise Problem("UNAUTHORIZED", "authentication required", 401, {"WWW-Authenticate": challenge})
         # 401 again, not 403: the client may hold a pull token and now ask for push (distribution)
-        raise Problem("DENIED", f"{claims['sub']} may not {action} {repo} (a user pushes and deletes only "
-                                f"below their own name, {claims['sub']}/...)", 401, {"WWW-Authenticate": challenge})
+        why = ("anonymous users only pull: sign in" if claims["sub"] == "anonymous" else
+               f"a user pushes and deletes only below their own name, {claims['sub']}/...")
+        raise Problem("DENIED", f"{claims['sub']} may not {action} {repo} ({why})", 401,
+                      {"WWW-Authenticate": challenge})
 
 
 # --- the client side ------------------------------------------------------------------------

@@ -146,26 +146,34 @@ assert sum(1 for e in trace if e.what.startswith("layer 1/5")) == 1
 # A registry with authentication answers 401 and says where to get a token and for what
 # (`WWW-Authenticate: Bearer realm=…,scope="repository:…:pull"`). The client asks the token
 # service (with a user name and password, or anonymously), then repeats the request with
-# `Authorization: Bearer …`.
+# `Authorization: Bearer …`. The token lists what it allows, repository by repository: here
+# anyone may pull, and a user may push only below their own name (`alice/…`), as on the
+# public registries. Passwords are kept as bcrypt hashes, the `htpasswd -B` format.
 
 # %%
 users = home / "users"
 users.write_text(f"alice:{auth.TokenAuth.hash_password('secret')}\n")
 secure = server.serve(home / "registry-auth", auth=auth.TokenAuth(users, anonymous_pull=True))
-r = httpx.get(f"http://{secure.address}/v2/lab/app/tags/list")
+r = httpx.get(f"http://{secure.address}/v2/alice/app/tags/list")
 print(r.status_code, r.headers["WWW-Authenticate"].replace(secure.address, "HOST"))
-client.push(image, f"{secure.address}/lab/app:v1", user="alice", password="secret", store=store)
-try:
-    client.push(image, f"{secure.address}/lab/other:v1", store=store)
-    anonymous_push = "allowed"
-except client.RegistryError:
-    anonymous_push = "refused"
-print("anonymous push:", anonymous_push, "| anonymous pull:",
-      client.pull(f"{secure.address}/lab/app:v1", name="lesson08/anon", store=store).name)
+client.push(image, f"{secure.address}/alice/app:v1", user="alice", password="secret", store=store)
+refused = {}
+for who, repo in [(None, "alice/other"), ("alice", "lab/app")]:
+    try:
+        client.push(image, f"{secure.address}/{repo}:v1", user=who, password="secret", store=store)
+        refused[(who, repo)] = "allowed"
+    except client.RegistryError as e:
+        refused[(who, repo)] = "refused: " + str(e).split("(")[1].split(":")[0]
+print("anonymous push to alice/other:", refused[(None, "alice/other")])
+print("alice's push to lab/app:", refused[("alice", "lab/app")])
+print("anonymous pull:", client.pull(f"{secure.address}/alice/app:v1", name="lesson08/anon", store=store).name)
+print("users file:", users.read_text()[:13] + "…")
 
 # %%
-assert r.status_code == 401 and 'scope="repository:lab/app:pull"' in r.headers["WWW-Authenticate"]
-assert anonymous_push == "refused"
+assert r.status_code == 401 and 'scope="repository:alice/app:pull"' in r.headers["WWW-Authenticate"]
+assert refused[(None, "alice/other")] == "refused: DENIED"
+assert refused[("alice", "lab/app")] == "refused: DENIED"
+assert users.read_text().startswith("alice:$2y$")
 
 # %% [markdown]
 # ## 6. Serial (v1-like) against parallel (v2) over a slow link
