@@ -31,7 +31,10 @@ def test_exec_and_shell_forms_and_expansion():
     assert build._command("echo hi", {}) == ["/bin/sh", "-c", "echo hi"]
     assert build._command('["echo", 1]', {}) == ["/bin/sh", "-c", '["echo", 1]']   # not a list of strings
     assert build._expand("${A}/$B/$C", {"A": "x", "B": "y"}) == "x/y/"
-    assert build._flags("--chown=1:2 a b /dst/") == ({"chown": "1:2"}, ["a", "b", "/dst/"])
+    copy = build.Instruction(3, "COPY", "--chown=1:2 a b /dst/")
+    assert build._flags(copy.args, copy) == ({"chown": "1:2"}, ["a", "b", "/dst/"])
+    with pytest.raises(build.BuildError, match="line 3: COPY .*no closing quotation"):
+        build._flags('"a b /dst/', copy)
 
 
 # --- image references and sizes ---------------------------------------------------------------
@@ -95,15 +98,25 @@ def test_bearer_auth_says_when_the_token_service_refuses():
             http.get("/v2/")
 
 
-def test_a_star_in_the_token_scope_means_every_action():
-    """distribution's token scope: ``repository:NAME:*`` grants all actions (skopeo delete asks
-    for it)."""
+def test_a_star_in_the_token_scope_means_every_action_the_user_may_take():
+    """distribution's token scope: ``repository:NAME:*`` asks for all actions (skopeo delete
+    does); the token service grants those the user may take there: all in their namespace,
+    pull elsewhere."""
+    import base64
+    import json
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request
     a = auth.TokenAuth(users={"alice": auth.TokenAuth.hash_password("pw")})
-    token = a._sign({"sub": "alice", "access": [{"type": "repository", "name": "lab/app", "actions": ["*"]}],
-                     "exp": time.time() + 60})
+    basic = "Basic " + base64.b64encode(b"alice:pw").decode()
+    for repo, want in [("alice/app", ["delete", "pull", "push"]), ("lab/app", ["pull"])]:
+        req = Request(EnvironBuilder(path="/token", query_string={"scope": f"repository:{repo}:*"},
+                                     headers={"Authorization": basic}).get_environ())
+        token = json.loads(a.token_response(req).get_data())["token"]
+        claims = a._verify(token)
+        assert claims["access"] == [{"type": "repository", "name": repo, "actions": want}]
+    full = a._sign({"sub": "alice", "exp": time.time() + 60,
+                    "access": [{"type": "repository", "name": "alice/app", "actions": a.allowed("alice", "alice/app", ["*"])}]})
     for method in ("GET", "PUT", "DELETE"):
-        req = Request(EnvironBuilder(method=method, path="/v2/lab/app/manifests/v1",
-                                     headers={"Authorization": f"Bearer {token}"}).get_environ())
-        a.require(req, "lab/app")                           # no Problem raised
+        req = Request(EnvironBuilder(method=method, path="/v2/alice/app/manifests/v1",
+                                     headers={"Authorization": f"Bearer {full}"}).get_environ())
+        a.require(req, "alice/app")                           # no Problem raised
