@@ -14,13 +14,16 @@ provision:
 # Your own copies of the notebooks live in work/ (git ignores it); the originals stay in notebooks/.
 lab: provision
 	@$(VENV)/bin/labkit notebook sync
-	@$(VENV)/bin/jupyter trust -q $(LABKIT_WORKDIR)/*.ipynb
+	@$(VENV)/bin/jupyter trust $(LABKIT_WORKDIR)/*.ipynb >/dev/null
 	@echo "labkit: JupyterLab on http://$(IP):$(PORT)/ (the URL with the token follows)"
-	@$(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) --port=$(PORT) \
-		--ServerApp.root_dir=$(LABKIT_WORKDIR)
+	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) \
+		--port=$(PORT) --ServerApp.root_dir=$(LABKIT_WORKDIR)
 
+# Every lesson runs twice in one lab root: in order, then again in reverse order, as learners
+# come back to lessons (each must clean up only what it made and start again from there).
 test: provision
-	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \
+	$(PY) -m pytest tests notebooks $(shell ls -r notebooks/[0-9]*.ipynb) --keep-duplicates \
+		--nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \
 		--nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 
 bench: provision

@@ -1,1 +1,24 @@
 """labkit: container images from the kernel up."""
+
+
+def _explain_name_errors() -> None:
+    """In a notebook, a NameError usually means a cell ran before the cells it builds on (a
+    learner coming back to a lesson, or running one cell of it): say so under the traceback."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "_labkit_names", False):
+        return
+
+    def explain(shell, etype, value, tb, tb_offset=None):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        print(f"labkit: {value}. This cell uses something an earlier cell makes: run the lesson's "
+              "first cell (its set-up) and the cells above this one again, top to bottom.")
+
+    shell.set_custom_exc((NameError,), explain)
+    shell._labkit_names = True
+
+
+_explain_name_errors()

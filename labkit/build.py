@@ -101,14 +101,16 @@ class _State:
 
 
 class Builder:
-    def __init__(self, context: str | os.PathLike, *, store: st.Store | None = None, quiet: bool = False):
+    def __init__(self, context: str | os.PathLike, *, store: st.Store | None = None, quiet: bool = False,
+                 cache_dir: str | os.PathLike | None = None):
         self.context = Path(context).resolve()
         if not self.context.is_dir():
             raise BuildError(f"the build context {context} is not a directory", "give the directory with the files to COPY")
         self.store = store or st.Store()
         self.snaps = snapshot.of(self.store)
-        self.cache_dir = lab.root() / "build-cache"
-        self.cache_dir.mkdir(exist_ok=True)
+        # the build cache: one record per step key; a lesson that must start cold gives its own
+        self.cache_dir = lab.inside(cache_dir) if cache_dir else lab.root() / "build-cache"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
         self.steps: list[Step] = []
 
@@ -347,9 +349,11 @@ class Built:
 
 
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, squash_all: bool = False,
-          build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None) -> Built:
-    """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``."""
-    b = Builder(context, store=store, quiet=quiet)
+          build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None,
+          cache_dir: str | os.PathLike | None = None) -> Built:
+    """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``, with the
+    build cache in ``cache_dir`` (the lab's shared ``build-cache/`` by default)."""
+    b = Builder(context, store=store, quiet=quiet, cache_dir=cache_dir)
     text = dockerfile if dockerfile is not None else read_dockerfile(Path(context) / "Dockerfile")
     img = b.build(text, tag, build_args, squash_all)
     return Built(img, b.steps)

@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("notebook reset needs the lesson name, e.g. labkit notebook reset 01-overlayfs")
     try:
         return args.fn(args)
+    except BrokenPipeError:     # `labkit progress | head`: the reader left; that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except LabError as e:
         print(f"labkit: {e}", file=sys.stderr)
         return 1

@@ -94,6 +94,7 @@ class Config:
     lowerdirs: list[str] = field(default_factory=list)   # the overlay's lowerdirs, top (init layer) first
     upper: str = ""         # the read-write layer (a builder's snapshot, or <dir>/upper)
     work: str = ""
+    session: str = field(default_factory=lambda: lab.session())   # who made it (lab.session)
 
 
 @dataclass
@@ -148,8 +149,11 @@ class Container:
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
                      [], list(conf.get("Env", []) if env is None else env),
                      workdir or conf.get("WorkingDir") or "/", name or cid, user or conf.get("User", ""))
-        if name and any(c.cfg.name == name for c in containers()):
-            raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
+        for old in [c for c in containers() if name and c.cfg.name == name]:
+            if old.cfg.session and not lab.session_alive(old.cfg.session):
+                old.remove()          # left by a notebook kernel that died mid-lesson: it cannot be wanted
+            else:
+                raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
         if layers:
             lowers, upper, work = layers
             cfg.upper, cfg.work = str(upper), str(work)
@@ -397,12 +401,18 @@ def _volume(spec: str) -> str:
     return f"{h}:{ctr}"
 
 
-def containers() -> list[Container]:
-    """Every container whose directory exists, oldest first."""
+def containers(mine: bool = False) -> list[Container]:
+    """Every container whose directory exists, oldest first; ``mine=True``: only those this
+    session (this notebook's kernel) made, so one lesson's clean-up leaves another's alone."""
     top = lab.root() / "containers"
     out = []
     for d in sorted(top.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if top.exists() else []:
-        out.append(Container(Config(**json.loads(d.read_text()))))
+        try:
+            c = Container(Config(**json.loads(d.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue            # removed meanwhile, or half written by another session
+        if not mine or c.cfg.session == lab.session():
+            out.append(c)
     return out
 
 

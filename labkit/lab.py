@@ -93,6 +93,8 @@ def scratch(name: str, fresh: bool = True) -> Path:
     Emptying unmounts whatever is still mounted below it (for instance by a Jupyter
     kernel that crashed before it could clean up) before deleting anything.
     """
+    from . import _explain_name_errors
+    _explain_name_errors()               # every lesson's first cell comes here: hook its notebook
     d = inside(root() / "scratch" / name)
     if fresh:
         return fresh_dir(d)
@@ -204,6 +206,7 @@ class Entry:
     created: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     start: int = 0            # a process's start time (clock ticks after boot): who the PID was
+    session: str = field(default_factory=lambda: session())   # the notebook kernel (or command) it belongs to
 
 
 def _ledger_dir() -> Path:
@@ -251,9 +254,33 @@ def _start_time(pid) -> int:
         return 0
 
 
-def entries() -> list[Entry]:
-    """Every readable entry of the ledger, oldest first (reading it changes nothing)."""
-    return _read_ledger()[0]
+def entries(mine: bool = False) -> list[Entry]:
+    """Every readable entry of the ledger, oldest first (reading it changes nothing). With
+    ``mine=True``, only this session's: a lesson's clean-up checks what *it* made, while
+    another lesson may be running beside it in the same lab root."""
+    found = _read_ledger()[0]
+    return [e for e in found if e.session == session()] if mine else found
+
+
+_session: list[str] = []
+
+
+def session() -> str:
+    """This session's name: the process that first asks (a notebook's kernel, a ``labkit``
+    command) is named by its PID and start time; the children it forks keep the name.
+    Processes it *starts* (another kernel, a command) are sessions of their own."""
+    if not _session:
+        _session.append(f"{os.getpid()}-{_start_time(os.getpid())}")
+    return _session[0]
+
+
+def session_alive(name: str) -> bool:
+    """True while the process that named session ``name`` ("pid-starttime") still runs."""
+    pid, _, start = name.partition("-")
+    return pid.isdigit() and _start_time(pid) == int(start or -1)
+
+
+os.register_at_fork(before=session)     # name the session before any child can take the name
 
 
 def _read_ledger() -> tuple[list[Entry], dict[Path, Entry | None]]:

@@ -34,6 +34,17 @@ class Preflight(list):
     def missing(self) -> list[Check]:
         return [c for c in self if not c.ok and c.required]
 
+    def advice(self) -> str:
+        """What the learner can do on this machine, in two sentences (lesson 00 shows it)."""
+        if self.ok:
+            return "Everything the lab needs is here: every lesson runs."
+        names = ", ".join(c.name for c in self.missing())
+        if os.geteuid() != 0:
+            return (f"You are not root, so most lessons cannot run here ({names} missing). Lesson "
+                    f"{' and '.join(unprivileged_lessons())} runs without root: open it now, and ask for a root "
+                    "shell (or the course VM) for the others.")
+        return f"Missing: {names}. Follow the 'what to do' column above, then run this cell again."
+
     def __str__(self) -> str:
         w = max(len(c.name) for c in self)
         lines = []
@@ -64,19 +75,34 @@ TOOLS = {  # command: (Debian package, what needs it)
 }
 
 
+# What each lesson needs root for; the rest run unprivileged (tests/test_lessons_unprivileged.py
+# runs exactly the lessons missing here as user nobody).
+NEEDS_ROOT = {"00": "mounts", "01": "overlay mounts", "03": "overlay mounts", "04": "loop devices and mounts",
+              "05": "namespaces and cgroups", "06": "pivot_root and mounts", "07": "builds run containers",
+              "08": "network namespaces", "09": "containers"}
+
+
+def unprivileged_lessons() -> list[str]:
+    """The lessons a learner without root can run from start to end."""
+    return [f"{n:02d}" for n in range(10) if f"{n:02d}" not in NEEDS_ROOT]
+
+
 def preflight() -> Preflight:
     """Check what the lab needs: privileges, kernel features, cgroup controllers, tools."""
     checks = Preflight()
     add = checks.append
     root_ok = os.geteuid() == 0
     add(Check("root", root_ok, f"euid {os.geteuid()}",
-              fix="run as root (sudo -i); lessons 02, 03 and parts of 05 also work unprivileged"))
+              fix="run as root (sudo -i); without root only lesson 02 runs (" +
+                  ", ".join(f"{n}: {why}" for n, why in NEEDS_ROOT.items()) + ")"))
     fs = Path("/proc/filesystems").read_text().split()
     add(Check("overlay filesystem", "overlay" in fs, "in /proc/filesystems" if "overlay" in fs else "absent",
               fix="modprobe overlay (kernel 3.18+ with CONFIG_OVERLAY_FS)"))
     lp = overlay.lowerdir_plus() if root_ok else False
-    add(Check("new mount API, lowerdir+", lp, "fsopen/fsconfig accept lowerdir+" if lp else "not available",
-              required=False, fix="Linux 6.8+; without it long layer stacks are mounted with relative paths"))
+    add(Check("new mount API, lowerdir+", lp, "fsopen/fsconfig accept lowerdir+" if lp else
+              "not checked: it needs root" if not root_ok else "not available",
+              required=False, fix="run as root to check it" if not root_ok else
+              f"Linux 6.8+ (this is {os.uname().release}); without it long layer stacks are mounted with relative paths"))
     ns = [n for n in kernel.NAMESPACES if Path(f"/proc/self/ns/{n}").exists()]
     add(Check("namespaces", len(ns) == len(kernel.NAMESPACES), " ".join(ns),
               fix="a kernel built with CONFIG_*_NS for every namespace type"))
@@ -110,6 +136,9 @@ def _userns_check() -> Check:
 
 
 def _trusted_xattr_check() -> Check:
+    if os.geteuid() != 0:             # trusted.* is for root only: nothing to learn without it
+        return Check("trusted xattrs at the lab root", False, "not checked: it needs root",
+                     fix="run as root")
     probe = lab.root() / ".xattr-probe"
     try:
         probe.touch()

@@ -178,6 +178,5 @@ def measure(layers: int, files: int = 20, base: str = "busybox", *, store: st.St
         return out
     finally:
         for name in [n for n in s.refs() if n.startswith(f"measure/{layers}/")]:
-            s.remove_ref(name)
-        s.gc()
+            s.remove(name)
         lab.remove_tree(work)

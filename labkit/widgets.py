@@ -3,6 +3,9 @@
 """
 from __future__ import annotations
 
+from html import escape
+
+import graphviz
 import ipywidgets as w
 from IPython.display import display
 
@@ -22,23 +25,70 @@ def explain_path(ov: Overlay, path: str) -> str:
     return f"{path}: in no layer"
 
 
-def layer_explorer(ov: Overlay) -> w.VBox:
+def layer_explorer(ov: Overlay, start: str | None = None) -> w.VBox:
     """Pick a path (from merged and from every layer) and see which layer serves it,
-    highlighted in the stack picture."""
+    highlighted in the stack picture. Every answer is read from the live stack when the cell
+    runs, so the explorer still answers after the lesson's clean-up cell has taken the stack
+    down (Run All runs that cell before anyone touches the dropdown). ``start``: the path
+    shown first."""
     paths = sorted(set(ov.serving_map()) | set(ov.hidden_paths()))
-    pick = w.Dropdown(options=paths, description="path")
+    if not paths:
+        return w.VBox([w.HTML("<i>This stack is empty or no longer mounted: run the cells above again.</i>")])
+    views = {p: (explain_path(ov, p), viz.overlay_stack(ov, highlight=p).source) for p in paths}
+    pick = w.Dropdown(options=paths, value=start if start in views else paths[0], description="path")
     line = w.HTML()
     out = w.Output()
 
+    @_shows_errors(out)
     def update(_=None):
-        line.value = f"<code>{explain_path(ov, pick.value)}</code>"
+        text, source = views[pick.value]
+        line.value = f"<code>{escape(text)}</code>"
         out.clear_output(wait=True)
         with out:
-            display(viz.overlay_stack(ov, highlight=pick.value))
+            display(graphviz.Source(source))
 
     pick.observe(update, names="value")
     update()
     return w.VBox([pick, line, out])
+
+
+def layer_contents(store, name: str, limit: int = 25) -> w.VBox:
+    """Pick a layer of image ``name`` (by the history line that made it) and see what its tar
+    holds. The tars are read when the cell runs, so this works after the clean-up too."""
+    from .image import waste
+    img = store.image(name)
+    made = [h["created_by"][:50] for h in img.history if not h.get("empty_layer")]
+    entries = [[m.name for m in layer] for layer in waste.layer_entries(store, name)]
+    pick = w.Dropdown(options=[(label, i) for i, label in enumerate(made)], description="layer")
+    shown = w.HTML()
+
+    def show(_=None):
+        names = entries[pick.value]
+        shown.value = "<pre>" + escape("\n".join(names[:limit]) + ("\n…" if len(names) > limit else "")) + "</pre>"
+
+    pick.observe(show, names="value")
+    show()
+    return w.VBox([pick, shown])
+
+
+def _shows_errors(area):
+    """A widget callback that fails says so in its own output area (an ``Output`` or an
+    ``HTML``), not only in JupyterLab's log console where no learner looks."""
+    def wrap(fn):
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:             # shown to the learner, with what to do
+                message = (f"⚠ {type(e).__name__}: {e}. Run the cells above this one again "
+                           "(the lesson's clean-up may have removed what this widget uses).")
+                if isinstance(area, w.Output):
+                    area.clear_output()
+                    with area:
+                        print(message)
+                else:
+                    area.value = f"<span style='color:#c62828'>{escape(message)}</span>"
+        return run
+    return wrap
 
 
 # --- lesson 02: a live fault meter ---------------------------------------------------------
@@ -152,12 +202,27 @@ def memory_limit_runner(image: str = "busybox", store=None, cmd: list[str] | Non
     go = w.Button(description="Run", button_style="primary")
     verdict = w.HTML()
 
+    @_shows_errors(verdict)
     def run(_=None):
-        r = try_limit(image, limit.value, store, cmd)
+        use, s, note = image, store, ""
+        if not _has_image(s, use):            # removed by the clean-up cell: any busybox shows the same limit
+            from .image.base import base_image
+            from .image.store import Store
+            use, s, note = "busybox", Store(), f" (in busybox: {image} was removed by the clean-up)"
+            base_image(s)
+        r = try_limit(use, limit.value, s, cmd)
         verdict.value = (f"<b>{limit.value} MiB</b>: " + ("exit 0, dd copied its 32 MiB" if r.exit_code == 0 else
-                         "OOM-killed (SIGKILL from the kernel)" if r.oom_killed else r.message))
+                         "OOM-killed (SIGKILL from the kernel)" if r.oom_killed else escape(r.message)) + note)
 
     go.on_click(run)
     limit.observe(run, "value")
     run()
     return w.VBox([w.Label(" ".join(cmd)), w.HBox([limit, go]), verdict])
+
+
+def _has_image(store, name: str) -> bool:
+    from .image.store import Store
+    try:
+        return name in (store or Store()).refs()
+    except Exception:                         # the store's directory itself is gone
+        return False

@@ -42,6 +42,10 @@ def jupyterlab():
     work.mkdir()
     for nb in LESSONS:
         shutil.copy(REPO / "notebooks" / nb, work / nb)
+    import nbformat
+    broken = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in ("x = 1", "1 / 0", "print(x)")])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, work / "zz-fails.ipynb")
     port = reference.free_port()
     token = secrets.token_hex(16)
     env = {**os.environ, "LABKIT_HOME": str(home / "lab"), "LABKIT_WORKDIR": str(work),
@@ -99,14 +103,26 @@ def _artifacts() -> Path:
     return ARTIFACTS
 
 
+# A failed cell, read from the notebook's model: JupyterLab 4 renders an error as
+# application/vnd.jupyter.stderr, so the DOM's mime types cannot tell it from a warning.
+FAILED_CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+    .filter(c => c.model.type === 'code' && c.model.outputs.toJSON().some(o => o.output_type === 'error'))
+    .map(c => c.model.outputs.toJSON().filter(o => o.output_type === 'error')
+               .map(o => o.ename + ': ' + o.evalue).join(' ') + '\\n' + c.model.sharedModel.getSource().slice(0, 300))"""
+
+
 def _cells_done(page, upto: int, timeout: float = 600) -> None:
-    """Wait until the kernel is idle and code cells 0..upto have run."""
+    """Wait until the kernel is idle and code cells 0..upto have run, or a cell has failed
+    (Run All stops there: waiting for the rest would only time out)."""
     page.wait_for_function(f"""() => {{
         const nb = window.jupyterapp.shell.currentWidget;
         const k = nb.sessionContext.session.kernel;
-        return k.status === 'idle' && nb.content.widgets.slice(0, {upto + 1}).every(c =>
-            c.model.type !== 'code' || (c.model.executionCount !== null && !c.promptNode.textContent.includes('*')));
+        const failed = ({FAILED_CELLS})().length > 0;
+        return k.status === 'idle' && (failed || nb.content.widgets.slice(0, {upto + 1}).every(c =>
+            c.model.type !== 'code' || (c.model.executionCount !== null && !c.promptNode.textContent.includes('*'))));
     }}""", timeout=timeout * 1000, polling=500)
+    failed = page.evaluate(FAILED_CELLS)
+    assert not failed, "a cell failed: " + "\n---\n".join(failed)[:3000]
 
 
 def _kernel_ready(page) -> None:
@@ -117,28 +133,25 @@ def _kernel_ready(page) -> None:
 
 
 def _run(page, nb: str, marker: str | None, interact) -> None:
-    """Run All Cells; or, for a lesson with a widget, run up to and including the widget's
-    cell (the one containing ``marker``), move the widget, then run the rest: the clean-up
-    cells at the end take down what the widget looks at."""
+    """Run All Cells, as learners do first; then, for a lesson with a widget, scroll to the
+    widget's cell (the one containing ``marker``) and move it: the clean-up cells at the end
+    have already run, and the widget must still react."""
     _kernel_ready(page)
     cmd = "(name) => window.jupyterapp.commands.execute(name)"
     count = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
+    page.evaluate(cmd, "notebook:run-all-cells")
+    _cells_done(page, count - 1)
     if marker is None:
-        page.evaluate(cmd, "notebook:run-all-cells")
-        _cells_done(page, count - 1)
         return
     index = page.evaluate("""(marker) => window.jupyterapp.shell.currentWidget.content.widgets
         .findIndex(c => c.model.sharedModel.getSource().includes(marker))""", marker)
     assert index >= 0, f"{nb}: no cell contains {marker!r}"
-    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index + 1}; }}")
-    page.evaluate(cmd, "notebook:run-all-above")
-    _cells_done(page, index)
+    page.evaluate(f"() => window.jupyterapp.shell.currentWidget.content.widgets[{index}].node.scrollIntoView()")
     _shot(page, nb.removesuffix(".ipynb") + "-widget-before")
     interact(page)
     _shot(page, nb.removesuffix(".ipynb") + "-widget-after")
-    page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index + 1}; }}")
-    page.evaluate(cmd, "notebook:run-all-below")
-    _cells_done(page, count - 1)
+    failed = page.evaluate(FAILED_CELLS)
+    assert not failed, f"{nb}: a cell failed: " + "\n---\n".join(failed)[:3000]
 
 
 def _open(browser, url: str, token: str, nb: str):
@@ -160,8 +173,8 @@ def test_lesson_runs_in_a_real_browser(jupyterlab, nb):
         marker, interact = INTERACT.get(nb[:2], (None, None))
         _run(page, nb, marker, interact)
         _shot(page, nb.removesuffix(".ipynb"))
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
-        assert errors.count() == 0, f"{nb}: a cell failed: {errors.first.inner_text()[:2000]}"
+        failed = page.evaluate(FAILED_CELLS)
+        assert not failed, f"{nb}: a cell failed: " + "\n---\n".join(failed)[:3000]
         svgs, plots = PICTURES[nb[:2]]
         # JupyterLab shows SVG output as an <img> of the SVG; count the ones the browser decoded
         drawn = page.evaluate("""(sel) => [...document.querySelectorAll(sel)]
@@ -235,7 +248,7 @@ def _memory_slider(page):
 # lesson -> (a text in the widget's cell, how to move it)
 INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
             "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view)", _dropdown),
-            "07": ("pick = w.Dropdown", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
+            "07": ("widgets.layer_contents(", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
 
 
 def test_jupyterlab_saves_widget_state(jupyterlab):
@@ -245,3 +258,16 @@ def test_jupyterlab_saves_widget_state(jupyterlab):
     plugin = json.load(urllib.request.urlopen(
         f"{url}/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin?token={token}", timeout=10))
     assert plugin["schema"]["properties"]["saveState"]["default"] is True
+
+
+def test_a_failing_cell_is_reported_at_once_not_as_a_timeout(jupyterlab):
+    """JupyterLab 4 renders an error as stderr; the check reads the notebook model instead, and
+    stops waiting when Run All stops at the failed cell."""
+    browser, url, token = jupyterlab
+    page = _open(browser, url, token, "zz-fails.ipynb")
+    try:
+        with pytest.raises(AssertionError, match="ZeroDivisionError: division by zero"):
+            _run(page, "zz-fails.ipynb", None, None)
+    finally:
+        page.close()
+        _shut_down_kernels(url, token)

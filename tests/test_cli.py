@@ -143,3 +143,11 @@ def test_docker_semantics_for_build_args_fifos_and_chown_names(lab_root, tmp_pat
     assert (flat / "foo").read_text() == "from-env\n"
     assert stat.S_ISFIFO(os.lstat(flat / "d" / "pipe").st_mode)
     assert os.lstat(flat / "d" / "f").st_uid == 65534
+
+
+def test_a_closed_pipe_is_not_an_error(lab_root):
+    """`labkit progress | head -1` printed "Broken pipe: None"."""
+    env = dict(os.environ, LABKIT_HOME=str(lab_root))
+    r = subprocess.run(f"{sys.executable} -m labkit progress | head -1", shell=True, env=env,
+                       capture_output=True, text=True)
+    assert r.stdout.startswith("exercise") and r.stderr == ""

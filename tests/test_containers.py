@@ -292,3 +292,20 @@ def test_a_volume_under_an_image_symlink_never_creates_host_dirs(busybox, tmp_pa
     (vol / "hello").write_text("hi\n")
     _, r = container.run("lab/symlinked", ["/bin/cat", "/tmp/v/hello"], volumes=[f"{vol}:/inside/v"], rm=True)
     assert r.stdout == "hi\n"                                   # resolved inside the image: /tmp/v
+
+
+def test_a_named_container_left_by_a_dead_kernel_is_replaced(busybox, lab_root):
+    """A learner's kernel died mid-lesson with container "lesson06-web" made; running the lesson
+    again makes it anew instead of failing on the name. A live session's container still blocks."""
+    import json
+    from labkit import container
+    c = container.Container.create("busybox", ["true"], name="web", store=busybox)
+    cfg = c.dir / "config.json"
+    data = json.loads(cfg.read_text())
+    data["session"] = "999999999-1"            # a kernel that is gone
+    cfg.write_text(json.dumps(data))
+    again = container.Container.create("busybox", ["true"], name="web", store=busybox)
+    assert [x.id for x in container.containers()] == [again.id]
+    with pytest.raises(container.ContainerError, match="a container called 'web' exists"):
+        container.Container.create("busybox", ["true"], name="web", store=busybox)
+    again.remove()

@@ -22,7 +22,8 @@ def test_catalogue_lists_every_exercise_in_lesson_order(lab_root):
 def test_hello_wrong_then_right(lab_root):
     d = lab.scratch("00-welcome")
     v = l00_welcome.check_hello(None)
-    assert not v.ok and "pass the path" in str(v) and 'hint("00.hello")' in str(v)
+    assert not v.ok and "pass the path" in str(v) and "not counted as a try" in str(v)
+    assert states()["00.hello"] == "not started"
     (d / "hello.txt").write_text("hello kernel")
     v = l00_welcome.check_hello(d / "hello.txt")
     assert not v.ok and "not 'hello, kernel'" in str(v)
@@ -34,15 +35,38 @@ def test_hello_wrong_then_right(lab_root):
     assert l00_welcome.check_hello("/etc/hello.txt").ok is False
 
 
-def test_hints_come_one_at_a_time(lab_root):
+def test_hints_come_one_at_a_time_and_only_after_a_try(lab_root):
     first = hint("01.order")
     assert first.startswith("Hint 1 of 3") and "Hint 2" not in first
-    second = hint("01.order")
-    assert "Hint 2 of 3" in second
-    hint("01.order"), hint("01.order")
+    again = hint("01.order")                 # Run All again: no try in between, no new hint
+    assert "Hint 2" not in again and "next hint comes after your next check" in again
+    ex01.setup_order()
+    ex01.check_layer_order(["material"])
+    assert "Hint 2 of 3" in hint("01.order")
+    ex01.check_layer_order(["material2"])
+    hint("01.order")
+    ex01.check_layer_order(["material3"])
+    last = hint("01.order")
+    assert "Hint 3 of 3" in last and "No more hints: all 3 are above" in last
     assert [r.hints for r in progress() if r.id == "01.order"] == [3]
     with pytest.raises(lab.LabError, match="no exercise"):
         hint("99.nope")
+    lab.reset()
+
+
+def test_a_try_counts_only_for_a_new_non_empty_answer(lab_root):
+    ex01.setup_order()
+    for _ in range(5):                       # Run All five times with the placeholder
+        v = ex01.check_layer_order([])
+        assert not v.ok and "not counted as a try" in str(v)
+    assert [r.attempts for r in progress() if r.id == "01.order"] == [0]
+    ex01.check_layer_order(["material"])
+    ex01.check_layer_order(["material"])     # the same answer run again
+    ex01.check_layer_order(["material2"])
+    assert [(r.attempts, r.state) for r in progress() if r.id == "01.order"] == [(2, "tried")]
+    v = ex01.check_layer_order("material")   # a string where a list belongs
+    assert "give a list of the layers" in str(v) and "not one of the layers" not in str(v)
+    lab.reset()
 
 
 def test_order(lab_root):
@@ -88,12 +112,16 @@ def test_secret(lab_root):
 
 def test_a_broken_answer_is_reported_not_raised(lab_root):
     ex01.setup_order()
-    v = ex01.check_layer_order(42)
+    class Odd:
+        def __str__(self):
+            raise TypeError("no name")
+    v = ex01.check_layer_order([Odd()])
     assert not v.ok and "TypeError" in str(v)
+    assert "give a list" in str(ex01.check_layer_order(42))
 
 
 def test_progress_survives_reset_and_can_be_forgotten(lab_root):
-    l00_welcome.check_hello(None)
+    l00_welcome.check_hello("/etc/hello.txt")
     lab.reset()
     assert states()["00.hello"] == "tried"
     exercises.forget_progress("00.hello")
@@ -160,3 +188,23 @@ def test_memory_limit_runner_reacts_to_its_slider(busybox):
     assert "exit 0" in verdict.value                  # 64 MiB at the start
     limit.value = 16
     assert "OOM-killed" in verdict.value and "16 MiB" in verdict.value
+
+
+def test_learner_copies_start_without_the_authors_outputs(lab_root, tmp_path, monkeypatch):
+    """Originals keep their outputs (nbval compares against them); the copies in work/ are
+    blank, so a learner does not see another machine's PFNs and paths before running a cell."""
+    import shutil
+    from pathlib import Path
+    orig, work = tmp_path / "orig", tmp_path / "work"
+    orig.mkdir()
+    repo_nb = Path(exercises.__file__).resolve().parents[2] / "notebooks" / "02-cow-fork.ipynb"
+    shutil.copy(repo_nb, orig / repo_nb.name)
+    monkeypatch.setenv("LABKIT_NOTEBOOKS", str(orig))
+    monkeypatch.setenv("LABKIT_WORKDIR", str(work))
+    exercises.sync_notebooks()
+    before = json.loads((orig / repo_nb.name).read_text())
+    after = json.loads((work / repo_nb.name).read_text())
+    assert any(c.get("outputs") for c in before["cells"])
+    assert all(c.get("outputs") == [] and c.get("execution_count") is None
+               for c in after["cells"] if c["cell_type"] == "code")
+    assert [c["source"] for c in after["cells"]] == [c["source"] for c in before["cells"]]

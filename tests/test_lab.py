@@ -205,3 +205,39 @@ def test_setuid_files_from_a_layer_are_out_of_reach_of_other_users(lab_root):
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "stat", str(victim)],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Permission denied" in r.stderr
+
+
+def test_entries_and_containers_can_be_scoped_to_this_session(lab_root):
+    """Two lessons in one lab root: each clean-up checks what *its* kernel made. An entry
+    recorded by another process (another kernel) is not ours; one recorded by a child we
+    forked is."""
+    from labkit import sandbox
+    code = ("from labkit import lab; e = lab.record('mount', lab.scratch('other') / 'm', 'another kernel'); "
+            "print(e.session, flush=True); import os; os._exit(0)")   # skip atexit: it would take its entry down
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LABKIT_HOME=str(lab_root)),
+                       capture_output=True, text=True, check=True)
+    theirs = r.stdout.strip()
+    assert theirs != lab.session()
+    assert [e.session for e in lab.entries()] == [theirs] and lab.entries(mine=True) == []
+    mine = sandbox.run(lambda: lab.record("mount", lab.root() / "scratch" / "other" / "n", "a child of ours").session)
+    assert mine == lab.session()
+    assert [e.note for e in lab.entries(mine=True)] == ["a child of ours"]
+    for e in lab.entries():
+        lab.forget(e)
+
+
+def test_preflight_advice_names_what_runs_without_root():
+    """Lesson 00 says what a non-root learner can do; the lessons it names are exactly the ones
+    tests/test_lessons_unprivileged.py runs as nobody."""
+    from labkit import sandbox
+
+    def as_nobody():
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        r = preflight.preflight()
+        return r.ok, r.advice(), next(c.detail for c in r if c.name.startswith("new mount API"))
+    ok, advice, lowerdir_plus = sandbox.run(as_nobody, namespaces=())
+    assert not ok and "You are not root" in advice and "Lesson 02 runs without root" in advice
+    assert "needs root" in lowerdir_plus and "6.8" not in lowerdir_plus
+    assert preflight.unprivileged_lessons() == ["02"]

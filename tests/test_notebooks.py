@@ -30,7 +30,7 @@ def test_lesson_shape(src):
     nb = jupytext.read(src)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert "lab.scratch(" in code[0]
-    assert "lab.remove_tree(" in code[-1] and "lab.entries() == []" in code[-1]
+    assert "lab.remove_tree(" in code[-1] and "lab.entries(mine=True) == []" in code[-1]   # its own, not another lesson's
     text = "\n".join(c.source for c in nb.cells)
     checks = [c for c in code if c.lstrip().startswith("ex.check_")]
     assert checks and text.count("<summary>Solution") == len(checks)

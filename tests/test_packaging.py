@@ -101,3 +101,12 @@ def test_make_lab_with_another_venv_provisions_that_venv():
     out = subprocess.run(["make", "-n", "-C", str(REPO), "provision", "VENV=/opt/elsewhere/venv"],
                          capture_output=True, text=True, check=True).stdout
     assert "LABKIT_VENV=/opt/elsewhere/venv scripts/provision.sh" in out
+
+
+def test_make_lab_serves_with_the_venv_on_path_and_a_valid_trust_call():
+    """Lessons tell learners to run `labkit reset` in a JupyterLab terminal: the server (and so
+    its terminals) must have the venv's bin on PATH; `jupyter trust` has no -q."""
+    text = (REPO / "Makefile").read_text()
+    lab = text[text.index("\nlab:"):text.index("\ntest:")]
+    assert "PATH=$(abspath $(VENV))/bin:$$PATH" in lab and "jupyter lab" in lab
+    assert "trust -q" not in lab and "jupyter trust" in lab

@@ -120,3 +120,18 @@ def test_a_star_in_the_token_scope_means_every_action_the_user_may_take():
         req = Request(EnvironBuilder(method=method, path="/v2/alice/app/manifests/v1",
                                      headers={"Authorization": f"Bearer {full}"}).get_environ())
         a.require(req, "alice/app")                           # no Problem raised
+
+
+def test_a_cell_run_before_its_setup_says_so():
+    """A NameError in a lesson (a stale cell run out of order) tells the learner to run the
+    set-up cell first, under the usual traceback; the cell still counts as failed."""
+    import contextlib
+    import io
+    from IPython.testing.globalipapp import start_ipython
+    ip = start_ipython()
+    ip.run_cell("import labkit; labkit._explain_name_errors()")    # what lab.scratch() does in a lesson
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        r = ip.run_cell("print(home_of_lesson)")
+    assert isinstance(r.error_in_exec, NameError)
+    assert "run the lesson's first cell (its set-up)" in out.getvalue()

@@ -195,3 +195,30 @@ def test_a_gzip_bomb_stops_before_the_disk_is_full(tmp_path, monkeypatch):
         lab.reset()
     finally:
         kernel.umount2(str(small))
+
+
+def test_remove_frees_only_its_own_blobs_and_base_image_is_made_once(store):
+    """Two lessons share one store: removing one lesson's image must not delete the blobs
+    another lesson has written but not yet named (a full gc() would); and two kernels asking
+    for the base image at once must not build it over each other."""
+    import io
+    import threading
+    d = lab.scratch("own")
+    write_tree(d, {"x": "mine"})
+    mutate.add_layer("busybox", d, "lesson/mine", "COPY x", store=store)
+    in_progress = store.put_blob(io.BytesIO(b"another lesson's layer, not named yet"), st.LAYER)
+    freed = store.remove("lesson/mine")
+    assert freed and store.has_blob(in_progress.digest) and "busybox" in store.refs()
+    from labkit.image.base import base_image
+    fresh = st.Store(lab.root() / "scratch" / "two-kernels")
+    errors = []
+
+    def make():
+        try:
+            base_image(fresh)
+        except Exception as e:      # noqa: BLE001 - the test reports it
+            errors.append(e)
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and list(fresh.refs()) == ["busybox"]

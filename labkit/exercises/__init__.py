@@ -13,6 +13,7 @@ decorator turns them into a :class:`Verdict`, records the attempt and offers a h
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib
 import json
@@ -65,9 +66,14 @@ class Verdict:
     def ok(self) -> bool:
         return bool(self.claims) and not self.wrong
 
+    placeholder: bool = False       # the answer was still the empty placeholder: not a try
+
     def _next(self) -> str:
         if self.ok:
             return "Solved. Well done."
+        if self.placeholder:
+            return ("Fill in your answer in the cell above and run this check again "
+                    "(an empty answer is not counted as a try).")
         if self.hints_left:
             return f'Stuck? hint("{self.exercise.id}") gives the next hint ({self.hints_left} left).'
         return "No hints left: the collapsed solution below the exercise shows one way."
@@ -101,8 +107,10 @@ def exercise(id: str, title: str, hints: list[str]):
             except Exception as e:  # the learner's answer broke the check: say how
                 claims = [(False, f"checking your answer raised {type(e).__name__}: {e}")]
             claims = claims or [(False, "nothing to check yet")]
-            state = _record(ex.id, solved=all(ok for ok, _ in claims))
-            return Verdict(ex, claims, len(ex.hints) - state.get("hints", 0))
+            solved = all(ok for ok, _ in claims)
+            empty = not solved and any(_is_placeholder(a) for a in [*args, *kwargs.values()])
+            state = _load().get(ex.id, {}) if empty else _record(ex.id, solved, _fingerprint(args, kwargs))
+            return Verdict(ex, claims, len(ex.hints) - state.get("hints", 0), placeholder=empty)
 
         ex.check = check
         CATALOGUE[id] = ex
@@ -112,13 +120,21 @@ def exercise(id: str, title: str, hints: list[str]):
 
 # --- hints and progress -------------------------------------------------------------------
 def hint(id: str) -> str:
-    """The next hint of exercise ``id`` (each call reveals one more; all of them at the end)."""
+    """The hints of exercise ``id`` so far, one more than before if the learner has tried an
+    answer since the last one (so running a notebook again does not spend hints)."""
     ex = _get(id)
     state = _load().get(id, {})
-    shown = min(state.get("hints", 0) + 1, len(ex.hints))
-    _update(id, hints=shown)
+    shown, tries = state.get("hints", 0), state.get("attempts", 0)
+    note = ""
+    if shown >= len(ex.hints):
+        note = f"No more hints: all {len(ex.hints)} are above. The collapsed solution below the exercise shows one way."
+    elif shown == 0 or tries > state.get("hint_after", 0):
+        shown += 1
+        _update(id, hints=shown, hint_after=tries)
+    else:
+        note = "Try an answer with the hints above first: the next hint comes after your next check."
     lines = [f"Hint {i + 1} of {len(ex.hints)}: {h}" for i, h in enumerate(ex.hints[:shown])]
-    return HintText("\n".join(lines))
+    return HintText("\n".join(lines + ([note] if note else [])))
 
 
 class HintText(str):
@@ -199,22 +215,38 @@ def _load() -> dict:
 
 
 def _save(data: dict) -> None:
-    tmp = _progress_file().with_suffix(".tmp")
+    tmp = _progress_file().with_name(f".progress-{os.getpid()}-{time.monotonic_ns()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(_progress_file())
 
 
 def _update(id: str, **changes) -> dict:
-    data = _load()
-    data.setdefault(id, {}).update(changes)
-    _save(data)
-    return data[id]
+    """Read, change and write progress.json under a lock: two lessons open at once both count."""
+    with open(lab.root() / ".progress.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _load()
+        data.setdefault(id, {}).update(changes)
+        _save(data)
+        return data[id]
 
 
-def _record(id: str, solved: bool) -> dict:
+def _record(id: str, solved: bool, answer: str) -> dict:
+    """Count a try, unless the answer is the one checked last time (a rerun, Run All)."""
     s = _load().get(id, {})
-    return _update(id, attempts=s.get("attempts", 0) + 1, solved=s.get("solved", False) or solved,
-                   last=time.time())
+    tries = s.get("attempts", 0) + (answer != s.get("answer"))
+    return _update(id, attempts=tries, solved=s.get("solved", False) or solved, answer=answer, last=time.time())
+
+
+def _is_placeholder(v) -> bool:
+    """The empty answers the exercise cells start with: None, "", [], (), {}, ..."""
+    return v is None or v is Ellipsis or (isinstance(v, (str, bytes, list, tuple, dict, set)) and len(v) == 0)
+
+
+def _fingerprint(args, kwargs) -> str:
+    """A short digest of the answer, to tell a new answer from the same one run again."""
+    import hashlib
+    text = repr((args, sorted(kwargs.items())))
+    return hashlib.sha256(text.encode(errors="replace")).hexdigest()[:16]
 
 
 # --- the learner's copies of the notebooks -------------------------------------------------
@@ -234,7 +266,7 @@ def sync_notebooks() -> list[str]:
     added = []
     for nb in sorted(originals_dir().glob("*.ipynb")):
         if not (work_dir() / nb.name).exists():
-            shutil.copy2(nb, work_dir() / nb.name)
+            _copy_without_outputs(nb, work_dir() / nb.name)
             added.append(nb.name)
     return added
 
@@ -255,5 +287,23 @@ def reset_notebook(name: str) -> Path:
         backup.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(dst, backup)
     work_dir().mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dst)
+    _copy_without_outputs(src, dst)
     return dst
+
+
+def _copy_without_outputs(src: Path, dst: Path) -> None:
+    """The learner's copy starts blank: no outputs, no execution counts. The originals keep
+    the outputs they were built with (nbval compares against them), but a learner should not
+    see another machine's page frame numbers and paths before running anything."""
+    try:
+        nb = json.loads(src.read_text())
+    except ValueError:
+        shutil.copy2(src, dst)
+        return
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    nb.get("metadata", {}).pop("widgets", None)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(dst)

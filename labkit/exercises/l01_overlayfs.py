@@ -37,6 +37,10 @@ def setup_order() -> dict[str, Path]:
 def check_layer_order(lowerdirs):
     """``lowerdirs``: the three layer paths (or names), top first, as in lowerdir=."""
     layers = setup_order_paths()
+    if isinstance(lowerdirs, (str, bytes, os.PathLike)) or not hasattr(lowerdirs, "__iter__"):
+        yield False, (f"give a list of the layers, top first, like {sorted(layers)!r} in some order "
+                      f"(you gave a {type(lowerdirs).__name__})")
+        return
     try:
         chosen = [Path(p) if os.sep in str(p) else layers[str(p)] for p in lowerdirs]
     except KeyError as e:

@@ -16,10 +16,11 @@ def check_cache_order(dockerfile: str):
         yield False, "pass your Dockerfile text"
         return
     ctx = lab.scratch("07-ex-cache")
+    cache = lab.scratch("07-ex-cache-records")   # cold for every check: an earlier try cannot help
     (ctx / "app.py").write_text("print('v1')\n")
-    build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True)
+    build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True, cache_dir=cache)
     (ctx / "app.py").write_text("print('v2')\n")
-    steps = build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True).steps
+    steps = build.build(ctx, "lesson07/ex-cache", dockerfile, quiet=True, cache_dir=cache).steps
     slow = [s for s in steps if s.instruction.name == "RUN" and "slow" in s.instruction.args]
     copies = [s for s in steps if s.instruction.name == "COPY" and "app.py" in s.instruction.args]
     yield bool(slow) and bool(copies), "it has the slow RUN and the COPY of app.py" if slow and copies else \

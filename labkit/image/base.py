@@ -5,6 +5,7 @@ No registry is reachable from the lab, so the first image comes from the host it
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -41,9 +42,14 @@ def base_image(store: Store | None = None, name: str = "busybox") -> Image:
     store = store or Store()
     if name in store.refs():
         return store.image(name)
-    rootfs = busybox_rootfs(lab.root() / "tmp" / "busybox-rootfs")
-    try:
-        return mutate.import_rootfs(rootfs, name, created_by="busybox-static from the host",
-                                    config={"Cmd": ["/bin/sh"], "WorkingDir": "/"}, store=store)
-    finally:
-        lab.remove_tree(rootfs)
+    # two lessons starting at once both get here: one makes it, the other waits and reads it
+    with open(lab.root() / ".base-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if name in store.refs():
+            return store.image(name)
+        rootfs = busybox_rootfs(lab.root() / "tmp" / f"busybox-rootfs-{os.getpid()}")
+        try:
+            return mutate.import_rootfs(rootfs, name, created_by="busybox-static from the host",
+                                        config={"Cmd": ["/bin/sh"], "WorkingDir": "/"}, store=store)
+        finally:
+            lab.remove_tree(rootfs)

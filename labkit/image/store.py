@@ -15,6 +15,8 @@ so a base layer shared by ten images is stored once, like a Git object. Image na
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
 import os
@@ -184,34 +186,49 @@ class Layout:
         return out
 
     def set_ref(self, name: str, desc: Descriptor) -> None:
-        idx = self.index()
-        keep = [m for m in idx.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != name]
-        entry = desc.to_json()
-        entry["annotations"] = {**desc.annotations, REF_NAME: name}
-        idx["manifests"] = keep + [entry]
-        self._write_index(idx)
+        with self._locked():
+            idx = self.index()
+            keep = [m for m in idx.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != name]
+            entry = desc.to_json()
+            entry["annotations"] = {**desc.annotations, REF_NAME: name}
+            idx["manifests"] = keep + [entry]
+            self._write_index(idx)
 
     def remove_ref(self, name: str) -> None:
-        idx = self.index()
-        idx["manifests"] = [m for m in idx.get("manifests", [])
-                            if (m.get("annotations") or {}).get(REF_NAME) != name]
-        self._write_index(idx)
+        with self._locked():
+            idx = self.index()
+            idx["manifests"] = [m for m in idx.get("manifests", [])
+                                if (m.get("annotations") or {}).get(REF_NAME) != name]
+            self._write_index(idx)
 
-    def gc(self) -> list[str]:
-        """Delete blobs no name reaches; returns their digests."""
+    @contextlib.contextmanager
+    def _locked(self):
+        """index.json is read, changed and written by one process at a time (two lessons may
+        add images at once); the lock file sits beside the layout, not in it."""
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _reachable(self, descs) -> set[str]:
+        """The digests of the manifests ``descs`` and of every config and layer they name."""
         keep = set()
-        for desc in self.refs().values():
+        for desc in descs:
             keep.add(desc.digest)
             if self.has_blob(desc.digest):
                 m = self.read_json(desc)
                 keep.update(d["digest"] for d in [m.get("config", {}), *m.get("layers", [])] if "digest" in d)
+        return keep
+
+    def gc(self) -> list[str]:
+        """Delete every blob no name reaches; returns their digests. A full sweep: do not run it
+        while another kernel is writing images into this store (``remove`` is the safe one)."""
+        keep = self._reachable(self.refs().values())
         gone = []
         for p in (self.path / "blobs" / "sha256").iterdir():
             if not p.name.startswith(".") and f"sha256:{p.name}" not in keep:
                 p.unlink()
                 gone.append(f"sha256:{p.name}")
         return sorted(gone)
-
 
 def _diff_id_mismatch(desc: Descriptor, want: str, got: str) -> LabError:
     return digest.DigestError(f"layer {desc.digest} unpacks to {got}, but the image config says its DiffID is {want}",
@@ -343,10 +360,20 @@ class Store(Layout):
             tmp.unlink(missing_ok=True)
 
     def remove(self, name: str) -> list[str]:
-        """Drop a name, then every blob no other name needs; returns the freed digests."""
-        self.image(name)
+        """Drop a name, then those of *its* blobs that no other name needs; returns the freed
+        digests. Blobs it never named stay, so an image another lesson is writing right now (its
+        blobs stored, its name not yet) is safe."""
+        img = self.image(name)
+        mine = self._reachable([img.manifest_desc])
         self.remove_ref(name)
-        return self.gc()
+        keep = self._reachable(self.refs().values())
+        gone = []
+        for d in sorted(mine - keep):
+            p = self.blob_path(d)
+            if p.exists():
+                p.unlink()
+                gone.append(d)
+        return gone
 
     # reading layers
     def open_layer(self, desc: Descriptor, diff_id: str | None = None) -> Path:

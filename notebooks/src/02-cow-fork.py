@@ -291,5 +291,5 @@ ex.check_who_copies(my_answer)
 # %%
 buf.close()
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists()
+assert lab.entries(mine=True) == [] and not home.exists()
 print("clean")

@@ -92,7 +92,7 @@ with drivers.Btrfs(store, "lesson04/fat", home / "btrfs") as d:
 
 # %%
 assert (64 << 20) <= btrfs_two < (64 << 20) * 1.2
-assert lab.entries() == []          # the mount and the loop device are gone
+assert lab.entries(mine=True) == []          # the mount and the loop device are gone
 
 # %% [markdown]
 # ## 4. One to eight containers, measured
@@ -193,5 +193,5 @@ ex.check_driver_choice(my_driver)
 # %%
 store.remove("lesson04/fat")
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists() and "lesson04/fat" not in store.refs()
+assert lab.entries(mine=True) == [] and not home.exists() and "lesson04/fat" not in store.refs()
 print("clean")

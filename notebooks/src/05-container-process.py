@@ -277,8 +277,8 @@ ex.check_escape_defence(my_defence)
 # ## Clean up
 
 # %%
-for cont in container.containers():
+for cont in container.containers(mine=True):
     cont.remove()
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists() and container.containers() == []
+assert lab.entries(mine=True) == [] and not home.exists() and container.containers(mine=True) == []
 print("clean")

@@ -65,7 +65,7 @@ viz.rootfs_parts(c)
 # %%
 assert c.lowerdirs[0] == c.init and len(c.lowerdirs) == 1 + len(store.image("busybox").layers)
 from labkit.mountinfo import is_mountpoint
-assert not is_mountpoint(c.rootfs) and lab.entries() == []      # the overlay died with the container
+assert not is_mountpoint(c.rootfs) and lab.entries(mine=True) == []      # the overlay died with the container
 assert (c.init / "etc" / "hostname").read_text() == "web1\n"
 assert "127.0.1.1\tweb1" in (c.init / "etc" / "hosts").read_text()
 assert "init layer" in viz.rootfs_parts(c).source and "volume /data" in viz.rootfs_parts(c).source
@@ -93,7 +93,7 @@ assert not (c.upper / "etc" / "hostname").exists()          # the init layer's f
 
 # %% tags=["nbval-ignore-output"]
 view = overlay.Overlay([c.upper, *c.lowerdirs], None, None, home / "view").mount()
-widgets.layer_explorer(view)
+widgets.layer_explorer(view, start="etc/hostname")
 
 # %%
 print(widgets.explain_path(view, "etc/hostname").split(" (")[0])
@@ -208,11 +208,11 @@ ex.check_volume(my_volume)
 # ## Clean up
 
 # %%
-for cont in container.containers():
+for cont in container.containers(mine=True):
     cont.remove()
 for name in [n for n in store.refs() if n.startswith("lesson06/")]:
     store.remove(name)
 lab.remove_tree(anon_host.rsplit("/", 1)[0])
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists() and container.containers() == []
+assert lab.entries(mine=True) == [] and not home.exists() and container.containers(mine=True) == []
 print("clean")

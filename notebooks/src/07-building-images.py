@@ -30,7 +30,8 @@ from labkit.image.base import base_image
 from labkit.tree import write_tree, read_tree
 from labkit.exercises import hint, l07_build as ex
 
-home = lab.scratch("07-building-images")
+home = lab.scratch("07-building-images")       # fresh on every run, with this lesson's build cache in it
+cache = home / "build-cache"                   # so the first build below always starts cold
 store = Store()
 base_image(store)
 ctx = write_tree(home / "ctx", {"hello.txt": "hello from COPY\n", "site/index.html": "<h1>hi</h1>\n"})
@@ -56,11 +57,12 @@ _ = (ctx / "Dockerfile").write_text(dockerfile)
 # the config.
 
 # %% tags=["nbval-ignore-output"]
-built = build.build(ctx, "lesson07/app")
+built = build.build(ctx, "lesson07/app", cache_dir=cache)
 img, steps = built.image, built.steps
 
 # %%
 made = [s for s in steps if s.layer]
+assert not any(s.cached for s in steps)                               # a cold cache: every step ran
 assert [s.instruction.name for s in made] == ["COPY", "COPY", "RUN", "RUN"]
 assert len(img.layers) == len(store.image("busybox").layers) + 4
 assert sum(1 for h in img.history if h.get("empty_layer")) == 5       # ARG ENV WORKDIR USER CMD
@@ -119,7 +121,7 @@ sn.remove("by-hand/view"); sn.remove("by-hand/committed")
 
 # %% tags=["nbval-ignore-output"]
 t = time.perf_counter()
-built = build.build(ctx, "lesson07/app")
+built = build.build(ctx, "lesson07/app", cache_dir=cache)
 again, steps2 = built.image, built.steps
 warm = time.perf_counter() - t
 print(f"rebuild: {warm:.2f} s")
@@ -127,7 +129,7 @@ print(f"rebuild: {warm:.2f} s")
 # %%
 assert all(s.cached for s in steps2 if s.layer) and again.manifest_desc.digest == img.manifest_desc.digest
 (ctx / "site" / "index.html").write_text("<h1>changed</h1>\n")
-steps3 = build.build(ctx, "lesson07/app", quiet=True).steps
+steps3 = build.build(ctx, "lesson07/app", quiet=True, cache_dir=cache).steps
 print([(s.instruction.name, "CACHED" if s.cached else "ran") for s in steps3 if s.layer])
 assert [s.cached for s in steps3 if s.layer] == [True, False, False, False]
 
@@ -200,16 +202,7 @@ assert len(sq.history) == 2 and shared(sq, half) == 1 and shared(app_now, half) 
 # **Explore** the layers of the build: pick one and see what its tar holds.
 
 # %% tags=["nbval-ignore-output"]
-import ipywidgets as w
-from IPython.display import display
-pick = w.Dropdown(options=[(h["created_by"][:50], i) for i, h in enumerate(h for h in img.history if not h.get("empty_layer"))],
-                  description="layer")
-shown = w.HTML()
-def show(_=None):
-    names_ = [mm.name for mm in waste.layer_entries(store, "lesson07/app")[pick.value]]
-    shown.value = "<pre>" + "\n".join(names_[:25]) + ("\n…" if len(names_) > 25 else "") + "</pre>"
-pick.observe(show, names="value"); show()
-display(w.VBox([pick, shown]))
+widgets.layer_contents(store, "lesson07/app")
 
 # %%
 assert "app/hello.txt" in [mm.name for mm in waste.layer_entries(store, "lesson07/app")[1]]
@@ -296,9 +289,9 @@ ex.check_squashed(my_image)
 
 # %%
 for name in [n for n in store.refs() if n.startswith("lesson07/")]:
-    store.remove_ref(name)
-store.gc()
+    store.remove(name)            # its name, and the blobs no other image needs
 lab.remove_tree(home)
-assert set(store.refs()) == {"busybox", "lab/toolchain"} and lab.entries() == [] and not home.exists()
-assert container.containers() == []
+assert not [n for n in store.refs() if n.startswith("lesson07/")]
+assert {"busybox", "lab/toolchain"} <= set(store.refs()) and lab.entries(mine=True) == [] and not home.exists()
+assert container.containers(mine=True) == []
 print("clean")

@@ -209,7 +209,7 @@ print(f"latency-bound: serial {latency.span(1):.2f} s, parallel {latency.span(4)
 # %%
 assert latency.span(1) > 2 * latency.span(4)
 assert not Path("/sys/class/net/lk-cli").exists()   # the pair is gone with the child
-assert lab.entries() == []          # the namespaces, the pair and the server are gone
+assert lab.entries(mine=True) == []          # the namespaces, the pair and the server are gone
 
 # %% [markdown]
 # When the link's **bandwidth** is the limit (here 40 Mbit/s, shaped by `tc tbf` on each end),
@@ -275,8 +275,7 @@ ex.check_resume_header(my_header)
 # %%
 reg.close(); secure.close()
 for name in [n for n in store.refs() if n.startswith("lesson08/")]:
-    store.remove_ref(name)
-store.gc()
+    store.remove(name)
 lab.remove_tree(home)
-assert lab.entries() == [] and not home.exists()
+assert lab.entries(mine=True) == [] and not home.exists()
 print("clean")

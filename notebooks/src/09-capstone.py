@@ -311,9 +311,8 @@ assert "09.limit" in ids and "09.upload" in ids and ids == sorted(ids, key=lambd
 reg.close()
 for s_ in (store, fresh):
     for name in [n for n in s_.refs() if n.startswith("capstone/")]:
-        s_.remove_ref(name)
-store.gc()
+        s_.remove(name)
 lab.remove_tree(home)
-left = [(ct.cfg.image, ct.cfg.cmd) for ct in container.containers()]
-assert lab.entries() == [] and not home.exists() and left == [], left
+left = [(ct.cfg.image, ct.cfg.cmd) for ct in container.containers(mine=True)]
+assert lab.entries(mine=True) == [] and not home.exists() and left == [], left
 print("clean")

@@ -1,0 +1,81 @@
+"""Lessons as learners run them: stopped midway and started again, and two at once.
+
+`make test` already runs every lesson twice in one lab root (in order, then in reverse). Here:
+
+* a lesson is run to 60 % of its cells in one kernel, which is then killed (the learner closed
+  the tab; no clean-up cell, no atexit), and then the whole lesson runs again in a new kernel;
+* two different lessons run at the same moment in one lab root (05 and 06 both make and remove
+  containers; 03 and 07 both add and remove images in the one store).
+
+Every cell's own assertions must hold; nbval's output comparison is not used here (the first
+pass of `make test` does that).
+"""
+import concurrent.futures
+import os
+import signal
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from helpers import need
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _notebook(stem: str):
+    return nbformat.read(REPO / "notebooks" / f"{stem}.ipynb", as_version=4)
+
+
+def _run(stem: str, home: Path, upto: float = 1.0, kill: bool = False) -> int:
+    """Run the first ``upto`` of lesson ``stem``'s code cells in a new kernel with lab root
+    ``home``; ``kill``: SIGKILL the kernel afterwards instead of letting it exit. Returns the
+    number of code cells run; a failing cell raises (nbclient's CellExecutionError)."""
+    nb = _notebook(stem)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    nb.cells = nb.cells[:code[max(0, int(len(code) * upto) - 1)] + 1]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}})
+    ran = 0
+    with client.setup_kernel(env={**os.environ, "LABKIT_HOME": str(home)}):
+        for index, cell in enumerate(nb.cells):
+            tags = cell.get("metadata", {}).get("tags", [])
+            if cell.cell_type != "code" or "skip-execution" in tags:
+                continue
+            try:
+                client.execute_cell(cell, index)
+            except CellExecutionError:
+                if "raises-exception" not in tags:
+                    raise
+            ran += 1
+        if kill:                                   # the learner closed the tab: SIGKILL, no atexit
+            os.kill(client.km.provisioner.process.pid, signal.SIGKILL)
+            client.km.provisioner.process.wait(timeout=60)
+    return ran
+
+
+@pytest.fixture
+def shared_root(tmp_path, monkeypatch):
+    need(os.geteuid() == 0, "root")
+    home = tmp_path / "lab"
+    yield home
+    from labkit import lab
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    lab.reset()
+
+
+@pytest.mark.parametrize("stem", ["04-storage-drivers", "06-container-rootfs", "07-building-images"])
+def test_a_lesson_stopped_midway_runs_again_in_full(shared_root, stem):
+    _run(stem, shared_root, upto=0.6, kill=True)
+    assert _run(stem, shared_root) > 0
+
+
+@pytest.mark.parametrize("pair", [("05-container-process", "06-container-rootfs"),
+                                  ("03-image-layers", "07-building-images")])
+def test_two_lessons_at_once_in_one_lab_root(shared_root, pair):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(_run, stem, shared_root) for stem in pair]
+        for f in done:
+            assert f.result() > 0
