@@ -15,13 +15,22 @@ from .overlay import Overlay, _is_whiteout, xattr
 _STYLE = {"upper": "#fde2b8", "lower": "#cfe3f7", "merged": "#d9f2d0", "hidden": "#eeeeee"}
 
 
+
+WIDTH_IN = 9        # inches: about 860 px, what a cell shows in a 1400-px window with the file browser open
+
+
+def _digraph(name: str, graph_attr: dict | None = None, **kw) -> graphviz.Digraph:
+    """A Digraph that graphviz scales down to WIDTH_IN inches wide when it is drawn wider
+    (graph attribute ``size``), so no picture is clipped in JupyterLab."""
+    return graphviz.Digraph(name, graph_attr={"size": f"{WIDTH_IN},100", **(graph_attr or {})}, **kw)
+
 def overlay_stack(ov: Overlay, highlight: str | None = None, max_files: int = 12) -> graphviz.Digraph:
     """The stack as the kernel sees it: merged on top, then upper, then lowers (top first).
 
     Each file of merged gets an arrow to the layer entry that serves it; whiteouts are
     black, opaque directories dashed. ``highlight`` picks one path to draw in red.
     """
-    g = graphviz.Digraph("overlay", graph_attr={"rankdir": "TB", "nodesep": "0.15", "ranksep": "0.5",
+    g = _digraph("overlay", graph_attr={"rankdir": "TB", "nodesep": "0.15", "ranksep": "0.5",
                                                 "fontname": "Helvetica", "fontsize": "11"},
                          node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
                                     "fontsize": "10", "height": "0.3"})
@@ -92,7 +101,7 @@ def cow_pages(rows, title: str = "") -> graphviz.Digraph:
     """Page tables of parent and child pointing at physical frames, from measured rows
     (cow.PageRow). With PFNs (root) frames are named by number; without, a shared frame
     is one node and a copied page gets a frame of its own."""
-    g = graphviz.Digraph("cow", graph_attr={"rankdir": "LR", "nodesep": "0.08", "ranksep": "0.9",
+    g = _digraph("cow", graph_attr={"rankdir": "LR", "nodesep": "0.08", "ranksep": "0.9",
                                             "fontname": "Helvetica", "fontsize": "11", "label": title},
                          node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica",
                                     "fontsize": "10", "height": "0.25", "width": "0.9"})
@@ -169,7 +178,8 @@ def meter_png(samples) -> bytes:
     t = [s.t for s in samples]
     ax.plot(t, [s.faults for s in samples], label="minor faults")
     ax.plot(t, [s.private_kib / 4 for s in samples], "--", label="Private_Dirty / 4 KiB")
-    ax.set(xlabel="seconds", ylabel="pages")
+    ax.set(xlabel="seconds", ylabel="pages", title="the child's writes: one fault, one private page each")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out = io.BytesIO()
@@ -181,7 +191,7 @@ def meter_png(samples) -> bytes:
 def image_graph(images) -> graphviz.Digraph:
     """Images (store.Image) and their layers: a layer stored once is drawn once, however
     many images use it, like a Git object shared by many commits."""
-    g = graphviz.Digraph("images", graph_attr={"rankdir": "BT", "fontname": "Helvetica", "nodesep": "0.3"},
+    g = _digraph("images", graph_attr={"rankdir": "BT", "fontname": "Helvetica", "nodesep": "0.3"},
                          node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"})
     users: dict[str, int] = {}
     for img in images:
@@ -217,10 +227,12 @@ def drivers_plot(costs: dict):
     """Time and disk against containers created, one line per driver (lists of drivers.Cost)."""
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, rows in costs.items():
+    styles = ["o-", "s--", "^:", "D-.", "v-"]      # lines that coincide (overlay, btrfs: ~0 MiB) stay visible
+    for i, (name, rows) in enumerate(costs.items()):
         n = [c.containers for c in rows]
-        a.plot(n, [c.seconds * 1e3 for c in rows], "o-", label=name)
-        b.plot(n, [c.disk_bytes / 2**20 for c in rows], "o-", label=name)
+        style = dict(markersize=8 - 1.5 * i, linewidth=2.2 - 0.3 * i, alpha=0.85)
+        a.plot(n, [c.seconds * 1e3 for c in rows], styles[i % len(styles)], label=name, **style)
+        b.plot(n, [c.disk_bytes / 2**20 for c in rows], styles[i % len(styles)], label=name, **style)
     a.set(xlabel="containers", ylabel="total time to create (ms)", title="time")
     b.set(xlabel="containers", ylabel="disk used (MiB)", title="disk")
     a.legend(fontsize=8)
@@ -232,8 +244,10 @@ def drivers_plot(costs: dict):
 # --- lesson 05: namespaces and cgroups -----------------------------------------------------------
 def namespace_graph(processes: dict) -> graphviz.Digraph:
     """Processes ``{label: ns.links() dict}`` pointing at the namespaces they are in; a
-    namespace shared by several processes is one node (namespaces(7): same inode, same one)."""
-    g = graphviz.Digraph("ns", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.1"},
+    namespace shared by several processes is one node (namespaces(7): same inode, same one).
+    Blue: shared; red: a later process's own; grey: the first process's (the notebook's) that
+    the others left."""
+    g = _digraph("ns", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.1"},
                          node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"})
     users: dict = {}
     for label, links in processes.items():
@@ -241,9 +255,10 @@ def namespace_graph(processes: dict) -> graphviz.Digraph:
             users.setdefault((t, inode), []).append(label)
     for label in processes:
         g.node(f"p_{label}", label, shape="box", fillcolor="#fde2b8")
+    first = next(iter(processes))          # the notebook: whose namespaces the others may leave
     for (t, inode), who in sorted(users.items()):
-        g.node(f"{t}_{inode}", f"{t}:[{inode}]", shape="ellipse",
-               fillcolor="#cfe3f7" if len(who) > 1 else "#f7cfcf")
+        colour = "#cfe3f7" if len(who) > 1 else ("#e0e0e0" if who == [first] else "#f7cfcf")
+        g.node(f"{t}_{inode}", f"{t}:[{inode}]", shape="ellipse", fillcolor=colour)
         for label in who:
             g.edge(f"p_{label}", f"{t}_{inode}", color="#777777")
     return g
@@ -258,7 +273,7 @@ def memory_plot(trace):
     ax.axhline(trace.limit / 2**20, color="red", linestyle="--", label="limit")
     if trace.killed_by:
         ax.annotate(f"{trace.killed_by} (oom_kill = {trace.oom_kills})", (t[-1], trace.samples[-1][1] / 2**20),
-                    xytext=(-150, -40), textcoords="offset points", arrowprops={"arrowstyle": "->"})
+                    xytext=(0.35, 0.35), textcoords="axes fraction", arrowprops={"arrowstyle": "->"})
     ax.set(xlabel="seconds", ylabel="MiB", title="a memory limit ends in an OOM kill")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -285,7 +300,7 @@ def cpu_plot(trace):
 def rootfs_parts(c) -> graphviz.Digraph:
     """A container's root filesystem: image layers, the init layer, the read-write layer and
     its volumes, drawn from its directory (container.Container)."""
-    g = graphviz.Digraph("rootfs", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
+    g = _digraph("rootfs", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
                          node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"})
     prev = None
     for i, d in enumerate(reversed(c.lowerdirs[1:])):
@@ -312,7 +327,7 @@ def rootfs_parts(c) -> graphviz.Digraph:
 def snapshot_tree(infos, names: dict | None = None) -> graphviz.Digraph:
     """Committed and active snapshots (snapshot.Info) as a tree, children above parents."""
     names = names or {}
-    g = graphviz.Digraph("snapshots", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
+    g = _digraph("snapshots", graph_attr={"rankdir": "BT", "fontname": "Helvetica"},
                          node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"})
     colour = {"committed": "#cfe3f7", "active": "#fde2b8", "view": "#eeeeee"}
     short = lambda k: names.get(k, k[7:19] if k.startswith("sha256:") else k[:24])
@@ -341,7 +356,7 @@ def squash_plot(rows):
 def journey(stages) -> graphviz.Digraph:
     """The capstone's path, left to right: ``stages`` is a list of (what, detail, how it got
     there) read from the run a moment before, e.g. ("pulled", "manifest sha256:ab12...", "pull")."""
-    g = graphviz.Digraph("journey", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.25"},
+    g = _digraph("journey", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.25"},
                          node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
                                     "fontsize": "10", "fillcolor": _STYLE["lower"]})
     for i, (what, detail, how) in enumerate(stages):
@@ -354,7 +369,7 @@ def journey(stages) -> graphviz.Digraph:
 def link_graph(client, server, delay: float) -> graphviz.Digraph:
     """The lesson 08 link (registry.link.Side for each end): two network namespaces, the
     veth pair between them with its addresses and qdisc, the process on each side."""
-    g = graphviz.Digraph("link", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "fontsize": "11"},
+    g = _digraph("link", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "fontsize": "11"},
                          node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
                                     "fontsize": "10"})
     for key, side, proc in (("c", client, "labkit client\n(pull, 1 or 4 at once)"),
@@ -382,6 +397,7 @@ def pull_gantt(traces: dict):
             ax.barh(i, e.end - e.start, left=e.start - t0, color="#4c72b0" if "layer" in e.what else "#dd8452")
             ax.text(e.end - t0, i, f" {e.what}", va="center", fontsize=7)
         ax.set_yticks([])
+        ax.set_xlim(0, (max(e.end for e in trace) - t0) * 1.3)     # room for the last labels
         ax.set_title(f"parallel={par}: {max(e.end for e in trace) - t0:.2f} s", fontsize=9)
     axes[-1].set_xlabel("seconds since the manifest request")
     fig.tight_layout()

@@ -107,7 +107,7 @@ def fault_meter() -> w.VBox:
     start, stop = w.Button(description="Start", button_style="primary"), w.Button(description="Stop")
     meter = w.IntProgress(value=0, min=0, max=1, description="faults")
     label = w.Label("press Start")
-    plot = w.Image(format="png", layout=w.Layout(display="none"))    # shown with the first plot
+    plot = w.Image(format="png", width=400, layout=w.Layout(display="none", width="400px"))   # at its own size
 
     def run():
         stop_event = threading.Event()

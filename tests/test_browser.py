@@ -247,7 +247,7 @@ def _memory_slider(page):
 
 # lesson -> (a text in the widget's cell, how to move it)
 INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
-            "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view)", _dropdown),
+            "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view", _dropdown),
             "07": ("widgets.layer_contents(", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
 
 

@@ -153,7 +153,8 @@ assert info.diff_id == again1.diff_id == again2.diff_id and real.diff_id != info
 desc, diff = store.add_layer_tar(home / "layer.tar")
 app = mutate.commit("lesson03/app", [(desc, diff)], [{"created_by": "RUN add app, change passwd, rm vi, new home"}],
                    base=store.image("busybox"), store=store)
-print(json.dumps(app.manifest, indent=1)[:600])
+text = json.dumps(app.manifest, indent=1)
+print(text if len(text) <= 600 else text[:600] + f"\n… ({len(text) - 600} more characters)")
 print("config.rootfs:", json.dumps(app.config["rootfs"], indent=1))
 print("ChainIDs:", [c[:19] + "…" for c in app.chain_ids])
 
