@@ -208,7 +208,7 @@ def cmd_registry(args) -> int:
         grants.setdefault(user, []).append(pattern)
     a = auth.TokenAuth(args.auth, anonymous_pull=args.anonymous_pull, grants=grants) if args.auth else None
     try:
-        srv = server.http_server(server.Registry(args.root, a), host, port)
+        srv = server.http_server(server.Registry(args.root, a, log=_RequestLog()), host, port)
     except OSError as e:
         raise LabError(f"cannot listen on {host}:{port} ({e.strerror})",
                        "pick another port with --addr 127.0.0.1:PORT, or stop what is using it") from None
@@ -219,6 +219,15 @@ def cmd_registry(args) -> int:
     except KeyboardInterrupt:
         srv.stop()
     return 0
+
+
+class _RequestLog(list):
+    """The registry's request log, printed as it grows: one line per request, as the client's
+    errors promise ("labkit registry serve prints every request")."""
+
+    def append(self, item) -> None:
+        method, path, status = item
+        print(f"{status} {method} {path}", flush=True)
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -151,3 +151,21 @@ def test_a_closed_pipe_is_not_an_error(lab_root):
     r = subprocess.run(f"{sys.executable} -m labkit progress | head -1", shell=True, env=env,
                        capture_output=True, text=True)
     assert r.stdout.startswith("exercise") and r.stderr == ""
+
+
+def test_registry_serve_prints_every_request(lab_root):
+    """The client's errors say to look at the registry's log: `labkit registry serve` prints one
+    line per request (cheroot, unlike werkzeug's development server, logs nothing itself)."""
+    import httpx
+    from labkit.registry import reference
+    port = reference.free_port()
+    env = dict(os.environ, LABKIT_HOME=str(lab_root))
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "registry", "serve", "--addr", f"127.0.0.1:{port}",
+                             "--root", str(lab_root / "reg")], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "labkit registry on http://127.0.0.1" in proc.stdout.readline()
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/lab/x/tags/list").status_code == 404
+        assert proc.stdout.readline().strip() == "404 GET /v2/lab/x/tags/list"
+    finally:
+        proc.terminate()
+        proc.wait(30)
