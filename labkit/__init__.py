@@ -4,11 +4,9 @@
 def _explain_name_errors() -> None:
     """In a notebook, a NameError usually means a cell ran before the cells it builds on (a
     learner coming back to a lesson, or running one cell of it): say so under the traceback."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
+    import sys
+    ipython = sys.modules.get("IPython")     # never import it: a `labkit` command must start fast
+    shell = ipython.get_ipython() if ipython else None
     if shell is None or getattr(shell, "_labkit_names", False):
         return
 
