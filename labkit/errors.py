@@ -48,6 +48,10 @@ class OutsideLabRoot(LabError):
     """labkit only mounts on, writes to and deletes paths under its lab root."""
 
 
+class LessonBusy(LabError):
+    """Another live kernel runs the same lesson, and the lesson's names are shared (lab.scratch)."""
+
+
 class SandboxError(LabError):
     """The child process died or raised something that could not be sent back."""
 

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import kernel, procfs
-from .errors import KernelError, LabError, OutsideLabRoot
+from .errors import KernelError, LabError, LessonBusy, OutsideLabRoot
 from .mountinfo import mounts_under
 
 DEFAULT_ROOT = "/var/lib/labkit"
@@ -87,19 +87,59 @@ def inside(path: str | os.PathLike) -> Path:
     return real
 
 
-def scratch(name: str, fresh: bool = True) -> Path:
-    """A working directory ``<root>/scratch/<name>``; ``fresh`` empties it first.
+def scratch(name: str, fresh: bool = True, alone: bool = False) -> Path:
+    """This session's working directory for ``name``; ``fresh`` empties it first.
+
+    Two kernels may run the same lesson (two tabs, or the original beside the learner's
+    copy): the first gets ``<root>/scratch/<name>``, a second one ``<name>~2``, and each finds
+    its own again on every later call (a claim file under ``scratch/.claims`` names the session;
+    a dead session's directory is taken over). A lesson whose images or containers have fixed
+    names in the shared store passes ``alone=True``: a second live copy is refused with
+    :class:`LessonBusy` instead of removing what the first one is using.
 
     Emptying unmounts whatever is still mounted below it (for instance by a Jupyter
     kernel that crashed before it could clean up) before deleting anything.
     """
     from . import _explain_name_errors
     _explain_name_errors()               # every lesson's first cell comes here: hook its notebook
-    d = inside(root() / "scratch" / name)
+    d = inside(root() / "scratch" / _claim(name, alone))
     if fresh:
         return fresh_dir(d)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _claim(name: str, alone: bool) -> str:
+    """The directory name under scratch/ that belongs to this session for ``name``."""
+    if not name or "/" in name or name in (".", "..") or "~" in name or name.startswith("."):
+        raise LabError(f"scratch name {name!r} is not a plain name",
+                       "give a name such as '01-overlayfs' (no '/', '~' or leading '.')")
+    claims = root() / "scratch" / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    with open(claims / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        owners = {}
+        for f in claims.iterdir():
+            if f.name == name or f.name.startswith(name + "~"):
+                owners[f.name] = f.read_text().strip()
+        mine = [n for n, s in owners.items() if s == session()]
+        others = {n: s for n, s in owners.items() if s != session() and session_alive(s)}
+        if alone and others:
+            pid = next(iter(others.values())).partition("-")[0]
+            raise LessonBusy(
+                f"{name} is already running in another kernel (pid {pid}), and its images and "
+                "containers have fixed names that the two copies would share",
+                "keep working in that tab, or shut its kernel down (Kernel > Shut Down Kernel) "
+                "and run this cell again")
+        if mine:
+            return min(mine, key=len)
+        k = 1
+        while (pick := name if k == 1 else f"{name}~{k}") in others:
+            k += 1
+        tmp = claims / f".{pick}.{os.getpid()}"
+        tmp.write_text(session() + "\n")
+        tmp.rename(claims / pick)
+        return pick
 
 
 def fresh_dir(path: str | os.PathLike) -> Path:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import graphviz
 
 from .overlay import Overlay, _is_whiteout, xattr
@@ -24,38 +26,70 @@ def _digraph(name: str, graph_attr: dict | None = None, **kw) -> graphviz.Digrap
     (graph attribute ``size``), so no picture is clipped in JupyterLab."""
     return graphviz.Digraph(name, graph_attr={"size": f"{WIDTH_IN},100", **(graph_attr or {})}, **kw)
 
-def overlay_stack(ov: Overlay, highlight: str | None = None, max_files: int = 12) -> graphviz.Digraph:
-    """The stack as the kernel sees it: merged on top, then upper, then lowers (top first).
+PER_ROW = 6         # entries per row in a layer's box: a wider row would be shrunk to fit WIDTH_IN
 
-    Each file of merged gets an arrow to the layer entry that serves it; whiteouts are
-    black, opaque directories dashed. ``highlight`` picks one path to draw in red.
+
+def overlay_stack(ov: Overlay, highlight: str | None = None, max_files: int = 12) -> graphviz.Digraph:
+    """The stack as the kernel sees it: merged on top, then upper, then lowers (top first),
+    one box under the other, each box's entries in rows of PER_ROW.
+
+    Each top-level entry of merged gets an arrow to the layer entry that serves it; whiteouts
+    are black, opaque directories dashed. ``highlight`` picks one path to draw in red (shown
+    even when it lies deeper or past ``max_files``).
     """
-    g = _digraph("overlay", graph_attr={"rankdir": "TB", "nodesep": "0.15", "ranksep": "0.5",
-                                                "fontname": "Helvetica", "fontsize": "11"},
-                         node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
-                                    "fontsize": "10", "height": "0.3"})
+    g = _digraph("overlay", graph_attr={"rankdir": "TB", "nodesep": "0.15", "ranksep": "0.3",
+                                        "fontname": "Helvetica", "fontsize": "11"},
+                 node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                            "fontsize": "10", "height": "0.3"})
     served = ov.serving_map() if ov.mounted else {}
     layers = ov.layers
     rows = [("merged", ov.merged, "merged")] + [(l.name, l.path, l.role) for l in layers]
+    shown: list[list[str]] = []          # node ids per box, in order
+    drawn: list[set[str]] = []           # the paths drawn in each box
     for i, (name, path, role) in enumerate(rows):
         with g.subgraph(name=f"cluster_{i}") as c:
-            title = {"merged": "merged (what processes see)", "upper": f"upperdir: {name}"}.get(
-                role, f"lowerdir {i - (2 if ov.upperdir else 1)}: {name}")
+            short = name if len(name) <= 24 else name[:12] + "…"      # a snapshot's 64-hex key
+            title = {"merged": "merged (what processes see)", "upper": f"upperdir: {short}"}.get(
+                role, f"lowerdir {i - (2 if ov.upperdir else 1)}: {short}")
             c.attr(label=title, style="filled", color="#999999", fillcolor="#fafafa")
-            entries = sorted(served) if role == "merged" else _top_entries(path)
-            for rel in entries[:max_files]:
+            top = sorted({r.split("/")[0] for r in served}) if role == "merged" else _top_entries(path)
+            there = highlight in served if role == "merged" else bool(highlight) and os.path.lexists(path / highlight)
+            entries = _pick(top, highlight if there else None, max_files)
+            ids = []
+            for rel in entries:
                 c.node(_id(i, rel), **_node_style(path / rel, rel, role, rel == highlight, ov.xattr_prefix))
-            if len(entries) > max_files:
-                c.node(_id(i, "..."), f"... {len(entries) - max_files} more", fillcolor="white")
-            if not entries:
-                c.node(_id(i, ""), "(empty)", fillcolor="white", fontcolor="#777777")
+                ids.append(_id(i, rel))
+            if len(top) + (highlight not in top and there) > len(entries):
+                ids.append(_id(i, "..."))
+                c.node(ids[-1], f"... {len(top) + (highlight not in top and there) - len(entries)} more",
+                       fillcolor="white")
+            if not ids:
+                ids.append(_id(i, ""))
+                c.node(ids[-1], "(empty)", fillcolor="white", fontcolor="#777777")
+            for a, b in zip(ids, ids[PER_ROW:]):              # wrap: each row sits under the last
+                c.edge(a, b, style="invis")
+            shown.append(ids)
+            drawn.append(set(entries))
+    for above, below in zip(shown, shown[1:]):                  # each box under the one before
+        g.edge(above[len(above) - 1 - (len(above) - 1) % PER_ROW], below[0], style="invis")
     index = {l.name: i + 1 for i, l in enumerate(layers)}
-    for rel, layer in served.items():
-        if layer in index and "/" not in rel:
+    for rel in sorted(drawn[0]):
+        layer = served.get(rel)
+        if layer in index and rel in drawn[index[layer]]:
             red = rel == highlight
             g.edge(_id(0, rel), _id(index[layer], rel), color="red" if red else "#555555",
-                   penwidth="2" if red else "1")
+                   penwidth="2" if red else "1", constraint="false")
     return g
+
+
+def _pick(names: list[str], highlight: str | None, limit: int) -> list[str]:
+    """At most ``limit`` of ``names`` in order, always with ``highlight`` (and the top-level
+    entry it lies in) among them."""
+    must = [n for n in names if highlight and (n == highlight or highlight.startswith(n + "/"))]
+    if highlight and highlight not in names:
+        must.append(highlight)
+    rest = [n for n in names if n not in must][:max(0, limit - len(must))]
+    return sorted(set(rest) | set(must))
 
 
 def _top_entries(path: Path) -> list[str]:
@@ -353,16 +387,25 @@ def squash_plot(rows):
 
 
 # --- lesson 08: registries ---------------------------------------------------------------------
-def journey(stages) -> graphviz.Digraph:
-    """The capstone's path, left to right: ``stages`` is a list of (what, detail, how it got
-    there) read from the run a moment before, e.g. ("pulled", "manifest sha256:ab12...", "pull")."""
-    g = _digraph("journey", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.25"},
-                         node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
-                                    "fontsize": "10", "fillcolor": _STYLE["lower"]})
-    for i, (what, detail, how) in enumerate(stages):
-        g.node(f"s{i}", f"{what}\n{detail}")
-        if i:
-            g.edge(f"s{i - 1}", f"s{i}", label=how, fontname="Helvetica", fontsize="9")
+def journey(stages, per_row: int = 3) -> graphviz.Digraph:
+    """The capstone's path, left to right in rows of ``per_row`` (a long chain in one row would be
+    shrunk to unreadable text): ``stages`` is a list of (what, detail, how it got there) read from
+    the run a moment before, e.g. ("pulled", "manifest sha256:ab12...", "pull")."""
+    g = _digraph("journey", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "nodesep": "0.5",
+                                        "ranksep": "0.45", "newrank": "true"},
+                 node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                            "fontsize": "10", "fillcolor": _STYLE["lower"], "width": "1.8"})
+    for start in range(0, len(stages), per_row):
+        with g.subgraph() as row:
+            row.attr(rank="same")
+            for i in range(start, min(start + per_row, len(stages))):
+                what, detail, _ = stages[i]
+                row.node(f"s{i}", f"{what}\n{detail}")
+        if start:                        # keep each row's first stage under the previous row's first
+            g.edge(f"s{start - per_row}", f"s{start}", style="invis", weight="10")
+    for i in range(1, len(stages)):
+        wraps = {} if i % per_row else {"constraint": "false"}        # into the next row
+        g.edge(f"s{i - 1}", f"s{i}", label=stages[i][2], fontname="Helvetica", fontsize="9", **wraps)
     return g
 
 

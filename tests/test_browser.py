@@ -60,6 +60,7 @@ def jupyterlab():
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false"}')
     env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+    _add_nobody_kernel(home, work)
     bindir = Path(sys.executable).parent
     subprocess.run([bindir / "jupyter", "trust", *map(str, work.glob("*.ipynb"))], env=env, check=True,
                    capture_output=True)
@@ -96,6 +97,54 @@ def jupyterlab():
         subprocess.run([bindir / "labkit", "reset"], env=env, capture_output=True)
         shutil.copy(home / "jupyterlab.log", _artifacts() / "jupyterlab.log")
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- one lesson as a learner who is not root ----------------------------------------------------
+NOBODY = 65534
+# The kernel loads what the lessons import while still root (a clone under /root is not readable by
+# nobody), reads its connection file and binds its sockets, then becomes nobody for good.
+NOBODY_KERNEL = """
+import ctypes, os, pkgutil, sys, importlib
+import ipykernel.kernelapp, matplotlib, matplotlib.pyplot, matplotlib_inline.backend_inline, graphviz, ipywidgets
+import labkit
+for m in pkgutil.walk_packages(labkit.__path__, "labkit."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+from labkit.exercises import progress
+progress()
+app = ipykernel.kernelapp.IPKernelApp.instance()
+app.initialize(sys.argv[1:])
+for top, dirs, files in os.walk(os.environ["HOME"]):
+    for n in [top, *(os.path.join(top, f) for f in dirs + files)]:
+        os.lchown(n, %d, %d)
+os.setgroups([]); os.setgid(%d); os.setuid(%d)
+ctypes.CDLL(None).prctl(4, 1)          # PR_SET_DUMPABLE: /proc/self is the learner's, as after a login
+app.start()
+""" % ((NOBODY,) * 4)
+
+
+def _add_nobody_kernel(home: Path, work: Path) -> None:
+    """A kernel spec "labkit-nobody" and a copy of the first lesson preflight says runs without
+    root, set to use it (its last cell prints the kernel's euid)."""
+    import json
+    import nbformat
+    from labkit import preflight
+    os.chmod(home, 0o711)                           # nobody reaches its own home and lab root below
+    nobody_home = home / "nobody"
+    nobody_home.mkdir()
+    os.chown(nobody_home, NOBODY, NOBODY)
+    spec = home / "jupyter-data" / "kernels" / "labkit-nobody"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", NOBODY_KERNEL, "-f", "{connection_file}"],
+        "display_name": "Python 3 (as nobody)", "language": "python",
+        "env": {"HOME": str(nobody_home), "IPYTHONDIR": str(nobody_home / ".ipython"),
+                "MPLCONFIGDIR": str(nobody_home / ".matplotlib"), "LABKIT_HOME": str(nobody_home / "lab")}}))
+    lesson = next(n for n in LESSONS if n[:2] in preflight.unprivileged_lessons() and n[:2] != "00")
+    nb = nbformat.read(REPO / "notebooks" / lesson, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "labkit-nobody", "display_name": "Python 3 (as nobody)", "language": "python"}
+    nb.cells.append(nbformat.v4.new_code_cell('import os; print("kernel euid", os.geteuid())'))
+    nbformat.write(nb, work / f"nobody-{lesson}")
 
 
 def _artifacts() -> Path:
@@ -249,6 +298,25 @@ def _memory_slider(page):
 INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
             "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view", _dropdown),
             "07": ("widgets.layer_contents(", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
+
+
+def test_a_lesson_runs_in_the_browser_for_a_learner_who_is_not_root(jupyterlab):
+    """The lesson preflight names first as unprivileged runs All in a kernel whose euid is nobody,
+    and its widget still reacts afterwards."""
+    browser, url, token = jupyterlab
+    import json
+    listing = json.load(urllib.request.urlopen(f"{url}/api/contents?token={token}", timeout=10))
+    nb = next(f["name"] for f in listing["content"] if f["name"].startswith("nobody-"))
+    page = _open(browser, url, token, nb)
+    try:
+        marker, interact = INTERACT.get(nb.removeprefix("nobody-")[:2], (None, None))
+        _run(page, nb, marker, interact)
+        _shot(page, nb.removesuffix(".ipynb"))
+        last = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.at(-1).model.outputs.toJSON()")
+        assert any(f"kernel euid {NOBODY}" in str(o.get("text", "")) for o in last), last
+    finally:
+        page.close()
+        _shut_down_kernels(url, token)
 
 
 def test_jupyterlab_saves_widget_state(jupyterlab):

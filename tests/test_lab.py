@@ -241,3 +241,33 @@ def test_preflight_advice_names_what_runs_without_root():
     assert not ok and "You are not root" in advice and "Lesson 02 runs without root" in advice
     assert "needs root" in lowerdir_plus and "6.8" not in lowerdir_plus
     assert preflight.unprivileged_lessons() == ["02"]
+
+
+def test_two_kernels_running_one_lesson_get_a_scratch_dir_each(lab_root):
+    """The same lesson in two tabs: the second kernel gets ``NAME~2`` (the first one's mounts
+    and files are left alone), each kernel finds its own again, a dead kernel's directory is
+    taken over, and a lesson with shared names (alone=True) refuses a second live copy."""
+    from labkit.errors import LessonBusy
+    other = subprocess.Popen([sys.executable, "-c",
+                              "from labkit import lab; import sys; d = lab.scratch('01-x'); "
+                              "(d / 'theirs').write_text('x'); print(d.name, flush=True); sys.stdin.read()"],
+                             env=dict(os.environ, LABKIT_HOME=str(lab_root)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "01-x"
+        mine = lab.scratch("01-x")
+        assert mine.name == "01-x~2" and (lab_root / "scratch" / "01-x" / "theirs").exists()
+        (mine / "f").write_text("y")
+        assert lab.scratch("01-x", fresh=False) == mine and (mine / "f").exists()
+        with pytest.raises(LessonBusy, match="another kernel .*Shut Down Kernel"):
+            lab.scratch("01-x", alone=True)  # ours is 01-x~2, but 01-x is live: shared names collide
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    assert lab.scratch("01-y", alone=True).name == "01-y"       # nobody else runs 01-y
+    fresh = subprocess.run([sys.executable, "-c", "from labkit import lab; print(lab.scratch('01-x').name)"],
+                           env=dict(os.environ, LABKIT_HOME=str(lab_root)), capture_output=True, text=True)
+    assert fresh.stdout.strip() == "01-x", fresh.stderr             # the first kernel is gone: its place is free
+    for bad in ["", "a/b", "..", ".claims", "x~2"]:
+        with pytest.raises(lab.LabError, match="not a plain name"):
+            lab.scratch(bad)

@@ -5,7 +5,10 @@
 * a lesson is run to 60 % of its cells in one kernel, which is then killed (the learner closed
   the tab; no clean-up cell, no atexit), and then the whole lesson runs again in a new kernel;
 * two different lessons run at the same moment in one lab root (05 and 06 both make and remove
-  containers; 03 and 07 both add and remove images in the one store).
+  containers; 03 and 07 both add and remove images in the one store);
+* the same lesson in two tabs: lessons whose work all lies in their scratch dir (00, 01, 02) run
+  side by side (the second kernel gets ``NAME~2``); a lesson whose images have fixed names in the
+  shared store stops the second copy at its first cell with a one-line LessonBusy.
 
 Every cell's own assertions must hold; nbval's output comparison is not used here (the first
 pass of `make test` does that).
@@ -13,6 +16,8 @@ pass of `make test` does that).
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -79,3 +84,27 @@ def test_two_lessons_at_once_in_one_lab_root(shared_root, pair):
         done = [pool.submit(_run, stem, shared_root) for stem in pair]
         for f in done:
             assert f.result() > 0
+
+
+@pytest.mark.parametrize("stem", ["00-welcome", "01-overlayfs"])
+def test_the_same_lesson_in_two_tabs_at_once(shared_root, stem):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(_run, stem, shared_root) for _ in range(2)]
+        for f in done:
+            assert f.result() > 0
+
+
+def test_a_second_copy_of_a_lesson_with_shared_names_is_stopped_at_its_first_cell(shared_root):
+    from labkit import lab
+    env = {**os.environ, "LABKIT_HOME": str(shared_root)}
+    first = subprocess.Popen([sys.executable, "-c", "from labkit import lab; import sys; "
+                              "lab.scratch('03-image-layers', alone=True); print('ok', flush=True); sys.stdin.read()"],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "ok"
+        with pytest.raises(CellExecutionError, match="LessonBusy: 03-image-layers is already running in another kernel"):
+            _run("03-image-layers", shared_root, upto=0.01)
+        assert not lab.entries()
+    finally:
+        first.stdin.close()
+        first.wait(timeout=30)

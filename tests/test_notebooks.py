@@ -35,3 +35,16 @@ def test_lesson_shape(src):
     checks = [c for c in code if c.lstrip().startswith("ex.check_")]
     assert checks and text.count("<summary>Solution") == len(checks)
     assert "What this lesson needs" in text and "leaves behind" in text
+
+
+def test_every_stored_picture_fits_a_jupyterlab_cell_without_shrinking_its_text():
+    """graphviz scales a picture wider than viz.WIDTH_IN down to fit (attribute size); a long
+    chain must wrap instead, or its text is too small to read (09's journey was at 47 %)."""
+    import re
+    for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")):
+        for cell in nbformat.read(nb, as_version=4).cells:
+            for out in cell.get("outputs", []):
+                svg = out.get("data", {}).get("image/svg+xml")
+                if svg:
+                    scale = re.search(r"scale\(([\d.]+)", svg)
+                    assert scale is None or float(scale.group(1)) >= 0.9, f"{nb.name}: a picture drawn at {scale.group(1)}"

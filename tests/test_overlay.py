@@ -235,3 +235,22 @@ def test_which_layer_agrees_with_the_kernel_on_random_stacks(lab_root):
             assert rel in seen, (trial, rel, layer.name)
             if seen[rel] is not None:   # a file: same bytes as the layer we named
                 assert seen[rel] == (layer.path / rel).read_text(), (trial, rel)
+
+
+def test_the_stack_picture_of_a_wide_image_wraps_instead_of_shrinking(lab_root):
+    """Lesson 06's explorer over busybox: 300 entries and a 64-hex layer name. The picture keeps
+    its text size (no graphviz scale below 0.9), shows the highlighted deep path in merged and
+    in the layer that serves it, with the red arrow between them."""
+    import re
+    from labkit import viz
+    key = "0123456789abcdef" * 4
+    ov = overlay.stack(lab.scratch("wide"), {"init": {"etc/hostname": "x\n"},
+                                             key: {**{f"bin/t{i}": "x" for i in range(300)},
+                                                   **{f"{d}/f": "x" for d in "abcdefghijklmnop"}}})
+    with ov:
+        g = viz.overlay_stack(ov, highlight="etc/hostname")
+        svg = g.pipe(format="svg").decode()
+    scale = re.search(r"scale\(([\d.]+)", svg)
+    assert scale is None or float(scale.group(1)) >= 0.9, scale.group(1)
+    assert "n0_etc_hostname -> n2_etc_hostname" in g.source and "color=red" in g.source
+    assert key not in g.source and "0123456789ab…" in g.source

@@ -56,8 +56,9 @@ def check_layer_order(lowerdirs):
 
 
 def setup_order_paths() -> dict[str, Path]:
-    d = lab.root() / "scratch" / "01-ex-order"
-    return {name: d / name for name in ORDER_LAYERS} if d.exists() else setup_order()
+    """The layers setup_order() made in this kernel (made now if it has not run)."""
+    d = lab.scratch("01-ex-order", fresh=False)
+    return {name: d / name for name in ORDER_LAYERS} if all((d / n).is_dir() for n in ORDER_LAYERS) else setup_order()
 
 
 def _setup_pair(name: str, lower: dict, upper: dict) -> dict[str, Path]:

@@ -29,7 +29,7 @@ from labkit.image.store import Store
 from labkit.image.base import base_image
 from labkit.exercises import hint, l03_layers as ex
 
-home = lab.scratch("03-image-layers")
+home = lab.scratch("03-image-layers", alone=True)   # one copy at a time: its images and names are shared
 store = Store()
 base = base_image(store)
 print(f"base image {base.name!r}: {len(base.layers)} layer, {len(base.history)} history entry")

@@ -29,7 +29,7 @@ from labkit.image import mutate
 from labkit.image.base import base_image
 from labkit.exercises import hint, l04_drivers as ex
 
-home = lab.scratch("04-storage-drivers")
+home = lab.scratch("04-storage-drivers", alone=True)   # one copy at a time: its images and names are shared
 store = Store()
 base_image(store)
 tree.write_tree(home / "data", {"data/blob": 64 << 20})           # a 64 MiB file, so sizes show

@@ -28,7 +28,7 @@ from labkit.image.store import Store
 from labkit.image.base import base_image
 from labkit.exercises import hint, l05_process as ex
 
-home = lab.scratch("05-container-process")
+home = lab.scratch("05-container-process", alone=True)   # one copy at a time: its images and names are shared
 store = Store()
 base_image(store)
 print("namespace types:", ", ".join(ns.TYPES))

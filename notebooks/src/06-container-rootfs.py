@@ -33,7 +33,7 @@ from labkit.image.store import Store
 from labkit.image.base import base_image
 from labkit.exercises import hint, l06_rootfs as ex
 
-home = lab.scratch("06-container-rootfs")
+home = lab.scratch("06-container-rootfs", alone=True)   # one copy at a time: its images and names are shared
 store = Store()
 base_image(store)
 script = ("echo 'hello from the container' > /etc/motd; rm /bin/vi; "

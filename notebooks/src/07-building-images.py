@@ -30,7 +30,7 @@ from labkit.image.base import base_image
 from labkit.tree import write_tree, read_tree
 from labkit.exercises import hint, l07_build as ex
 
-home = lab.scratch("07-building-images")       # fresh on every run, with this lesson's build cache in it
+home = lab.scratch("07-building-images", alone=True)     # fresh on every run, with this lesson's build cache in it
 cache = home / "build-cache"                   # so the first build below always starts cold
 store = Store()
 base_image(store)

@@ -31,7 +31,7 @@ from labkit.image.base import base_image
 from labkit.registry import server, client, auth, link
 from labkit.exercises import hint, l08_registry as ex
 
-home = lab.scratch("08-registries")
+home = lab.scratch("08-registries", alone=True)   # one copy at a time: its images and names are shared
 store = Store()
 base_image(store)
 prev = "busybox"
