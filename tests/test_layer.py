@@ -13,6 +13,8 @@ from labkit.image import digest, layer
 from labkit.image.layer import LayerError
 from labkit.tree import read_tree, write_tree
 
+from helpers import need
+
 
 def changed_stack(base_dir):
     """An overlay whose upper dir holds one of each kind of change."""
@@ -187,9 +189,11 @@ HOSTILE = {
                          "longer than"),
     "path-max-chain": ([("a" * 250, "dir", None), ("a" * 250 + "/s", "sym", "../" * 40),
                         ("a" * 250 + "/s/escaped", "file", b"x")], "symlink"),
-    # a gzip bomb's uncompressed twin: a sparse file claiming a terabyte
-    "sparse-terabyte": ([("big", "sparse", 1 << 40)], "needs"),
-    "truncated": ([("a", "file", b"x" * 20000), ("cut", "cut", 6000)], "not a readable tar archive (unexpected end of data)"),
+    # a gzip bomb's uncompressed twin: a sparse file claiming a terabyte (OCI layers have none)
+    "sparse-terabyte": ([("big", "sparse", 1 << 40)], "sparse entry"),
+    "truncated": ([("a", "file", b"x" * 20000), ("cut", "cut", 6000)], "cut short"),
+    "truncated-after-good-entries": ([("ok/a", "file", b"1"), ("ok/b", "file", b"2"), ("a", "file", b"x" * 20000),
+                                      ("cut", "cut", 8000)], "cut short"),
 }
 
 
@@ -208,6 +212,49 @@ def test_hostile_layers_are_refused_and_nothing_is_written(lab_root, tmp_path, c
     assert read_tree(dest) == {"precious": "keep me"}, "nothing may be written before the refusal"
     assert list(outside.iterdir()) == []
     assert not os.path.exists("/tmp/escaped-abs")
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layers_applied_to_an_empty_dir_leave_it_empty(lab_root, tmp_path, case):
+    """Into an empty directory a layer is read once, each entry checked as it is written: the
+    entries before the hostile one were written, and the refusal removes them again."""
+    entries, problem = HOSTILE[case]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [("early/file", "file", b"1"), ("early.txt", "file", b"2")] + [
+        (n, k, e.format(outside=outside) if isinstance(e, str) else e) for n, k, e in entries]
+    if case == "root-symlink":
+        entries = entries[2:]               # the root entry comes first or not at all
+    d = lab.scratch("hostile-empty")
+    _tar(d / "bad.tar", entries)
+    (d / "dest").mkdir()
+    with pytest.raises(LayerError) as e:
+        layer.apply(d / "bad.tar", d / "dest")
+    assert problem in str(e.value), str(e.value)
+    assert os.listdir(d / "dest") == [] and list(outside.iterdir()) == []
+
+
+def test_a_layer_larger_than_the_free_space_is_refused_whole(lab_root):
+    """A 40 MiB filesystem keeps MIN_FREE (32 MiB) spare: a layer of 3 x 4 MiB is refused. Into
+    a dir holding files, before anything is written; into an empty dir, at the file that goes
+    over, and what came before is removed again."""
+    from labkit import kernel
+    need(os.geteuid() == 0, "root (to mount a small tmpfs)")
+    d = lab.scratch("full")
+    small = d / "small"
+    small.mkdir()
+    e = lab.record("mount", small, "a 40 MiB tmpfs")
+    kernel.mount("tmpfs", str(small), "tmpfs", 0, "size=40m")
+    try:
+        _tar(d / "big.tar", [(f"f{i}", "file", b"\1" * (4 << 20)) for i in range(3)])
+        (small / "empty").mkdir()
+        write_tree(small / "full", {"precious": "keep me"})
+        for dest, left in [(small / "full", {"precious": "keep me"}), (small / "empty", {})]:
+            with pytest.raises(LayerError, match=r"layer big.tar needs \d+ MiB but only \d+ MiB are free"):
+                layer.apply(d / "big.tar", dest)
+            assert read_tree(dest) == left
+    finally:
+        lab.release(e)
 
 
 def test_symlink_already_in_the_target_is_not_followed(lab_root, tmp_path):
@@ -275,8 +322,8 @@ def test_attributes_are_never_set_through_a_symlink(lab_root, tmp_path):
     (outside / "victim").mkdir(parents=True)
     os.chmod(outside / "victim", 0o755)
     dest = lab.scratch("attrs")
-    m = tarfile.TarInfo("q/victim")
-    m.type, m.mode, m.uid, m.gid = tarfile.DIRTYPE, 0o4777, 4243, 4243
+    from labkit.image import tarstream
+    m = tarstream.Member("q/victim", tarstream.DIRECTORY, 0, 0, 0o4777, 4243, 4243, 0, "", 0, 0, None)
     with layer._Target(dest) as tgt:
         fd = tgt.dir("q/victim")
         (dest / "q").rename(dest / "q.old")
@@ -334,3 +381,12 @@ def test_file_capabilities_survive_gnu_tar_and_labkit_both_ways(lab_root):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert os.getxattr(gnu / "bin" / "ping", "security.capability") == cap
+
+
+def test_a_whiteout_and_a_file_of_the_same_name_in_one_layer(lab_root):
+    """In overlay form the whiteout ``.wh.x`` becomes a char device ``x``; a later entry ``x`` of
+    the same layer replaces it (also in a directory the layer itself made)."""
+    d = lab.scratch("wh-then-file")
+    _tar(d / "l.tar", [("sub/", "dir", None), ("sub/.wh.x", "file", b""), ("sub/x", "file", b"new")])
+    layer.apply(d / "l.tar", d / "dest", overlay_form=True)
+    assert (d / "dest" / "sub" / "x").read_bytes() == b"new"

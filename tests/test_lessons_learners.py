@@ -77,6 +77,13 @@ def test_a_lesson_stopped_midway_runs_again_in_full(shared_root, stem):
     assert _run(stem, shared_root) > 0
 
 
+def test_another_lesson_runs_in_full_after_a_lesson_stopped_midway(shared_root):
+    """Lesson 07 stopped at 60 % leaves its images (lab/toolchain, lesson07/...) in the store;
+    lesson 03's clean-up then checked the whole store and failed. It checks its own names."""
+    _run("07-building-images", shared_root, upto=0.6, kill=True)
+    assert _run("03-image-layers", shared_root) > 0
+
+
 @pytest.mark.parametrize("pair", [("05-container-process", "06-container-rootfs"),
                                   ("03-image-layers", "07-building-images")])
 def test_two_lessons_at_once_in_one_lab_root(shared_root, pair):

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from .. import kernel, lab
 from ..errors import LabError
 from ..overlay import is_whiteout, xattr
-from . import digest
+from . import digest, tarstream
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -178,7 +178,7 @@ class ApplyReport:
 class Checked:
     """What :func:`validate` found in a layer that it accepted."""
     entries: int
-    bytes: int            # the sum of the regular files' sizes (a sparse file counts whole)
+    bytes: int            # the sum of the regular files' sizes
 
 
 def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form: bool = False,
@@ -192,63 +192,83 @@ def apply(tar_path: str | os.PathLike, dest: str | os.PathLike, *, overlay_form:
     ``<prefix>opaque=y``, so ``dest`` can serve as an overlay lowerdir directly.
     ``merge=True`` (with overlay_form): ``dest`` is a changeset being squashed, so an opaque
     marker also removes what earlier layers put in the directory.
-    The tar is validated completely, and the free space checked, before the first write;
-    every write then goes through directory file descriptors that never leave ``dest``.
+
+    Every entry is checked before it is written, and writes go through directory file
+    descriptors that never leave ``dest``; file data is copied by the kernel (sendfile(2)).
+    Into an empty ``dest`` (a new snapshot, an unpack) the layer is read once, and a refusal
+    empties ``dest`` again. Into a ``dest`` that holds files (a flatten, a squash, ADD) the
+    whole layer is checked first, with the free space, so a refusal has nothing to undo.
     """
     dest = lab.inside(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    checked = validate(tar_path, dest, allow_devices=allow_devices)
-    ensure_space(dest, checked.bytes, f"layer {Path(tar_path).name}")
+    where = f"layer {Path(tar_path).name}"
+    with open(tar_path, "rb") as f, _Target(dest) as tgt:
+        if "." not in tgt.made:
+            checked = _Checker(tar_path, dest, allow_devices)
+            for _ in checked.members(f):
+                pass
+            ensure_space(dest, checked.bytes, where)
+        checker = _Checker(tar_path, dest, allow_devices, space=(dest, where))
+        try:
+            return _write(checker.members(f), f.fileno(), tgt, overlay_form, merge, prefix)
+        except BaseException:
+            if "." in tgt.made:
+                tgt.clear()
+            raise
+
+
+def _write(members, tfd: int, tgt: "_Target", overlay_form: bool, merge: bool, prefix: str) -> ApplyReport:
+    """The writing half of :func:`apply`: every member, in order, as it is checked."""
     report = ApplyReport()
     written: set[str] = set()
     dir_attrs = []
-    with _open(tar_path) as tar, _Target(dest) as tgt:
-        for m in _members(tar):
-            name = _clean(m.name)
-            if name is None:
-                continue
-            report.entries += 1
-            rel = PurePosixPath(name)
-            parent, base = str(rel.parent), rel.name
-            if base == OPAQUE:
-                report.opaque_dirs += 1
-                if not overlay_form and not tgt.is_dir(parent):
-                    continue          # nothing below to hide
-                d = tgt.dir(parent)
-                if overlay_form:
-                    os.setxattr(d, prefix + "opaque", b"y")
-                if not overlay_form or merge:
-                    for child in sorted(os.listdir(d)):
-                        crel = child if parent == "." else f"{parent}/{child}"
-                        if crel not in written:
-                            tgt.remove(crel)
-                            report.removed.append(crel)
-                continue
-            if base.startswith(WHITEOUT):
-                report.whiteouts += 1
-                hidden = base[len(WHITEOUT):]
-                hrel = hidden if parent == "." else f"{parent}/{hidden}"
-                if hrel in written or (not overlay_form and not tgt.is_dir(parent)):
-                    continue          # own-layer entries stay; a missing parent hides nothing
-                d = tgt.dir(parent)
-                if _lstat(d, hidden) is not None:
-                    tgt.remove(hrel)
-                    report.removed.append(hrel)
-                if overlay_form:
-                    os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=d)
-                continue
-            # a directory made where a whiteout stood must hide what is below (overlay makes
-            # such a directory opaque too)
+    for name, m in members:
+        if name is None:
+            continue
+        report.entries += 1
+        parent, _, base = name.rpartition("/")
+        parent = parent or "."
+        if base == OPAQUE:
+            report.opaque_dirs += 1
+            if not overlay_form and not tgt.is_dir(parent):
+                continue          # nothing below to hide
+            d = tgt.dir(parent)
+            if overlay_form:
+                os.setxattr(d, prefix + "opaque", b"y")
+            if not overlay_form or merge:
+                for child in sorted(os.listdir(d)):
+                    crel = child if parent == "." else f"{parent}/{child}"
+                    if crel not in written:
+                        tgt.remove(crel)
+                        report.removed.append(crel)
+            continue
+        if base.startswith(WHITEOUT):
+            report.whiteouts += 1
+            hidden = base[len(WHITEOUT):]
+            hrel = hidden if parent == "." else f"{parent}/{hidden}"
+            if hrel in written or (not overlay_form and not tgt.is_dir(parent)):
+                continue          # own-layer entries stay; a missing parent hides nothing
+            d = tgt.dir(parent)
+            if _lstat(d, hidden) is not None:
+                tgt.remove(hrel)
+                report.removed.append(hrel)
+            if overlay_form:
+                os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=d)
+                tgt.made.discard(parent)      # it now holds an entry the layer may write over
+            continue
+        # a directory made where a whiteout stood must hide what is below (overlay makes
+        # such a directory opaque too)
+        replaces_whiteout = False
+        if overlay_form and m.isdir() and parent not in tgt.made:
             old = _lstat(tgt.dir(parent), base)
-            replaces_whiteout = (overlay_form and m.isdir() and old is not None
-                                 and stat.S_ISCHR(old.st_mode) and old.st_rdev == 0)
-            _write_member(tar, m, tgt, parent, base, dir_attrs)
-            if replaces_whiteout:
-                os.setxattr(tgt.dir(name), prefix + "opaque", b"y")
-            written.add(name)
-            report.written += 1
-        for rel, m in reversed(dir_attrs):    # children first changed the dirs' mtimes
-            _set_attrs(tgt.dir(rel), m)
+            replaces_whiteout = old is not None and stat.S_ISCHR(old.st_mode) and old.st_rdev == 0
+        _write_member(tfd, m, tgt, parent, base, dir_attrs)
+        if replaces_whiteout:
+            os.setxattr(tgt.dir(name), prefix + "opaque", b"y")
+        written.add(name)
+        report.written += 1
+    for rel, m in reversed(dir_attrs):    # children first changed the dirs' mtimes
+        _set_attrs(tgt.dir(rel), m)
     return report
 
 
@@ -259,20 +279,43 @@ def validate(tar_path: str | os.PathLike, dest: str | os.PathLike | None = None,
     Nothing is written. ``dest`` (if given) is where the layer will go: a symlink there
     must not be written through either.
     """
-    seen: dict[str, bytes] = {}       # name -> tar type of every entry so far
-    holders: set[str] = set()         # every directory an entry so far was written into
-    n = size = 0
-    with _open(tar_path) as tar:
+    checker = _Checker(tar_path, Path(dest) if dest else None, allow_devices)
+    with open(tar_path, "rb") as f:
+        for _ in checker.members(f):
+            pass
+    return Checked(checker.entries, checker.bytes)
+
+
+class _Checker:
+    """The members of a layer as (clean name, member), each checked (:func:`_check_member`)
+    before it is handed on.
+    With ``space=(dest, what)``, the regular files' sizes are also counted against the free
+    space found at the start (statvfs(3)), as :func:`ensure_space` would for the whole layer."""
+
+    def __init__(self, tar_path, dest: Path | None, allow_devices: bool, space: tuple | None = None):
+        self.tar_path, self.dest, self.allow_devices, self.space = tar_path, dest, allow_devices, space
+        self.entries = self.bytes = 0
+
+    def members(self, f):
+        seen: dict[str, bytes] = {}       # name -> tar type of every entry so far
+        holders: set[str] = set()         # every directory an entry so far was written into
+        free = _free(self.space[0]) - MIN_FREE if self.space else None
         try:
-            for m in _members(tar):
-                n += 1
-                _check_member(m, seen, holders, Path(dest) if dest else None, allow_devices)
-                if m.isreg():
-                    size += m.size
-        except tarfile.TarError as e:
-            raise LayerError(f"{tar_path} is not a readable tar archive ({e})",
-                             "check that the file is an uncompressed layer tar and was copied whole")
-    return Checked(n, size)
+            for m in tarstream.members(f, MAX_HEADER_READ):
+                self.entries += 1
+                name = _check_member(m, seen, holders, self.dest, self.allow_devices)
+                self.bytes += m.size
+                if free is not None and self.bytes > free:
+                    ensure_space(self.space[0], self.bytes, self.space[1])
+                yield name, m
+        except tarstream.TarError as e:
+            raise LayerError(f"{self.tar_path} is not a readable tar archive ({e.problem})",
+                             e.fix or "check that the file is an uncompressed layer tar and was copied whole") from None
+
+
+def _free(where: Path) -> int:
+    st = os.statvfs(where)
+    return st.f_bavail * st.f_frsize
 
 
 MIN_FREE = 32 << 20     # what a layer must leave free on the lab's filesystem
@@ -282,33 +325,29 @@ def ensure_space(where: Path, need: int, what: str) -> None:
     """Refuse to write ``need`` more bytes under ``where`` if that would leave less than
     MIN_FREE on its filesystem (statvfs(3)): a gzip bomb or a sparse entry claiming terabytes
     stops with an error naming it instead of filling the disk."""
-    st = os.statvfs(where)
-    free = st.f_bavail * st.f_frsize
+    free = _free(where)
     if need + MIN_FREE > free:
         raise LayerError(f"{what} needs {need >> 20} MiB but only {free >> 20} MiB are free under {where} "
                          f"(labkit keeps {MIN_FREE >> 20} MiB spare); nothing was written",
                          "free some space (labkit reset removes old experiments) or do not use this layer")
 
 
-def _members(tar: tarfile.TarFile):
-    """The members of ``tar`` one at a time, forgetting each after use (tarfile keeps a list of
-    every member it has read: 200,000 entries would cost ~200 MiB)."""
-    while (m := tar.next()) is not None:
-        tar.members.clear()
-        yield m
+_TYPES = (tarstream.REGULAR, tarstream.DIRECTORY, tarstream.SYMLINK, tarstream.HARDLINK,
+          tarstream.FIFO, tarstream.CHAR, tarstream.BLOCKDEV)
+XATTR_SIZE_MAX = 65536         # the largest value setxattr(2) takes
 
 
-def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | None, allow_devices: bool) -> None:
+def _check_member(m: tarstream.Member, seen: dict, holders: set, dest: Path | None, allow_devices: bool) -> None:
     raw = m.name
-    if len(raw) > MAX_NAME or any(len(v) > MAX_NAME for v in m.pax_headers.values()):
-        raise _hostile(raw[:80] + "...", f"has a name or header longer than {MAX_NAME} bytes")
+    if len(raw) > MAX_NAME or len(m.linkname) > MAX_NAME:
+        raise _hostile(raw[:80] + "...", f"has a name or link target longer than {MAX_NAME} bytes")
     if "\0" in raw or raw.startswith("/"):
         raise _hostile(raw, "has an absolute name")
     name = _clean(raw)
     if name is None:
         if not m.isdir():          # CVE-2021-29136: a root entry that is a symlink to "/"
             raise _hostile(raw, "is the layer's root but not a directory")
-        return
+        return None
     parts = name.split("/")
     if ".." in parts:
         raise _hostile(raw, "climbs out of the layer with '..'")
@@ -323,35 +362,42 @@ def _check_member(m: tarfile.TarInfo, seen: dict, holders: set, dest: Path | Non
     if base.startswith(WHITEOUT) and base[len(WHITEOUT):] in ("", ".", ".."):
         raise _hostile(raw, "is a whiteout that names no file (.wh. must be followed by a plain name, "
                             "not '', '.' or '..')")
-    parents = ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    parent = name.rpartition("/")[0]
+    # every ancestor of a directory in ``holders`` was checked when it went in (the layer's
+    # usual case: one check per entry, not one per ancestor)
+    parents = [] if parent in holders else ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
     for p in parents:
-        if p in seen and seen[p] != tarfile.DIRTYPE:
+        if p in seen and seen[p] != tarstream.DIRECTORY:
             raise _hostile(raw, f"would be written through {p!r}, which this layer made a "
-                                f"{'symlink' if seen[p] == tarfile.SYMTYPE else 'non-directory'}")
-        if dest is not None and p not in seen and (dest / p).is_symlink():
+                                f"{'symlink' if seen[p] == tarstream.SYMLINK else 'non-directory'}")
+        if dest is not None and p not in seen and p not in holders and (dest / p).is_symlink():
             raise _hostile(raw, f"would be written through the symlink {p!r} already in the target")
-    if m.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) and not allow_devices:
+    if m.type in (tarstream.CHAR, tarstream.BLOCKDEV) and not allow_devices:
         raise _hostile(raw, "is a device node, and device nodes are not allowed here",
                        "pass allow_devices=True only for a layer you trust")
-    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
-                      tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE):
-        raise _hostile(raw, f"has the unsupported tar type {m.type!r}")
-    if m.islnk():
+    if m.type not in _TYPES:
+        raise _hostile(raw, f"has the unsupported tar type {m.type.decode('latin-1')!r}")
+    if m.uid < 0 or m.gid < 0:
+        raise _hostile(raw, f"has a negative owner ({m.uid}:{m.gid})")
+    if m.type == tarstream.HARDLINK:
         target = m.linkname
         t = _clean(target) if not target.startswith("/") else None
         if t is None or ".." in t.split("/"):
             raise _hostile(raw, f"is a hard link to {target!r}, outside the layer")
         if t in seen:
-            if seen[t] not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            if seen[t] != tarstream.REGULAR:
                 raise _hostile(raw, f"is a hard link to {target!r}, which is not a regular file")
         elif dest is None or not _regular_inside(dest, t):
             raise _hostile(raw, f"is a hard link to {target!r}, which is not a file of this layer "
                                 "or of the target")
-    for key in m.pax_headers:
-        if key.startswith("SCHILY.xattr.") and key[13:].startswith(OVERLAY_XATTRS):
-            raise _hostile(raw, f"carries the overlay xattr {key[13:]!r}, which could forge whiteouts")
+    for key, value in (m.xattrs or {}).items():
+        if key.startswith(OVERLAY_XATTRS):
+            raise _hostile(raw, f"carries the overlay xattr {key!r}, which could forge whiteouts")
+        if len(value) > XATTR_SIZE_MAX:
+            raise _hostile(raw, f"carries an xattr value of {len(value)} bytes (the kernel takes {XATTR_SIZE_MAX})")
     seen[name] = m.type
     holders.update(parents)
+    return name
 
 
 def _regular_inside(dest: Path, rel: str) -> bool:
@@ -370,34 +416,9 @@ def _hostile(name: str, problem: str, fix: str = "") -> LayerError:
 
 def _clean(name: str) -> str | None:
     """The entry's name without ``./`` or a trailing slash; None for the root entry."""
+    if "/." not in name and "//" not in name and not name.startswith(".") and not name.endswith("/") and name:
+        return name                   # already clean: the usual case
     return "/".join(p for p in name.split("/") if p and p != ".") or None
-
-
-class _LimitedReader:
-    """A file whose single reads are capped: a tar header claiming gigabytes is refused
-    instead of being read into memory (tarfile reads a PAX header in one call)."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def read(self, n=-1):
-        if n is None or n < 0 or n > MAX_HEADER_READ:
-            raise LayerError(f"the layer asked for a read of {n} bytes at once (a header that large "
-                             "is not a real layer)", "the layer is broken or hostile: do not use it")
-        return self.f.read(n)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-def _open(tar_path) -> tarfile.TarFile:
-    f = open(tar_path, "rb")
-    try:
-        return tarfile.open(fileobj=_LimitedReader(f), mode="r:")
-    except tarfile.TarError as e:
-        f.close()
-        raise LayerError(f"{tar_path} is not a tar archive ({e})",
-                         "layers are stored uncompressed here; check the file") from None
 
 
 def _lstat(dirfd: int, name: str) -> os.stat_result | None:
@@ -421,6 +442,12 @@ class _Target:
     def __init__(self, dest: Path):
         self.fd = os.open(dest, self.FLAGS | os.O_CLOEXEC)
         self.dirs: dict[str, int] = {}
+        with os.scandir(self.fd) as it:      # directories made here hold only what we write
+            self.made: set[str] = set() if next(it, None) else {"."}
+        self.euid, self.egid, self.umask = os.geteuid(), os.getegid(), _umask()
+        # directories whose new files are already ours with no set-group-ID inheritance: a file
+        # made there for the header's owner when that is us needs no chown(2)
+        self.plain: set[str] = {"."} if self._plain(self.fd) else set()
 
     def __enter__(self):
         return self
@@ -453,9 +480,16 @@ class _Target:
                 st = None
             if st is None:
                 os.mkdir(parts[j], 0o755, dir_fd=fd)
+                self.made.add(here)
             fd = kernel.openat2(fd, parts[j], self.FLAGS, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS)
             self.dirs[here] = fd
+            if st is None and self._plain(fd):
+                self.plain.add(here)
         return fd
+
+    def _plain(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return st.st_gid == self.egid and not st.st_mode & stat.S_ISGID
 
     def is_dir(self, rel: str) -> bool:
         """True when ``rel`` is a directory reached without any symlink."""
@@ -481,7 +515,16 @@ class _Target:
         if st is None:
             return
         self._forget(rel)
+        for kept in (self.made, self.plain):
+            kept.difference_update([k for k in kept if k == rel or k.startswith(rel + "/")])
         lab.rmtree_at(parent, p.name)
+
+    def clear(self) -> None:
+        """Empty the target again (after a refusal, when it was empty before)."""
+        self._forget("")
+        for name in os.listdir(self.fd):
+            lab.rmtree_at(self.fd, name)
+        self.made = {"."}
 
     def _forget(self, rel: str) -> None:
         """Close the cached fds of ``rel`` and everything below it ('' is all)."""
@@ -489,13 +532,13 @@ class _Target:
             os.close(self.dirs.pop(key))
 
 
-def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, tgt: _Target, parent: str, base: str,
-                  dir_attrs) -> None:
-    """Create one entry named ``base`` in directory ``parent`` of the target, by fd."""
+def _write_member(tfd: int, m: tarstream.Member, tgt: _Target, parent: str, base: str, dir_attrs) -> None:
+    """Create one entry named ``base`` in directory ``parent`` of the target, by fd; a regular
+    file's data is copied from the tar file ``tfd`` by sendfile(2)."""
     rel = base if parent == "." else f"{parent}/{base}"
     pfd = tgt.dir(parent)
-    old = _lstat(pfd, base)
-    if m.isdir():
+    old = None if parent in tgt.made else _lstat(pfd, base)     # a directory we made holds nothing else
+    if m.type == tarstream.DIRECTORY:
         if old is not None and not stat.S_ISDIR(old.st_mode):
             tgt.remove(rel)
         tgt.dir(rel)
@@ -503,28 +546,61 @@ def _write_member(tar: tarfile.TarFile, m: tarfile.TarInfo, tgt: _Target, parent
         return
     if old is not None:
         tgt.remove(rel)
-    if m.isreg():
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    if m.type == tarstream.REGULAR:
+        # made with its final permission bits (the lab root is 0700: nobody else can reach it
+        # meanwhile); chown(2) and chmod(2) only where the owner or those bits are not right yet
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     m.mode & 0o777, dir_fd=pfd)
         try:
-            with tar.extractfile(m) as src:
-                while chunk := src.read(CHUNK):
-                    _write_all(fd, chunk)
-            _set_attrs(fd, m)
+            if m.data is not None:
+                if os.write(fd, m.data) < len(m.data):      # a short write: finish it
+                    _write_all(fd, m.data[os.lseek(fd, 0, os.SEEK_CUR):])
+            else:
+                _copy(fd, tfd, m)
+            owned = parent in tgt.plain and m.uid == tgt.euid and m.gid == tgt.egid
+            if not owned and tgt.euid == 0:
+                os.chown(fd, m.uid, m.gid)
+            if not owned or m.mode & 0o7000 or m.mode & tgt.umask:
+                os.chmod(fd, m.mode)      # after chown, which clears set-user-ID bits
+            for key, value in (m.xattrs or {}).items():
+                os.setxattr(fd, key, value)
+            os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
         return
-    if m.islnk():
+    if m.type == tarstream.HARDLINK:
         target = PurePosixPath(_clean(m.linkname))
         os.link(target.name, base, src_dir_fd=tgt.dir(str(target.parent)), dst_dir_fd=pfd, follow_symlinks=False)
         return   # a hard link shares the attributes of its target
-    if m.issym():
+    if m.type == tarstream.SYMLINK:
         os.symlink(m.linkname, base, dir_fd=pfd)
-    elif m.isfifo():
+    elif m.type == tarstream.FIFO:
         os.mkfifo(base, 0o600, dir_fd=pfd)
     else:
-        kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+        kind = stat.S_IFCHR if m.type == tarstream.CHAR else stat.S_IFBLK
         os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
     _set_attrs(pfd, m, base)
+
+
+def _copy(fd: int, tfd: int, m: tarstream.Member) -> None:
+    """The member's data, from the tar file to ``fd``, by the kernel (sendfile(2))."""
+    offset, left = m.offset, m.size
+    while left:
+        sent = os.sendfile(fd, tfd, offset, min(left, 1 << 30))
+        if not sent:
+            raise LayerError(f"layer entry {m.name!r} ends before its {m.size} bytes",
+                             "the tar file changed while it was applied, or is cut short")
+        offset += sent
+        left -= sent
+
+
+def _umask() -> int:
+    """This process's umask, read from /proc/self/status (umask(2) can only be read by setting
+    it, which would race with a notebook's other threads)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    return 0o777                              # unknown: always chmod
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -533,7 +609,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _set_attrs(fd: int, m: tarfile.TarInfo, name: str | None = None) -> None:
+def _set_attrs(fd: int, m: tarstream.Member, name: str | None = None) -> None:
     """Owner, mode, xattrs and mtime from the tar header, set on the file descriptor ``fd`` of
     the file itself (``name`` None) or on ``name`` inside directory fd ``fd`` without following
     it: never by a path that a symlink could redirect (CVE-2021-32760). Owners are the header's
@@ -543,17 +619,14 @@ def _set_attrs(fd: int, m: tarfile.TarInfo, name: str | None = None) -> None:
         if os.geteuid() == 0:
             os.chown(fd, m.uid, m.gid)
         os.chmod(fd, m.mode)          # after chown, which clears set-user-ID bits
-        for key, value in m.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                os.setxattr(fd, key[13:], value.encode(errors="surrogateescape"))
+        for key, value in (m.xattrs or {}).items():
+            os.setxattr(fd, key, value)
         os.utime(fd, (m.mtime, m.mtime))
         return
     if os.geteuid() == 0:
         os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
-    if not m.issym():                 # a fifo or device node made just now
+    if m.type != tarstream.SYMLINK:   # a fifo or device node made just now
         os.chmod(name, m.mode, dir_fd=fd)
-    for key, value in m.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            os.setxattr(f"/proc/self/fd/{fd}/{name}", key[13:], value.encode(errors="surrogateescape"),
-                        follow_symlinks=False)
+    for key, value in (m.xattrs or {}).items():
+        os.setxattr(f"/proc/self/fd/{fd}/{name}", key, value, follow_symlinks=False)
     os.utime(name, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
