@@ -19,10 +19,11 @@ lab: provision
 	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) \
 		--port=$(PORT) --ServerApp.root_dir=$(LABKIT_WORKDIR)
 
-# Every lesson runs twice in one lab root: in order, then again in reverse order, as learners
-# come back to lessons (each must clean up only what it made and start again from there).
+# Every lesson runs twice in one lab root: in order under nbval (outputs compared, every exercise
+# left as its placeholder), then again in reverse order with each exercise's published solution
+# put in (tests/lessons_solved.py: every check must say solved), as learners come back to lessons.
 test: provision
-	$(PY) -m pytest tests notebooks $(shell ls -r notebooks/[0-9]*.ipynb) --keep-duplicates \
+	$(PY) -m pytest tests notebooks tests/lessons_solved.py \
 		--nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \
 		--nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 

@@ -8,7 +8,9 @@ What ``labkit run IMAGE -- CMD`` does, in order:
 3. PID 1 mounts the root filesystem as an overlay of three parts (seed 002):
    the image's read-only layers, an **init layer** (etc/hostname, etc/hosts,
    etc/resolv.conf, written for this container only) and a **read-write layer**;
-   bind-mounts the volumes; mounts /proc and a small /dev;
+   bind-mounts those three files over themselves from the container's directory (as docker
+   does: an edit of /etc/hosts goes there, never into the read-write layer, so commit leaves
+   it out), then the volumes; mounts /proc and a small /dev;
 4. pivot_root(2) into it, unmounts the old root, closes every inherited fd, and
    execs the command. Its exit status comes back; an OOM kill is named as such.
 
@@ -240,6 +242,13 @@ class Container:
             ov = overlay.Overlay(self.lowerdirs, self.upper, self.work, self.rootfs)
             ov.mount_here()
             r = str(self.rootfs)
+            for name in INIT_FILES:        # as docker does: edits go to this container's files
+                step = f"bind-mounting /etc/{name}"
+                fd = open_in_root(self.rootfs, f"etc/{name}")
+                try:
+                    kernel.mount(str(self.init / "etc" / name), f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
+                finally:
+                    os.close(fd)
             for spec in self.cfg.volumes:
                 step = f"mounting the volume {spec}"
                 host, ctr = spec.split(":", 1)
@@ -346,6 +355,19 @@ class Container:
         if self.pid:
             self.kill()
         lab.remove_tree(self.dir)
+
+
+INIT_FILES = ("hostname", "hosts", "resolv.conf")
+
+
+def open_in_root(root: Path, path: str) -> int:
+    """An O_PATH fd of the file ``path`` inside the container's root, resolved with openat2(2)
+    RESOLVE_IN_ROOT (a symlink in the image cannot lead out), for mount(2) through /proc/self/fd."""
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return kernel.openat2(rootfd, path, os.O_PATH, kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(rootfd)
 
 
 def mkdirs_in_root(root: Path, path: str) -> int:

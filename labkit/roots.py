@@ -40,15 +40,16 @@ class Attempt:
 
 
 def attempt(rootfs: str | os.PathLike, root: str, attack: str, pid_ns: bool = False,
-            close_fds: bool = False) -> Attempt:
-    """Enter ``rootfs`` with ``root`` ("chroot" or "pivot_root"), then try ``attack``."""
-    if attack not in ATTACKS or root not in ("chroot", "pivot_root"):
+            close_fds: bool = False, enter=None) -> Attempt:
+    """Enter ``rootfs`` with ``root`` ("chroot" or "pivot_root"), then try ``attack``.
+    ``enter``: a function ``enter(rootfs)`` that changes the root itself (root is then "yours")."""
+    if attack not in ATTACKS or (root not in ("chroot", "pivot_root") and enter is None):
         raise ValueError(f"root is chroot or pivot_root, attack one of {ATTACKS}")
     rootfs = lab.inside(rootfs)
     marker = lab.root() / f"host-marker-{secrets.token_hex(4)}"
     marker.write_text("you are on the host\n")
     try:
-        escaped, saw = sandbox.run(_inside, str(rootfs), root, attack, str(marker), close_fds, os.getpid(),
+        escaped, saw = sandbox.run(_inside, str(rootfs), root, attack, str(marker), close_fds, os.getpid(), enter,
                                    namespaces=("mnt", "pid") if pid_ns else ("mnt",))
     finally:
         marker.unlink()
@@ -68,9 +69,13 @@ def pivot_into(rootfs: str) -> None:
     os.rmdir("/.old-root")
 
 
-def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, host_pid: int):
+def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, host_pid: int, enter=None):
     leaked = os.open("/", os.O_RDONLY | os.O_DIRECTORY)      # an fd a careless runtime passes on
-    if root == "chroot":
+    if enter is not None:
+        enter(rootfs)
+        if not os.path.exists("/bin/sh") or os.path.exists(marker):
+            return True, sorted(os.listdir("/"))[:12]            # not inside the rootfs at all
+    elif root == "chroot":
         os.chroot(rootfs)
         os.chdir("/")
     else:

@@ -207,6 +207,11 @@ def test_exercises(busybox):
                       "token": "t\n"})
     build.build(leak, "lesson07/leaky", quiet=True)
     assert not ex.check_squashed("lesson07/leaky").ok
+    assert not ex.check_squashed("busybox").ok            # lacks the token, but is not leaky's tree
+    build.build(write_tree(lab.scratch("other"), {"Dockerfile": "FROM busybox\nRUN mkdir -p /app && echo x > /app/data\n"}),
+                "lesson07/rebuilt", quiet=True)
+    assert not ex.check_squashed("lesson07/rebuilt").ok   # no token, but not leaky's files
+    busybox.remove_ref("lesson07/rebuilt")
     squash.squash("lesson07/leaky", "busybox", "lesson07/clean", store=busybox)
     assert ex.check_squashed("lesson07/clean").ok
 

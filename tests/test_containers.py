@@ -309,3 +309,17 @@ def test_a_named_container_left_by_a_dead_kernel_is_replaced(busybox, lab_root):
     with pytest.raises(container.ContainerError, match="a container called 'web' exists"):
         container.Container.create("busybox", ["true"], name="web", store=busybox)
     again.remove()
+
+
+def test_an_edit_of_etc_hosts_is_not_committed(busybox):
+    """Docker bind-mounts hostname, hosts and resolv.conf from the container's directory, so an
+    edit of /etc/hosts stays out of the read-write layer and out of commit. labkit does too."""
+    from labkit.image import waste
+    c, r = container.run("busybox", ["/bin/sh", "-c", "echo '10.0.0.9 db' >> /etc/hosts; echo x > /kept; tail -1 /etc/hosts"])
+    assert r.exit_code == 0 and r.stdout.strip() == "10.0.0.9 db"
+    c.commit("edited/hosts")
+    names = [m.name for m in waste.layer_entries(busybox, "edited/hosts")[-1]]
+    assert "kept" in names and not any(n.startswith("etc/") for n in names), names
+    assert "10.0.0.9 db" in (c.init / "etc" / "hosts").read_text()
+    c.remove()
+    busybox.remove("edited/hosts")

@@ -205,8 +205,15 @@ def test_exercises(lab_root):
     assert ex.check_dirty_exactly(_five).ok
     v = ex.check_dirty_exactly(_two)
     assert not v.ok and "[0, 1]" in str(v)
-    assert ex.check_who_copies("child").ok and not ex.check_who_copies("both").ok
-    assert not ex.check_who_copies(None).ok
+    assert ex.check_who_copies(_entry).ok
+    assert not ex.check_who_copies(lambda pid, address: 1 << 63).ok   # "present", but not the kernel's entry
+    assert not ex.check_who_copies("child").ok and not ex.check_who_copies(None).ok
+
+
+def _entry(pid, address):
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(address // 4096 * 8)
+        return int.from_bytes(f.read(8), "little")
 
 
 def _five(buf):

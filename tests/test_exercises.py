@@ -208,3 +208,12 @@ def test_learner_copies_start_without_the_authors_outputs(lab_root, tmp_path, mo
     assert all(c.get("outputs") == [] and c.get("execution_count") is None
                for c in after["cells"] if c["cell_type"] == "code")
     assert [c["source"] for c in after["cells"]] == [c["source"] for c in before["cells"]]
+
+
+def test_a_solved_exercise_spends_no_more_hints(lab_root):
+    """The solution bot's second pass (and a learner who solved first) runs hint() again."""
+    from labkit.exercises import hint, l01_overlayfs as ex
+    hint("01.order")
+    assert ex.check_layer_order(["material2", "material3", "material"]).ok
+    again = hint("01.order")
+    assert "Hint 2" not in again and "Solved already" in again

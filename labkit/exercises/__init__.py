@@ -121,12 +121,15 @@ def exercise(id: str, title: str, hints: list[str]):
 # --- hints and progress -------------------------------------------------------------------
 def hint(id: str) -> str:
     """The hints of exercise ``id`` so far, one more than before if the learner has tried an
-    answer since the last one (so running a notebook again does not spend hints)."""
+    answer since the last one (so running a notebook again does not spend hints) and has not
+    solved it yet."""
     ex = _get(id)
     state = _load().get(id, {})
     shown, tries = state.get("hints", 0), state.get("attempts", 0)
     note = ""
-    if shown >= len(ex.hints):
+    if state.get("solved"):
+        note = "Solved already: no more hints are spent on it."
+    elif shown >= len(ex.hints):
         note = f"No more hints: all {len(ex.hints)} are above. The collapsed solution below the exercise shows one way."
     elif shown == 0 or tries > state.get("hint_after", 0):
         shown += 1

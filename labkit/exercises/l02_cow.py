@@ -1,5 +1,7 @@
-"""Lesson 02 exercises: predict the faults, dirty exactly k pages, who gets the copy."""
+"""Lesson 02 exercises: predict the faults, dirty exactly k pages, read pagemap yourself."""
 from __future__ import annotations
+
+import os
 
 from .. import cow
 from . import exercise
@@ -53,28 +55,50 @@ def check_dirty_exactly(fn):
             "the parent's pages still hold what the parent wrote"
 
 
-@exercise("02.who", "who gets the new frame?", hints=[
-    "Look at the PFN table before and after the child's write (or at the exclusive bits).",
-    "The writer is the one whose write faulted; the kernel gives the writer a fresh copy.",
+def _entry(pid, address: int) -> int:
+    """The raw pagemap entry (Documentation/admin-guide/mm/pagemap.rst): the reference."""
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        return int.from_bytes(os.pread(fd, 8, address // cow.PAGE * 8), "little")
+    finally:
+        os.close(fd)
+
+
+@exercise("02.who", "read the page table yourself: who gets the new frame?", hints=[
+    "/proc/PID/pagemap holds one 64-bit little-endian entry per virtual page: the entry of "
+    "address A is at byte offset (A // 4096) * 8.",
+    "os.open the file, os.pread(fd, 8, offset), int.from_bytes(..., 'little'); close the fd.",
+    "Bit 63: present; bits 0-54: the frame number (0 unless root); bit 56: mapped only here.",
 ])
-def check_who_copies(answer):
-    """``answer``: "parent", "child" or "both": whose page table points at a new frame
-    after the child writes page 3."""
-    if answer not in ("parent", "child", "both"):
-        yield False, 'answer "parent", "child" or "both"'
+def check_who_copies(my_entry):
+    """``my_entry(pid, address)``: the raw 64-bit pagemap entry of the page at ``address`` in
+    process ``pid``. The check compares it with the kernel's for pages of its own buffer (half
+    touched) and of a forked child that wrote page 3, then answers the lesson's question with
+    the learner's own numbers."""
+    if not callable(my_entry):
+        yield False, "define my_entry(pid, address) and pass the function itself"
         return
     with cow.Buffer(8) as buf:
-        buf.touch()
-        before = cow.pagemap("self", buf.address, buf.pages)
+        buf.write(range(4))                      # pages 0-3 present, 4-7 never touched
+        pages = [buf.address + i * cow.PAGE for i in range(8)]
+        mine = [my_entry(os.getpid(), a) for a in pages]
+        ref = [_entry(os.getpid(), a) for a in pages]
+        yield mine == ref, ("your entries match the kernel's for 8 pages of this process (4 present, 4 not)"
+                            if mine == ref else f"pages {[i for i in range(8) if mine[i] != ref[i]]} of this "
+                            "process differ from the kernel's entries")
         with cow.Child(buf) as child:
-            child_before = child.pagemap()
+            before = my_entry(child.pid, pages[3])
             child.write([3])
-            after, child_after = cow.pagemap("self", buf.address, buf.pages), child.pagemap()
-    if before[3].pfn is not None:
-        moved = {"parent": before[3].pfn != after[3].pfn, "child": child_before[3].pfn != child_after[3].pfn}
-        how = "physical frame numbers"
-    else:
-        moved = {"parent": False, "child": child_after[3].exclusive and not child_before[3].exclusive}
-        how = "the exclusive bit"
-    truth = "both" if all(moved.values()) else next((k for k, v in moved.items() if v), "neither")
-    yield answer == truth, f"measured with {how}: {truth}" + ("" if answer == truth else f", not {answer!r}")
+            child_after, parent_after = my_entry(child.pid, pages[3]), my_entry(os.getpid(), pages[3])
+            ok = child_after == _entry(child.pid, pages[3])
+            yield ok, ("and for the child after its write" if ok else
+                       "the child's entry for page 3 differs from the kernel's")
+    if mine == ref and ok:
+        frame = lambda e: e & cow.PFN_MASK
+        if frame(ref[3]):
+            moved = (f"the child's page 3 moved from frame {frame(before)} to {frame(child_after)}; the parent "
+                     f"kept {frame(parent_after)}: the writer gets the copy")
+        else:
+            moved = ("the child's page 3 is now exclusive (bit 56) while it was shared before: the writer gets "
+                     "the copy (frame numbers read as 0 without root)")
+        yield True, moved

@@ -1,6 +1,8 @@
 """Lesson 03 exercises: write a layer by hand, compute a ChainID, find a deleted secret."""
 from __future__ import annotations
 
+import hashlib
+
 import secrets
 
 from .. import lab
@@ -37,13 +39,26 @@ def check_handmade(tar_path):
 @exercise("03.chainid", "compute a ChainID by hand", hints=[
     "The ChainID of the first layer is its DiffID.",
     "ChainID(n) = sha256 of the text ChainID(n-1) + ' ' + DiffID(n), written as 'sha256:<hex>'.",
-    "hashlib.sha256(f'{chain1} {diff2}'.encode()).hexdigest()",
+    "Two steps: chain2 from DiffIDs 1 and 2, then chain3 from chain2 and DiffID 3 (hashlib.sha256).",
 ])
 def check_chain_id(image, answer):
-    """``answer``: the ChainID of the second layer of ``image`` (a store.Image)."""
-    truth = digest.chain_ids(image.diff_ids)[1]
-    yield answer == truth, "that is the ChainID the store computed" if answer == truth else (
-        f"{str(answer)[:20]}... is not it" if answer else "pass the ChainID you computed")
+    """``answer``: the ChainID of the third layer of ``image`` (a store.Image), computed with
+    hashlib from its DiffIDs. A wrong answer is told which common slip it is, not the value."""
+    if not isinstance(answer, str) or not answer:
+        yield False, "pass the ChainID you computed, as a string 'sha256:...'"
+        return
+    chains, diffs = digest.chain_ids(image.diff_ids), image.diff_ids
+    pair = lambda a, b: "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    slips = {chains[1]: "that is the second layer's ChainID: one more step",
+             diffs[2]: "that is the third layer's DiffID: a ChainID also covers every layer below",
+             pair(diffs[1], diffs[2]): "you joined two DiffIDs: the left side must be the ChainID below",
+             pair(diffs[0], diffs[2]): "the left side must be the second layer's ChainID, not the first DiffID"}
+    if not answer.startswith("sha256:"):
+        yield False, "a ChainID is written 'sha256:<64 hex digits>'"
+    elif answer == chains[2]:
+        yield True, "that is the ChainID the store computed for the whole three-layer stack"
+    else:
+        yield False, slips.get(answer, f"{answer[:19]}... is not the third layer's ChainID")
 
 
 def setup_secret_image(name: str = "leaky") -> st.Image:

@@ -1,7 +1,9 @@
-"""Lesson 04 exercises: predict vfs disk use; pick the driver for a job."""
+"""Lesson 04 exercises: predict vfs disk use; clone a file on btrfs as its driver does."""
 from __future__ import annotations
 
-from .. import drivers
+import os
+
+from .. import drivers, lab
 from ..image import store as st
 from . import exercise
 
@@ -21,17 +23,38 @@ def check_vfs_prediction(guess_mib, image: str = "lesson04/fat"):
         "" if ok else " (within 15% counts)")
 
 
-@exercise("04.choose", "choose the driver", hints=[
-    "Look at the disk plot: which lines stay flat as containers are added?",
-    "Then look at what one small write into a big file costs each driver (section 5).",
+@exercise("04.choose", "share blocks like btrfs does: clone a file", hints=[
+    "btrfs can make a second file that points at the first one's blocks (a reflink): nothing is "
+    "copied until one of them is written. cp --reflink does it with one ioctl(2).",
+    "The ioctl is FICLONE (0x40049409), called on the new file's fd with the old file's fd as its "
+    "argument: fcntl.ioctl(dst_fd, FICLONE, src_fd).",
+    "Open src for reading and dst for writing (creating it), then the ioctl; close both.",
 ])
-def check_driver_choice(answer):
-    """Which driver keeps disk flat as containers are added AND copies only the changed
-    blocks when a container writes into a big image file? ("vfs", "overlay" or "btrfs")"""
-    if answer not in drivers.DRIVERS:
-        yield False, f"answer one of {sorted(drivers.DRIVERS)}"
+def check_driver_choice(my_clone):
+    """``my_clone(src, dst)``: make ``dst`` a copy-on-write clone of ``src``. The check runs it
+    on a btrfs on a loop device under the lab root (the btrfs driver's) with a 16 MiB file and
+    measures the blocks used: after the clone, and after one byte is written into it."""
+    import hashlib
+    if not callable(my_clone):
+        yield False, "define my_clone(src, dst) and pass the function itself"
         return
-    yield answer != "vfs", "vfs copies the whole image per container" if answer == "vfs" else \
-        f"{answer} shares the image between containers"
-    yield answer == "btrfs", "btrfs snapshots copy only the written blocks" if answer == "btrfs" else \
-        f"{answer} copies the whole file up on the first write"
+    with drivers.Btrfs(st.Store(), "busybox", lab.scratch("04-ex-clone")) as fs:
+        src, dst = fs.mnt / "big.bin", fs.mnt / "clone.bin"
+        src.write_bytes(os.urandom(16 << 20))
+        used = fs.disk_used()
+        my_clone(str(src), str(dst))
+        grew = fs.disk_used() - used
+        same = dst.is_file() and hashlib.sha256(dst.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
+        yield same, "clone.bin reads the same 16 MiB" if same else "clone.bin does not read the same bytes as big.bin"
+        yield same and grew < (2 << 20), (f"the clone took {grew >> 10} KiB of new blocks: it shares big.bin's"
+                                         if grew < (2 << 20) else f"the clone took {grew >> 20} MiB of new blocks: "
+                                         "that is a copy, not a clone")
+        if same:
+            with open(dst, "r+b") as f:
+                f.seek(8 << 20)
+                f.write(b"!")
+            grew = fs.disk_used() - used
+            yield grew < (2 << 20), (f"after a one-byte write it still uses only {grew >> 10} KiB more: btrfs copied "
+                                     "the block written, where overlay copies the whole file" if grew < (2 << 20)
+                                     else f"after a one-byte write it uses {grew >> 20} MiB more")
+            yield src.read_bytes()[8 << 20] != ord("!"), "and big.bin is unchanged"

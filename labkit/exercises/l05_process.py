@@ -1,9 +1,10 @@
-"""Lesson 05 exercises: pick namespaces, size a memory limit, close an escape."""
+"""Lesson 05 exercises: pick namespaces, size a memory limit, enter a root with no way back."""
 from __future__ import annotations
 
 import socket
 
-from .. import cgroups, ns
+from .. import cgroups, lab, ns
+from ..errors import LabError
 from . import exercise
 
 
@@ -46,14 +47,41 @@ def check_limit_between(limit):
         "the 64 MiB program survived: the limit is too high"
 
 
-@exercise("05.escape", "which defence closes the leaked-fd escape?", hints=[
-    "The attack uses a file descriptor the process still holds, opened before the root changed.",
-    "Look at the table: which single defence turns 'leaked-fd' from ESCAPED to contained?",
+@exercise("05.escape", "enter a root with no way back", hints=[
+    "pivot_root(2) needs new_root to be a mount point: bind-mount the rootfs onto itself first "
+    "(kernel.mount(rootfs, rootfs, None, kernel.MS_BIND | kernel.MS_REC)).",
+    "pivot_root(new_root, put_old) with put_old a directory inside new_root; then chdir('/') and "
+    "detach the old root (kernel.umount2('/old', kernel.MNT_DETACH)): nothing is left to walk back to.",
+    "The leaked-fd attack uses a descriptor opened before your function ran: close every "
+    "inherited fd (sandbox.close_fds() keeps only what the sandbox needs).",
 ])
-def check_escape_defence(answer):
-    """``answer``: "pid namespace", "close fds" or "pivot_root"."""
-    a = (answer or "").lower().replace("_", " ")
-    ok = "fd" in a and "close" in a
-    yield ok, "closing inherited fds before exec takes the host fd away" if ok else (
-        f"{answer!r} leaves the fd open: the table shows the attack still escapes" if answer
-        else 'answer "pid namespace", "close fds" or "pivot_root"')
+def check_escape_defence(my_enter, rootfs=None):
+    """``my_enter(rootfs)``: make ``rootfs`` this process's root, with system calls. The check runs
+    each attack of the lesson (roots.ATTACKS) in a child with a new mount and PID namespace
+    that calls your function first, holding an fd opened on the host's /."""
+    from .. import roots
+    if not callable(my_enter):
+        yield False, "define my_enter(rootfs) and pass the function itself"
+        return
+    rootfs = rootfs or _busybox_rootfs()
+    for attack in roots.ATTACKS:
+        try:
+            a = roots.attempt(rootfs, "yours", attack, pid_ns=True, enter=my_enter)
+        except LabError as e:
+            yield False, f"{attack}: your function failed in the child: {e}"
+            continue
+        yield not a.escaped, (f"{attack}: contained (/ holds {', '.join(a.saw[:4])} …)" if not a.escaped else
+                              f"{attack}: the child reached the host's files (/ holds {', '.join(a.saw[:4])} …)")
+
+
+def _busybox_rootfs():
+    """busybox unpacked in scratch/05-ex-rootfs (made once per session)."""
+    from ..image.base import base_image
+    from ..image.store import Store
+    d = lab.scratch("05-ex-rootfs", fresh=False)
+    if not (d / "bin" / "sh").exists():
+        d = lab.scratch("05-ex-rootfs")
+        s = Store()
+        base_image(s)
+        s.flatten("busybox", d)
+    return d

@@ -28,17 +28,36 @@ def check_commit(name="lesson06/hello"):
     lab.remove_tree(flat)
 
 
-@exercise("06.volume", "keep data after the container is gone", hints=[
+@exercise("06.volume", "data in a volume outlives the container, and stays out of commit", hints=[
     "A bind volume is HOST:CTR; the host directory must lie under the lab root.",
-    "volumes=[f'{home}/keep:/data'], then write /data/result.txt in the command and remove the container.",
+    "container.run('busybox', [...], volumes=[f'{home}/keep:/data']) writes through to the host "
+    "directory; c.commit(name) saves only the read-write layer, where /data is an empty mount point.",
+    "Write /data/result.txt in the command, commit, then c.remove().",
 ])
-def check_volume(host_dir):
-    """``host_dir``: the host side of your volume; result.txt must be there, the container gone."""
+def check_volume(host_dir, image: str = "lesson06/worker"):
+    """``host_dir``: the host side of the volume. The check runs two containers of ``image``:
+    with the volume the file is there, without it it is not (it was never in a layer)."""
+    from .. import container
     if not host_dir:
         yield False, "pass the host directory of your volume"
         return
     p = Path(host_dir) / "result.txt"
     yield p.is_file(), "result.txt is on the host" if p.is_file() else f"{p} does not exist"
-    from .. import container
     users = [c.id for c in container.containers() if any(v.startswith(f"{host_dir}:") for v in c.cfg.volumes)]
     yield not users, "the container that wrote it is removed" if not users else f"remove container {users[0]} first"
+    s = st.Store()
+    if image not in s.refs():
+        yield False, f"there is no image {image!r}: commit your container as {image}"
+        return
+    made_by = (s.image(image).history or [{}])[-1].get("created_by", "")
+    yield made_by.startswith("labkit commit"), ("the image was made by commit" if made_by.startswith("labkit commit")
+                                                else f"{image} was not made by committing a container")
+    if not p.is_file():
+        return
+    _, r = container.run(image, ["/bin/cat", "/data/result.txt"], volumes=[f"{host_dir}:/data"], rm=True)
+    yield r.exit_code == 0 and r.stdout == p.read_text(), (
+        "a new container with the volume reads the same result.txt" if r.exit_code == 0 and r.stdout == p.read_text()
+        else "a new container with the volume does not read the same result.txt")
+    _, r = container.run(image, ["/bin/cat", "/data/result.txt"], rm=True)
+    yield r.exit_code != 0, ("without the volume /data is empty: the file was never in a layer" if r.exit_code != 0
+                             else "without the volume the image still has /data/result.txt: it went into a layer")

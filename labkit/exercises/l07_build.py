@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import build, lab
 from ..image import store as st, waste
+from ..tree import read_tree
 from . import exercise
 
 
@@ -32,16 +33,34 @@ def check_cache_order(dockerfile: str):
 
 
 @exercise("07.squash", "squash a leaked secret away", hints=[
-    "Squashing with `squash.squash(name, base, new, store=store)` keeps only the final tree's difference from base.",
-    "After squashing onto busybox, no layer of the new image contains root/.token.",
+    "The token is still in the layer that COPY made; deleting it later only added a whiteout on top.",
+    "A squash keeps the base image's layers and replaces everything above them by one layer: the "
+    "final tree's difference from the base (labkit.squash).",
+    "squash.squash(image, base, new_name, store=store), with busybox as the base.",
 ])
-def check_squashed(name: str):
-    """``name``: an image with the content of lesson07/leaky but no layer holding root/.token."""
+def check_squashed(name: str, leaky: str = "lesson07/leaky"):
+    """``name``: an image built on busybox's own layer whose final tree is ``leaky``'s, with no
+    layer that stores root/.token. The trees are compared file by file, so an image made some
+    other way (a fresh build without the secret, a copy of busybox) does not pass."""
     s = st.Store()
-    if not name or name not in s.refs():
-        yield False, f"there is no image {name!r}" if name else "pass the name of your squashed image"
+    if not isinstance(name, str) or not name:
+        yield False, "pass the name of your image"
         return
+    if name not in s.refs() or name == leaky:
+        yield False, f"{name!r} is not a new image in the store" if name != leaky else "that is the leaky image itself"
+        return
+    mine, theirs, base = s.image(name), s.image(leaky), s.image("busybox")
     entries = [m.name for layer in waste.layer_entries(s, name) for m in layer]
-    yield "root/.token" not in entries, "no layer stores root/.token" if "root/.token" not in entries else \
-        "a layer still stores root/.token"
-    yield "app/data" in entries, "the rest of the build (app/data) is still there"
+    yield "root/.token" not in entries, ("no layer stores root/.token" if "root/.token" not in entries
+                                         else "a layer still stores root/.token")
+    yield mine.layers[:len(base.layers)] == base.layers, (
+        "it still shares busybox's layer (nothing of the base is copied)" if mine.layers[:len(base.layers)] == base.layers
+        else "its first layer is not busybox's own: the base must stay shared")
+    yield len(mine.layers) < len(theirs.layers), (
+        f"{len(mine.layers)} layers instead of {len(theirs.layers)}" if len(mine.layers) < len(theirs.layers)
+        else f"it has {len(mine.layers)} layers, as many as {leaky}")
+    d = lab.scratch("07-ex-squash")
+    same = read_tree(s.flatten(name, d / "mine")) == read_tree(s.flatten(leaky, d / "theirs"))
+    lab.remove_tree(d)
+    yield same, "its files are exactly those of lesson07/leaky" if same else \
+        f"its files differ from those of {leaky}: the squash must keep the final tree"

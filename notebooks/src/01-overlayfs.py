@@ -9,8 +9,9 @@
 # %% [markdown]
 # # 01 · Union mounts and OverlayFS
 #
-# A container image is a stack of read-only layers with one writable layer on top, shown to
-# the container as a single directory tree. The kernel feature that does this is a **union
+# A container's files are a stack: the image's read-only layers, and on top one writable
+# layer that belongs to the container (not to the image: every container of the image gets its
+# own), shown to the container as a single directory tree. The kernel feature that does this is a **union
 # mount**; the one in mainline Linux is **OverlayFS**. In this lesson you build a stack of
 # directories, mount it, change things, and look at what the kernel wrote where.
 #
@@ -19,6 +20,10 @@
 # mainline kernel. OverlayFS was merged in 2014 (Linux 3.18). The first big users were live
 # CDs: mount the read-only disc, put a writable layer on top, and every change lands in that
 # layer. That is **copy-on-write**, and it is why images are fast to start and cheap to store.
+#
+# > **The seed says / today.** Seed 000 calls UnionFS "built into the kernel". It never was:
+# > unionfs and aufs were always out-of-tree patches; OverlayFS is the one union file system in
+# > mainline Linux (since 3.18, 2014), and it is what Docker, podman and containerd use today.
 #
 # **What this lesson needs:** root, OverlayFS. **What it leaves behind:** nothing; the mounts
 # it makes are recorded in the lab's ledger and removed at the end (or by `labkit reset`).
@@ -146,11 +151,12 @@ picture = viz.overlay_stack(ov)
 picture
 
 # %% [markdown]
-# *Check cell:* the picture shows the whiteout and an arrow from `merge/frame` to `build`.
+# *Check cell:* what the picture draws is what the mount says: `frame` is served by `build`
+# (the upper layer), `concrete` by `material2`, and `marble` by nobody (the whiteout hides it).
 
 # %%
-src = picture.source
-assert "whiteout c 0/0" in src and "n0_frame -> n1_frame" in src and "n0_concrete -> n2_concrete" in src
+served = ov.serving_map()
+assert served["frame"] == "build" and served["concrete"] == "material2" and "marble" not in served
 
 # %% [markdown]
 # **Explore.** Pick a path (including the deleted `marble`) and see which layer serves it; the
@@ -284,8 +290,11 @@ with overlay.stack(home / "origin", {"lower": {"f": "x"}}) as o:
 # ## 10. Renaming a lower directory: EXDEV, then `redirect_dir`
 #
 # Renaming a file that lives in a lower layer is a copy-up and a whiteout. A directory is a
-# different matter: copying a whole tree up would be slow, so by default the kernel refuses
-# with **EXDEV** ("cross-device link"), the error `rename(2)` gives between file systems. Tools
+# different matter: copying a whole tree up would be slow, so the kernel refuses with
+# **EXDEV** ("cross-device link"), the error `rename(2)` gives between file systems, unless
+# redirects are on: the default is set when the kernel is built (`CONFIG_OVERLAY_FS_REDIRECT_DIR`,
+# shown in `/sys/module/overlay/parameters/redirect_dir`: `N` on this lab's kernels), and the
+# mount option `redirect_dir=on` overrides it. Tools
 # like `mv` catch EXDEV and copy instead. With the mount option `redirect_dir=on` the kernel
 # renames in place and leaves a pointer, the xattr `trusted.overlay.redirect`, on the new name.
 
@@ -351,7 +360,11 @@ ex.check_layer_order(my_order)
 # <details><summary>Solution</summary>
 #
 # Good concrete is only in `material2`, so it must be the top layer; steel rebar must be above
-# rusty rebar: `my_order = ["material2", "material3", "material"]`.
+# rusty rebar:
+#
+# ```python
+# my_order = ["material2", "material3", "material"]
+# ```
 # </details>
 #
 # ### Exercise 01.whiteout: hide a file by hand

@@ -240,8 +240,11 @@ ex.check_fault_prediction(my_guess)
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# 32: the first write to each of the 32 pages copies it; the second finds the page already
-# private. `my_guess = 32`
+# The first write to each of the 32 pages copies it; the second finds the page already private:
+#
+# ```python
+# my_guess = 32
+# ```
 # </details>
 #
 # ### Exercise 02.exactly: dirty exactly five pages
@@ -264,21 +267,32 @@ ex.check_dirty_exactly(my_writer)
 # ```
 # </details>
 #
-# ### Exercise 02.who: who gets the new frame?
-# After the child writes page 3, whose page table points at a **new** physical frame:
-# `"parent"`, `"child"` or `"both"`?
+# ### Exercise 02.who: read the page table yourself
+# Everything this lesson showed came from `/proc/PID/pagemap`. Write `my_entry(pid, address)`
+# that returns the raw 64-bit entry of the page holding `address` in process `pid`, with
+# `os.open`, `os.pread` and `int.from_bytes` (the format is in the kernel's
+# `Documentation/admin-guide/mm/pagemap.rst`). The check compares your entries with the
+# kernel's, then forks a child that writes page 3 and answers, with your numbers, the question
+# of section 1. *Predict first:* whose frame changes, the parent's or the child's?
 
 # %%
-my_answer = None   # "parent", "child" or "both"
+my_entry = None   # your answer: def my_entry(pid, address): ...
 
 # %%
-ex.check_who_copies(my_answer)
+ex.check_who_copies(my_entry)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `"child"`: the writer faults and gets the copy; the parent keeps the original frame, which it
-# now maps alone.
+# ```python
+# def my_entry(pid, address):
+#     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+#     try:
+#         return int.from_bytes(os.pread(fd, 8, address // 4096 * 8), "little")
+#     finally:
+#         os.close(fd)
+# ```
+# The child, the writer, gets the new frame; the parent keeps the old one, which it now maps alone.
 # </details>
 #
 # ## Going further

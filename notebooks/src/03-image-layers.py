@@ -126,9 +126,15 @@ assert report.removed == ["bin/vi"]       # busybox's /home was empty: the opaqu
 # ## 4. Same tree, same digest
 #
 # `layer.create` sorts entries and sets every mtime to 0 (unless asked to keep them), so the
-# same tree always gives the same bytes, hence the same DiffID. That is what makes layers
-# shareable and build caches possible: a rebuilt layer that did not change is recognised by its
-# digest. Keep real mtimes and every rebuild is "new".
+# same tree always gives the same bytes, hence the same DiffID: two builds that make the same
+# files make one layer, stored once and sent once. Keep real mtimes and every rebuild is "new".
+# (Build *caches* do not depend on this: a builder keys each step on its instruction, its parent
+# and the checksums of the files it copies, and reuses the layer it made before; lesson 07.)
+#
+# A DiffID is the digest of the **uncompressed** tar. In a registry and in most stores a layer
+# travels gzipped, and the manifest names it by the digest of the **compressed** bytes: two
+# digests for one layer. The config's DiffIDs never change; the manifest's digest changes with
+# the compressor and its level. labkit keeps layers uncompressed, so here the two are equal.
 
 # %%
 again1 = layer.create(home / "upper", home / "again.tar")
@@ -270,19 +276,23 @@ ex.check_handmade(my_layer)
 # </details>
 #
 # ### Exercise 03.chainid: a ChainID by hand
-# Compute the ChainID of the **second** layer of `web` from its DiffIDs (`web.diff_ids`).
+# Compute the ChainID of the **third** layer of `web2` (busybox, then `index.html`, then
+# `style.css`) from its DiffIDs (`web2.diff_ids`) with `hashlib`: the snapshot that holds all
+# three layers is named by it.
 
 # %%
 my_chain_id = None   # your answer: "sha256:..."
 
 # %%
-ex.check_chain_id(web, my_chain_id)
+ex.check_chain_id(web2, my_chain_id)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
 # ```python
-# my_chain_id = "sha256:" + hashlib.sha256(f"{web.diff_ids[0]} {web.diff_ids[1]}".encode()).hexdigest()
+# d1, d2, d3 = web2.diff_ids
+# chain2 = "sha256:" + hashlib.sha256(f"{d1} {d2}".encode()).hexdigest()
+# my_chain_id = "sha256:" + hashlib.sha256(f"{chain2} {d3}".encode()).hexdigest()
 # ```
 # </details>
 #

@@ -17,6 +17,12 @@
 # depends on the kernel and file systems at hand. Here you measure three of them on this
 # machine's kernel: **vfs**, **overlay** and **btrfs** (on a loop device).
 #
+# > **The seeds say / today.** Seed 001 moves Docker's data with `--graph`; that flag is now
+# > `--data-root` (the `data-root` key of daemon.json). Its `overlay` driver (one lowerdir, hard
+# > links between layers) was removed in Docker 24; `overlay2` (many lowerdirs) is the default
+# > everywhere. SUSE's Docker uses btrfs on a btrfs root and overlay2 otherwise, not
+# > devicemapper, which was removed from Docker in version 25.
+#
 # **What this lesson needs:** root, OverlayFS, btrfs-progs and a loop device.
 # **What it leaves behind:** nothing: every mount and loop device is in the ledger and is
 # removed when each measurement ends.
@@ -149,8 +155,10 @@ print("aufs:", "aufs" in filesystems, "| overlay:", "overlay" in filesystems, "|
 # %% [markdown]
 # * **devicemapper** stacked layers as block devices: a thin pool, with each layer and each
 #   container a thin snapshot of its parent device. It copies on write like btrfs, at the block
-#   level, below any file system; the loop device you just used is the same device-level idea in
-#   its simplest form. It was removed from Docker in version 25.
+#   level, below any file system. A loop device alone copies nothing on write (it only turns a
+#   file into a block device); devicemapper's default *loop-lvm* mode put its thin pool on two
+#   such loop files, which is why it was slow and meant only for testing (direct-lvm on a real
+#   disk was the production mode). It was removed from Docker in version 25.
 #
 # Which to choose? The one the kernel and the disk support well: overlay2 on most systems
 # today; btrfs or zfs where the root disk already is one; vfs only when nothing else works.
@@ -169,23 +177,37 @@ ex.check_vfs_prediction(my_mib)
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# About 5 x 66 MiB (the 64 MiB file plus busybox) = 330 MiB: `my_mib = 330`.
+# About 5 x 66 MiB (the 64 MiB file plus busybox):
+#
+# ```python
+# my_mib = 330
+# ```
 # </details>
 #
-# ### Exercise 04.choose: choose the driver
-# Which driver keeps the disk flat as containers are added **and** copies only the changed
-# blocks when a container writes into a big file: `"vfs"`, `"overlay"` or `"btrfs"`?
+# ### Exercise 04.choose: clone a file as btrfs does
+# Of the three drivers, only btrfs shares blocks between copies and copies only the block a
+# container writes. It does so per subvolume; the same mechanism works per file: a **reflink**
+# (`cp --reflink`). Write `my_clone(src, dst)` that makes `dst` a clone of `src` with the
+# `FICLONE` ioctl(2) (`fcntl.ioctl`). The check runs it on a btrfs on a loop device under the
+# lab root and measures the blocks it uses. *Predict first:* how many new blocks will a 16 MiB
+# clone take, and how many after one byte is written into it?
 
 # %%
-my_driver = None
+my_clone = None   # your answer: def my_clone(src, dst): ...
 
 # %%
-ex.check_driver_choice(my_driver)
+ex.check_driver_choice(my_clone)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `"btrfs"`: snapshots share blocks, and a write copies only the block it touches.
+# ```python
+# import fcntl
+# FICLONE = 0x40049409        # _IOW(0x94, 9, int), linux/fs.h
+# def my_clone(src, dst):
+#     with open(src, "rb") as s, open(dst, "wb") as d:
+#         fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+# ```
 # </details>
 #
 # ## Clean up

@@ -14,8 +14,11 @@
 # of it (cgroups), and whose root directory was switched to an image's files. A container
 # runtime does three things for the process it starts: set up namespaces, set cgroup limits,
 # and change the root. Namespaces have limits too: every container still shares the host's
-# kernel, and some things (the clock, kernel modules, /proc/sys knobs) cannot be put into a
-# namespace at all.
+# kernel, and some things cannot be put into a namespace at all: loaded kernel modules, the
+# wall clock, most of /proc/sys. Some of it can since the seeds were written: a **time**
+# namespace (Linux 5.6) gives a process its own CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets
+# (only CLOCK_REALTIME stays shared), and the net.* knobs, `kernel.hostname` and the IPC limits
+# of /proc/sys follow the network, UTS and IPC namespaces.
 #
 # **What this lesson needs:** root, every namespace type, the memory, pids and cpu cgroup
 # controllers (v1 or v2). Section 1's user namespace also works as an ordinary user.
@@ -240,7 +243,11 @@ ex.check_namespaces(my_types)
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `my_types = ["uts"]` (adding mnt, ipc or pid is fine too; net is not).
+# ```python
+# my_types = ["uts"]
+# ```
+#
+# Adding mnt, ipc or pid is fine too; net is not.
 # </details>
 #
 # ### Exercise 05.memory
@@ -256,23 +263,41 @@ ex.check_limit_between(my_limit)
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `my_limit = 40 << 20`
+# Anything between the two, with room for the interpreter itself:
+#
+# ```python
+# my_limit = 40 << 20
+# ```
 # </details>
 #
-# ### Exercise 05.escape
-# Which single defence turns the `leaked-fd` attack from escaped to contained:
-# `"pid namespace"`, `"close fds"` or `"pivot_root"`?
+# ### Exercise 05.escape: enter a root with no way back
+# Write `my_enter(rootfs)` with the system calls of section 3 (`kernel.mount`,
+# `kernel.pivot_root`, `os.chdir`, `kernel.umount2`, …) so that **all three** attacks of the
+# table stay inside. The check starts a child in new mount and PID namespaces that holds an fd
+# opened on the host's `/`, calls your function, then tries each attack.
+# *Predict first:* which attack survives a plain pivot_root?
 
 # %%
-my_defence = None
+from labkit import kernel
+my_enter = None   # your answer: def my_enter(rootfs): ...
 
 # %%
-ex.check_escape_defence(my_defence)
+ex.check_escape_defence(my_enter)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `"close fds"`: the descriptor itself is the way out, whatever the root.
+# ```python
+# from labkit import kernel
+# def my_enter(rootfs):
+#     kernel.mount(rootfs, rootfs, None, kernel.MS_BIND | kernel.MS_REC)   # new_root must be a mount point
+#     os.makedirs(f"{rootfs}/.old", exist_ok=True)
+#     kernel.pivot_root(rootfs, f"{rootfs}/.old")
+#     os.chdir("/")
+#     kernel.umount2("/.old", kernel.MNT_DETACH)       # nothing left to walk back to
+#     os.rmdir("/.old")
+#     sandbox.close_fds()                              # the leaked fd pointed at the host
+# ```
 # </details>
 #
 # ## Clean up

@@ -14,7 +14,12 @@
 # 1. the image's **read-only layers**, shared by every container of that image;
 # 2. the **init layer**, also read-only, with the files the runtime writes for this container
 #    alone: `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`. They belong to the container,
-#    not the image, so `commit` must not save them: that is why they are a layer of their own;
+#    not the image, so `commit` must not save them: that is why they are a layer of their own.
+#    Each of the three is also **bind-mounted** over itself from the container's directory, so
+#    a process that edits `/etc/hosts` writes to the container's own file, never into the
+#    read-write layer. Docker does the same, except that its init layer holds only empty
+#    placeholders (the mount points) and the real files live beside it in the container's
+#    directory; labkit keeps the real files in the init layer, so the picture shows them;
 # 3. the **read-write layer**: every change the container makes (a copy-up, a new file, a
 #    whiteout) lands here, and this, only this, is what `commit` saves.
 #
@@ -68,7 +73,7 @@ from labkit.mountinfo import is_mountpoint
 assert not is_mountpoint(c.rootfs) and lab.entries(mine=True) == []      # the overlay died with the container
 assert (c.init / "etc" / "hostname").read_text() == "web1\n"
 assert "127.0.1.1\tweb1" in (c.init / "etc" / "hosts").read_text()
-assert "init layer" in viz.rootfs_parts(c).source and "volume /data" in viz.rootfs_parts(c).source
+assert [v.split(":")[1] for v in c.cfg.volumes] == ["/data", "/scratch"]   # the two volumes drawn
 
 # %% [markdown]
 # ## 2. What the command changed: the read-write layer
@@ -186,8 +191,10 @@ ex.check_commit()
 # </details>
 #
 # ### Exercise 06.volume
-# Run a container that writes `/data/result.txt` into a **bind volume** from a host directory
-# under `home`, then remove the container. Pass the host directory to the check.
+# Run a busybox container that writes `/data/result.txt` into a **bind volume** from a host
+# directory under `home`, **commit** it as `lesson06/worker`, then remove the container. Pass
+# the host directory to the check; it starts two new containers of your image, one with the
+# volume and one without. *Predict first:* what will each of them find in `/data`?
 
 # %%
 my_volume = None   # the host side of your volume
@@ -201,6 +208,7 @@ ex.check_volume(my_volume)
 # ```python
 # my_volume = home / "keep"
 # mine, _ = container.run("busybox", ["/bin/sh", "-c", "echo 42 > /data/result.txt"], volumes=[f"{my_volume}:/data"])
+# mine.commit("lesson06/worker")
 # mine.remove()
 # ```
 # </details>

@@ -17,6 +17,14 @@
 # steps whose inputs did not change. Then the seed's two extra instructions: `TAG` names the
 # image as it stands halfway, and `COMPRESS` squashes the layers added since a base into one.
 #
+# > **The seeds say / today.** Seed 003 says every Dockerfile instruction makes a layer. Only
+# > the ones that change files do (RUN, COPY, ADD); ENV, CMD, EXPOSE, USER, WORKDIR and LABEL
+# > add a history entry and change the config. It also says squash pull requests are always
+# > rejected: `docker build --squash` (experimental) and BuildKit's `--output` / multi-stage
+# > builds exist today. Seed 004's Docker-in-Docker through the `wrapdocker` script is
+# > replaced by the official `docker:dind` image (still `--privileged`) and by rootless
+# > builders (BuildKit, buildah, kaniko) that need no daemon.
+#
 # **What this lesson needs:** root, OverlayFS, cgroups (a RUN step is a container).
 # **What it leaves behind:** the `lab/toolchain` build image (about 200 MiB, made once from the
 # host's gcc); the other images it builds are removed at the end.
@@ -159,8 +167,10 @@ assert read_tree(store.flatten("lesson07/compressed", home / "c1")) == read_tree
 #
 # The seed weighs two algorithms: (a) merge the layers one by one by the union rules (newest
 # wins, whiteouts and opaque directories applied), or (b) flatten the final image and the base
-# and take their difference. Both end in the same smallest changeset, so with reproducible
-# tars they give **the same layer, byte for byte**:
+# and take their difference. Both describe the same final tree; labkit writes both results in
+# one canonical form (the smallest changeset: no entry for what did not change, one whiteout
+# per deleted path), so with reproducible tars they give **the same layer, byte for byte**.
+# (Docker's merge did not canonicalise, so its result could differ in form.)
 
 # %%
 a = squash.squash("lesson07/app", "busybox", "lesson07/sq-merge", "merge", store=store)
@@ -256,13 +266,15 @@ ex.check_cache_order(my_dockerfile)
 #
 # ### Exercise 07.squash: squash a secret away
 # `lesson07/leaky` copied a token into `/root/.token` and deleted it in a later step (lesson 03
-# showed it is still in the image). Make an image with the same final tree whose layers no
-# longer hold the token, and pass its name.
+# showed it is still in the image). Make an image with the same final tree, still sharing
+# busybox's layer, whose layers no longer hold the token, and pass its name.
 
 # %%
 leak = write_tree(home / "leak", {"Dockerfile": "FROM busybox\nCOPY token /root/.token\nRUN mkdir -p /app && echo data > /app/data && rm /root/.token\n",
                                    "token": "s3cret-token\n"})
 build.build(leak, "lesson07/leaky", quiet=True)
+
+# %%
 my_image = None   # your answer: an image name
 
 # %%

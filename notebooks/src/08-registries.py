@@ -10,13 +10,20 @@
 # # 08 · Registries
 #
 # A registry stores blobs (layers and configs) and manifests, and speaks a small HTTP API, the
-# OCI distribution spec (Docker's "registry v2"). v2 fixed what made v1 slow (seed 004): in v1
-# a client walked an image's ancestry layer by layer, one request after the other; in v2 the
-# **manifest** lists every layer by digest up front, so the client fetches them **in
-# parallel**, checks each one's sha256, and can **resume** a cut download with a Range request.
+# OCI distribution spec (Docker's "registry v2"). v1 could list an image's layers up front too
+# (`/ancestry`); what made v1 pulls slow (seed 004) was the client of the day, which fetched one
+# layer after the other, and layer IDs that were random names, not digests. v2 names every blob
+# by the **digest of its content**, so the **manifest** is a verifiable list: the client can
+# fetch the layers **in parallel**, check each one's sha256, share a layer with any image that
+# has it, and **resume** a cut download with a Range request.
 # A push goes the other way round: layers first, then the config, the manifest **last**.
 # In this lesson labkit's own registry (`labkit registry serve`) and client (`labkit push`,
 # `labkit pull`) talk on this machine, and you see every request.
+#
+# > **The seed says / today.** Seed 004 describes schema 1 manifests, signed with a JSON web
+# > signature and listing layers by `blobSum`. Schema 1 is gone (distribution 3 refuses it);
+# > today's manifests are OCI image manifests or Docker schema 2, unsigned (signatures, if any,
+# > are separate artifacts such as cosign's), naming a config and layers by digest.
 #
 # **What this lesson needs:** root (for the network namespace in section 6), iproute2's `tc`.
 # **What it leaves behind:** nothing: the registries stop and their storage is removed at the end.
@@ -63,8 +70,8 @@ assert all(m in {"HEAD", "POST", "PATCH", "PUT"} for m, _ in methods)
 assert [w for m, w in methods if m == "PUT"][-2] == "finish config"
 
 # %% [markdown]
-# The registry refuses a manifest while a blob it names is missing, which is why the manifest
-# goes last:
+# The registry refuses a manifest while a blob it names is missing (the spec says a registry
+# *may* do so; distribution and labkit do), which is why the manifest goes last:
 
 # %%
 doc = json.loads(store.open_blob(store.image(image).manifest_desc).read())
@@ -240,34 +247,59 @@ assert [e.what for e in trace] == ["manifest", "layer 5/5"]
 # %% [markdown]
 # ## Exercises
 #
-# ### Exercise 08.order
-# What is the **last** request of every push (method and what it sends)?
+# ### Exercise 08.order: push an image by hand
+# Write `my_push(address, repo, blobs, manifest)` that pushes an image with httpx alone:
+# `blobs` is `{digest: bytes}` (a layer and a config), `manifest` the manifest's bytes, to be
+# tagged `v1`. The check starts a registry of its own, calls your function and reads that
+# registry's request log. *Predict first:* what does the registry answer if the manifest goes
+# first?
 
 # %%
-my_last_request = None
+my_push = None   # your answer: def my_push(address, repo, blobs, manifest): ...
 
 # %%
-ex.check_push_order(my_last_request)
+ex.check_push_order(my_push)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `"PUT manifest"`
+# ```python
+# def my_push(address, repo, blobs, manifest):
+#     for digest, data in blobs.items():
+#         start = httpx.post(f"http://{address}/v2/{repo}/blobs/uploads/")
+#         where = httpx.URL(f"http://{address}").join(start.headers["Location"])
+#         httpx.put(where.copy_merge_params({"digest": digest}), content=data).raise_for_status()
+#     httpx.put(f"http://{address}/v2/{repo}/manifests/v1", content=manifest,
+#               headers={"Content-Type": MANIFEST}).raise_for_status()
+# ```
+#
+# Blobs first: the registry refuses a manifest that names a blob it does not have
+# (`MANIFEST_BLOB_UNKNOWN`; the spec lets a registry do so, and distribution does).
 # </details>
 #
-# ### Exercise 08.resume
-# Which request header lets a client resume a cut blob download?
+# ### Exercise 08.resume: finish a cut download
+# Write `my_resume(url, path)`: `path` holds the first bytes of the blob at `url` (the
+# connection was cut); fetch **only the rest** with httpx and append it. The check cuts a blob
+# of its own registry at a random point, calls your function, checks the digest, and looks at
+# what the registry sent.
 
 # %%
-my_header = None
+my_resume = None   # your answer: def my_resume(url, path): ...
 
 # %%
-ex.check_resume_header(my_header)
+ex.check_resume(my_resume)
 
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# `"Range"`
+# ```python
+# def my_resume(url, path):
+#     have = os.path.getsize(path)
+#     r = httpx.get(url, headers={"Range": f"bytes={have}-"})
+#     assert r.status_code == 206, r.status_code
+#     with open(path, "ab") as f:
+#         f.write(r.content)
+# ```
 # </details>
 #
 # ## Clean up

@@ -275,7 +275,11 @@ ex.check_smallest_limit(my_limit, "capstone/pulled", store=fresh)
 # <details><summary>Solution</summary>
 #
 # 40 on this machine: 32 MiB is the buffer alone, so dd is killed; 40 leaves room for the rest.
-# Other kernels may need 48; the check measures, so it knows.
+# Other kernels may need 48; the check measures, so it knows. Measured, as the check does:
+#
+# ```python
+# my_limit = next(m for m in range(16, 129, 8) if ex.try_limit("capstone/pulled", m, store=fresh).exit_code == 0)
+# ```
 # </details>
 #
 # ### Exercise 09.upload
@@ -290,7 +294,11 @@ ex.check_uploaded(my_count, second)
 # %% [markdown]
 # <details><summary>Solution</summary>
 #
-# 2: the squashed layer and the new config. busybox's layer was there already.
+# The squashed layer and the new config; busybox's layer was there already:
+#
+# ```python
+# my_count = 2
+# ```
 # </details>
 #
 # ## Where you are in the course
