@@ -78,6 +78,12 @@ if ROOT:
 # Now the child writes one byte to page 3. The write faults (a *minor* fault: nothing is read
 # from disk), the kernel copies that page into a fresh frame for the child, and the child's page
 # table now points there. The parent keeps the original frame, which is mapped only once now.
+#
+# *Predict, then run:* how many minor faults will the child report for this one write? You will
+# see a handful, not one: the child is a Python interpreter, and receiving the request, running
+# the loop and sending the answer touch pages of its own heap and stack that it shares with the
+# parent since the fork, each of which faults once. Only one of them is the page of the buffer;
+# section 4 separates the two by writing more and more pages.
 
 # %% tags=["nbval-ignore-output"]
 faults = child.write([3])
