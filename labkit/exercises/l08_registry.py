@@ -3,6 +3,7 @@ download with Range. Both checks start a registry of their own and call the lear
 against it, so they judge what the code does on the wire, not what it says."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -52,10 +53,7 @@ def check_push_order(my_push):
     if not callable(my_push):
         yield False, "define my_push(address, repo, blobs, manifest) and pass the function itself"
         return
-    d = lab.scratch("08-ex-push")
-    log: list = []
-    reg = server.serve(d / "registry", log=log)
-    try:
+    with _own_registry("08-ex-push") as (reg, log, _):
         blobs, manifest = _small_image()
         my_push(reg.address, "ex/hand", dict(blobs), manifest)
         base = f"http://{reg.address}/v2/ex/hand"
@@ -76,6 +74,16 @@ def check_push_order(my_push):
         yield ordered, ("every blob was uploaded before the manifest was sent" if ordered else
                         f"a manifest was sent before the blobs it names (the registry answered {refused[0]})"
                         if refused else "the log shows no blob upload followed by the manifest")
+
+
+@contextlib.contextmanager
+def _own_registry(name: str):
+    """A registry of the check's own in scratch/``name``, with its request log; gone afterwards."""
+    d = lab.scratch(name)
+    log: list = []
+    reg = server.serve(d / "registry", log=log)
+    try:
+        yield reg, log, d
     finally:
         reg.close()
         lab.remove_tree(d)
@@ -102,10 +110,7 @@ def check_resume(my_resume):
     if not callable(my_resume):
         yield False, "define my_resume(url, path) and pass the function itself"
         return
-    d = lab.scratch("08-ex-resume")
-    log: list = []
-    reg = server.serve(d / "registry", log=log)
-    try:
+    with _own_registry("08-ex-resume") as (reg, log, d):
         data = os.urandom(256 << 10)
         digest = _upload(reg.address, "ex/blob", data)
         cut = 1000 + int.from_bytes(os.urandom(2), "big") * 3
@@ -119,6 +124,3 @@ def check_resume(my_resume):
         yield gets == [206], ("the registry sent only the missing part (206 Partial Content)" if gets == [206] else
                               "the registry sent the whole blob again (200)" if 200 in gets else
                               f"the registry saw {len(gets)} GETs of the blob, answered {gets}")
-    finally:
-        reg.close()
-        lab.remove_tree(d)
