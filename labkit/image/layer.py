@@ -363,9 +363,14 @@ def _check_member(m: tarstream.Member, seen: dict, holders: set, dest: Path | No
         raise _hostile(raw, "is a whiteout that names no file (.wh. must be followed by a plain name, "
                             "not '', '.' or '..')")
     parent = name.rpartition("/")[0]
-    # every ancestor of a directory in ``holders`` was checked when it went in (the layer's
-    # usual case: one check per entry, not one per ancestor)
-    parents = [] if parent in holders else ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    # every ancestor of a directory in ``holders``, or of a directory entry already checked, was
+    # checked when that went in: one check per entry, not one per ancestor (a 2000-deep tree)
+    if not parent or parent in holders:
+        parents = []
+    elif seen.get(parent) == tarstream.DIRECTORY:
+        parents = [parent]
+    else:
+        parents = ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
     for p in parents:
         if p in seen and seen[p] != tarstream.DIRECTORY:
             raise _hostile(raw, f"would be written through {p!r}, which this layer made a "
@@ -465,12 +470,14 @@ class _Target:
         fd = self.dirs.get(rel)
         if fd is not None:
             return fd
-        if len(self.dirs) >= self.KEEP:
-            self._forget("")
         parts = rel.split("/")
         i = len(parts) - 1
         while i > 0 and "/".join(parts[:i]) not in self.dirs:
             i -= 1
+        if len(self.dirs) >= self.KEEP:         # full: keep only the ancestor we walk on from
+            keep = "/".join(parts[:i]) if i else None
+            for key in [k for k in self.dirs if k != keep]:
+                os.close(self.dirs.pop(key))
         fd = self.dirs["/".join(parts[:i])] if i else self.fd
         for j in range(i, len(parts)):
             here = "/".join(parts[:j + 1])
