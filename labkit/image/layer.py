@@ -560,8 +560,7 @@ def _write_member(tfd: int, m: tarstream.Member, tgt: _Target, parent: str, base
                      m.mode & 0o777, dir_fd=pfd)
         try:
             if m.data is not None:
-                if os.write(fd, m.data) < len(m.data):      # a short write: finish it
-                    _write_all(fd, m.data[os.lseek(fd, 0, os.SEEK_CUR):])
+                _write_all(fd, m.data)
             else:
                 _copy(fd, tfd, m)
             owned = parent in tgt.plain and m.uid == tgt.euid and m.gid == tgt.egid
