@@ -21,7 +21,8 @@ lab: provision
 
 # Every lesson runs twice in one lab root: in order under nbval (outputs compared, every exercise
 # left as its placeholder), then again in reverse order with each exercise's published solution
-# put in (tests/lessons_solved.py: every check must say solved), as learners come back to lessons.
+# put in (tests/lessons_solved.py: every check must say solved), as learners come back to lessons;
+# before that second run each lesson is stopped at 60 % of its cells (its kernel killed).
 test: provision
 	$(PY) -m pytest tests notebooks tests/lessons_solved.py \
 		--nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \

@@ -25,3 +25,36 @@ def run_python(code: str, env_home, check=True, **kw) -> subprocess.CompletedPro
     env = dict(os.environ, LABKIT_HOME=str(env_home))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=check, timeout=60, **kw)
+
+
+def run_lesson(nb, home=None, upto: float = 1.0, kill: bool = False) -> int:
+    """Run the first ``upto`` of notebook ``nb``'s code cells (nbformat, changed in place) in a new
+    Jupyter kernel, as a learner would, with lab root ``home`` (default: the session's). ``kill``:
+    SIGKILL the kernel afterwards (the learner closed the tab: no clean-up cell, no atexit).
+    Returns the number of code cells run; a failing cell raises nbclient's CellExecutionError,
+    unless it is tagged raises-exception."""
+    import signal
+    from pathlib import Path
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    last = code[max(0, int(len(code) * upto) - 1)]
+    env = {**os.environ, **({"LABKIT_HOME": str(home)} if home else {})}
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(Path(__file__).resolve().parents[1] / "notebooks")}})
+    ran = 0
+    with client.setup_kernel(env=env):
+        for index, cell in enumerate(nb.cells[:last + 1]):
+            tags = cell.get("metadata", {}).get("tags", [])
+            if cell.cell_type != "code" or "skip-execution" in tags:
+                continue
+            try:
+                client.execute_cell(cell, index)
+            except CellExecutionError:
+                if "raises-exception" not in tags:
+                    raise
+            ran += 1
+        if kill:
+            os.kill(client.km.provisioner.process.pid, signal.SIGKILL)
+            client.km.provisioner.process.wait(timeout=60)
+    return ran

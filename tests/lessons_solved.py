@@ -4,20 +4,23 @@ Makefile names it after the nbval pass).
 Every lesson runs again, in reverse order, in the lab root the nbval pass just used (learners
 come back to lessons), with each exercise's published solution put into the learner's cell:
 the first ```python block of the collapsed "Solution" (the first markdown cell below the check)
-replaces the code cell just above the check. Then
+replaces the code cell just above the check. Each lesson is first stopped midway, as learners
+stop: 60 % of its code cells run in a kernel that is then killed (SIGKILL: no clean-up cell, no
+atexit, no `labkit reset`), and then the whole lesson runs in a new kernel. Then
 
 * every cell must run without error (the lessons' own asserts included), and
 * every check must say "Solved": a published solution that no longer solves is a bug;
 * the stored outputs, which the nbval pass compares against, show every check unsolved: the
   placeholders solve nothing (and Run All counts no try).
 """
-import os
+import copy
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from helpers import run_lesson
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")), reverse=True)
@@ -54,9 +57,8 @@ def test_the_published_solutions_solve_every_exercise(stem):
         assert SOLVED not in _text(nb.cells[check].outputs), f"{stem}: the stored output of cell {check} is solved"
     for answer, _, code in found:
         nb.cells[answer].source = code
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "notebooks")}})
-    client.execute(env={**os.environ})              # the session's lab root: the nbval pass's
+    run_lesson(copy.deepcopy(nb), upto=0.6, kill=True)    # the learner stopped midway
+    run_lesson(nb)                                  # and came back; the session's lab root: nbval's
     unsolved = [f"cell {check}: {nb.cells[check].source.strip()}\n{_text(nb.cells[check].outputs)[:600]}"
                 for _, check, _ in found if SOLVED not in _text(nb.cells[check].outputs)]
     assert not unsolved, f"{stem}: a published solution does not solve its exercise:\n" + "\n".join(unsolved)
