@@ -192,3 +192,78 @@ def one_byte_write(driver: str, image: str, path: str, *, store: st.Store | None
             f.write(b"!")
         os.sync()
         return d.disk_used() - before
+
+
+# --- which driver? ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Criterion:
+    """One question of the driver choice, answered for this machine."""
+    question: str
+    here: str
+    points_to: str
+
+
+def checklist(root: str | os.PathLike | None = None) -> list[Criterion]:
+    """The questions to ask before choosing a storage driver (seed 001; Docker's "select a
+    storage driver" guide), answered for this kernel and the file system under ``root``
+    (the lab root by default, where Docker would have its data root)."""
+    from . import preflight
+    from .mountinfo import mounts
+    root = Path(root or lab.root()).resolve()
+    kernel_fs = set(Path("/proc/filesystems").read_text().split())
+    under = max((m for m in mounts() if root == m.mountpoint or m.mountpoint in root.parents),
+                key=lambda m: len(str(m.mountpoint)))
+    release = os.uname().release
+    major, minor = (int(x) for x in release.split(".")[:2])
+    xattrs = preflight.trusted_xattr_check()
+    union = [fs for fs in ("overlay", "aufs", "btrfs", "zfs") if fs in kernel_fs]
+    return [
+        Criterion("Which copy-on-write file systems does the kernel have?", ", ".join(union) or "none",
+                  "overlay2" if "overlay" in union else "vfs (nothing else works)"),
+        Criterion("Several lowerdirs in one mount (overlay2 needs Linux 4.0+)?", f"Linux {release}",
+                  "overlay2" if (major, minor) >= (4, 0) else "overlay (one lowerdir, hard links)"),
+        Criterion("What file system holds the data root?", f"{under.fstype} at {under.mountpoint}",
+                  {"btrfs": "btrfs (or overlay2)", "zfs": "zfs", "overlay": "vfs: no overlay upper on overlay",
+                   "tmpfs": "overlay2"}.get(under.fstype, "overlay2" if under.fstype in ("ext4", "xfs") else "check the docs")),
+        Criterion("Does it keep trusted.* xattrs (whiteouts and opaque dirs in an upper dir)?",
+                  "yes" if xattrs.ok else xattrs.found, "overlay2" if xattrs.ok else "vfs"),
+        Criterion("Are big files rewritten in place (databases, logs)?",
+                  "your workload: overlay copies a whole file up on its first write (section 5)",
+                  "a volume for that data, or btrfs/zfs (block-level copy)"),
+        Criterion("Does the distribution support it?", "Debian, Ubuntu, Fedora, SUSE: overlay2 by default",
+                  "overlay2"),
+    ]
+
+
+def overlay_in_a_container(root: str | os.PathLike) -> dict[str, str]:
+    """Docker-in-Docker's storage problem, on the kernel: a container's root is an overlay, and
+    an inner engine whose data root is on it cannot mount overlays of its own (the kernel
+    refuses an overlay file system as upperdir); on a volume (a bind mount of a host directory,
+    seed 004's wrapdocker advice) it can. Runs in a throwaway child (private mount namespace);
+    returns ``{where the inner data root is: "mounted" or the kernel's refusal}``."""
+    from . import kernel, sandbox
+    root = lab.fresh_dir(root)
+
+    def inside():
+        outer = overlay.Overlay([root / "image"], root / "upper", root / "work", root / "rootfs")
+        results = {}
+        with outer:
+            (root / "volume").mkdir()
+            (outer.merged / "volume").mkdir()
+            kernel.mount(str(root / "volume"), str(outer.merged / "volume"), None, kernel.MS_BIND)
+            for where, data_root in (("on the container's overlay root", outer.merged / "var-lib-docker"),
+                                     ("on a volume", outer.merged / "volume")):
+                (data_root / "lower").mkdir(parents=True)
+                inner = overlay.Overlay([data_root / "lower"], data_root / "upper", data_root / "work",
+                                        data_root / "merged")
+                try:
+                    with inner:
+                        results[where] = "mounted"
+                except LabError as e:
+                    results[where] = str(e)
+        return results
+    (root / "image").mkdir()
+    try:
+        return sandbox.run(inside)
+    finally:
+        lab.remove_tree(root)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from . import kernel, sandbox
 from .errors import LabError
 
-TYPES = tuple(kernel.NAMESPACES)       # mnt uts ipc user pid net cgroup
+TYPES = tuple(kernel.NAMESPACES)       # mnt uts ipc user pid net cgroup time
 
 
 class NamespaceError(LabError):
@@ -101,6 +101,20 @@ def join(pid: int, fn: Callable, *args, types: Iterable[str] = TYPES):
         if "pid" in types:                  # CLONE_NEWPID applies to children: fork once more
             return sandbox.run(fn, *args, namespaces=())
         return fn(*args)
+    return sandbox.run(inside, namespaces=())
+
+
+def in_time_ns(fn: Callable, *args, boottime: float = 0, monotonic: float = 0):
+    """Run ``fn(*args)`` in a new time namespace whose CLOCK_BOOTTIME and CLOCK_MONOTONIC run
+    ``boottime`` and ``monotonic`` seconds ahead of ours. time_namespaces(7): the offsets are
+    written to /proc/self/timens_offsets after unshare(CLONE_NEWTIME) and before the first
+    child, and only children live in the new namespace, so ``fn`` runs in a child's child.
+    CLOCK_REALTIME (the wall clock) has no offset: it stays the host's."""
+    def inside():
+        kernel.unshare(kernel.NAMESPACES["time"])
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write(f"monotonic {int(monotonic)} 0\nboottime {int(boottime)} 0\n")
+        return sandbox.run(fn, *args, namespaces=())
     return sandbox.run(inside, namespaces=())
 
 

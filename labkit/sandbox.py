@@ -4,7 +4,7 @@ A Child is a fork(2) of this process that first moves into new namespaces (unsha
 with a new mount namespace it also marks every mount private (mount_namespaces(7),
 "MS_PRIVATE"), so the mounts it makes are invisible to the host and die with it. With a
 new PID namespace it forks once more, and the grandchild is PID 1 there (unshare(2):
-CLONE_NEWPID applies to children only); the middle process waits for it and dies with
+CLONE_NEWPID applies to children only; so does CLONE_NEWTIME); the middle process waits for it and dies with
 the same status. Parent and child talk over a :class:`Channel` (pickled messages through
 two close-on-exec pipes); an exception raised in the child comes back as the same
 exception. While it lives, the child is in the lab's ledger; ``close()`` kills and reaps it.
@@ -189,7 +189,7 @@ def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr) -> Non
         if cgroup is not None:
             cgroup.add(os.getpid())
         enter(namespaces)
-        if "pid" in namespaces:
+        if "pid" in namespaces or "time" in namespaces:   # both apply to children only
             # SIGTERM stays blocked across the fork: the middle handles it only once it knows
             # PID 1, and PID 1 only once the kernel will kill it if the middle dies
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -262,7 +262,7 @@ def run(fn: Callable[..., Any], *args, namespaces: Iterable[str] = ("mnt",),
     """Call ``fn(*args, **kwargs)`` in a child inside new ``namespaces``; return its value.
 
     ``namespaces`` names types from kernel.NAMESPACES (mnt, uts, ipc, net, pid, user,
-    cgroup). With "pid" the function runs as PID 1 of the new namespace. The child is
+    cgroup, time). With "pid" the function runs as PID 1 of the new namespace. The child is
     killed after ``timeout`` seconds, on an exception in the parent and on Ctrl-C.
     """
     with Child(_call, fn, args, kwargs, namespaces=namespaces,

@@ -8,6 +8,7 @@ import pytest
 
 from labkit import drivers, lab, tree
 from labkit.image import mutate
+from labkit.errors import LabError
 from labkit.mountinfo import mounts_under
 
 
@@ -87,3 +88,42 @@ def test_exercises(fat):
     assert not ex.check_driver_choice("btrfs").ok
     assert ex.check_vfs_prediction(5 * 18, image="fat").ok
     assert not ex.check_vfs_prediction(18, image="fat").ok
+
+
+def test_docker_layouts_rebuilt_from_the_store(lab_root, tmp_path):
+    """aufs keeps .wh. files and needs no more inodes than the layers hold; the old overlay
+    driver re-creates every directory in every layer; overlay2's lower names the layers below."""
+    from labkit import layouts, overlay, tree
+    from labkit.image import mutate
+    from labkit.image.base import base_image
+    from labkit.image.store import Store
+    store = Store()
+    base_image(store)
+    docs = tree.write_tree(lab_root / "docs", {f"d{i}/f": "x" for i in range(40)})
+    edit = tree.write_tree(lab_root / "edit", {"etc/motd": "m\n", "bin/": None})
+    overlay.make_whiteout(edit / "bin" / "vi")
+    mutate.add_layer("busybox", docs, "t/docs", "docs", store=store)
+    img = mutate.add_layer("t/docs", edit, "t/layered", "edit", store=store)
+    built = {d: layouts.build(d, "t/layered", lab_root / "layouts", store=store) for d in layouts.DRIVERS}
+    top = img.chain_ids[-1][7:19]
+    assert (built["aufs"].root / "diff" / top / "bin" / ".wh.vi").is_file()
+    assert (built["aufs"].root / "layers" / top).read_text().split() == [c[7:19] for c in img.chain_ids[-2::-1]]
+    assert overlay.is_whiteout(built["overlay2"].root / top / "diff" / "bin" / "vi")
+    assert (built["overlay2"].root / top / "lower").read_text().count("l/") == 2
+    old = built["overlay"].root / top / "root"
+    assert not (old / "bin" / "vi").exists() and (old / "etc" / "motd").read_text() == "m\n"
+    assert os.stat(old / "d1" / "f").st_ino == os.stat(built["overlay"].root / img.chain_ids[1][7:19] / "root" / "d1" / "f").st_ino
+    assert built["overlay"].directories >= 2 * 40 > built["aufs"].directories   # the docs dirs, once more
+    with pytest.raises(LabError, match="unknown driver layout"):
+        layouts.build("devicemapper", "t/layered", lab_root / "x", store=store)
+
+
+def test_an_overlay_upper_on_an_overlay_is_refused_and_on_a_volume_works(lab_root):
+    nested = drivers.overlay_in_a_container(lab_root / "dind")
+    assert "EINVAL" in nested["on the container's overlay root"] and nested["on a volume"] == "mounted"
+    assert not (lab_root / "dind").exists()
+
+
+def test_the_checklist_answers_for_this_machine(lab_root):
+    rows = drivers.checklist()
+    assert len(rows) == 6 and rows[0].points_to == "overlay2" and "overlay" in rows[0].here

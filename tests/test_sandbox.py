@@ -79,3 +79,20 @@ def test_child_killed_by_signal(lab_root):
 def test_unknown_namespace(lab_root):
     with pytest.raises(LabError, match="unknown namespace"):
         sandbox.run(os.getpid, namespaces=("time-travel",))
+
+
+def test_a_time_namespace_moves_boottime_and_monotonic_but_not_the_wall_clock(lab_root):
+    """time_namespaces(7): offsets for CLOCK_BOOTTIME and CLOCK_MONOTONIC; CLOCK_REALTIME has none.
+    The new namespace is the children's, so sandbox forks once more, as for a PID namespace."""
+    import time
+    from pathlib import Path
+    from labkit import ns
+    from helpers import need
+    need(Path("/proc/self/ns/time").exists(), "time namespaces (Linux 5.6)")
+    uptime = lambda: float(Path("/proc/uptime").read_text().split()[0])
+    assert abs(ns.in_time_ns(uptime, boottime=86400) - uptime() - 86400) < 5
+    assert abs(ns.in_time_ns(time.monotonic, monotonic=3600) - time.monotonic() - 3600) < 5
+    assert abs(ns.in_time_ns(time.time, boottime=86400, monotonic=3600) - time.time()) < 5
+    mine = ns.links()
+    with ns.Process(("time",)) as p:
+        assert {t for t in ns.TYPES if p.links()[t] != mine[t]} == {"time"}

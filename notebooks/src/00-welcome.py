@@ -81,6 +81,9 @@ for path in ["/etc/passwd", lab.root() / ".." / "elsewhere", home / "notes.txt"]
 # (`unshare(CLONE_NEWNS)`, then every mount marked private). Whatever the child mounts is
 # invisible to the rest of the machine and vanishes when the child exits, even if it crashes.
 # Here the child mounts a tmpfs and reports what it sees; then we look from outside.
+#
+# *Predict, then run:* after the child has written `inside.txt` into its tmpfs, what will this
+# kernel see in `private-mnt`: the file, an empty directory, or an error?
 
 # %%
 target = home / "private-mnt"

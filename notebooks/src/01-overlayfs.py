@@ -120,6 +120,9 @@ assert ov.which_layer("frame").role == "upper"
 # The client changes their mind: no marble floors. We delete `merge/marble`. The lower layer
 # is read-only, so the kernel cannot remove the file there; instead it makes a **whiteout** in
 # the upper layer: a character device with major and minor number 0, named like the file.
+#
+# *Predict, then run:* after `unlink(merge/marble)`, which of the three will still hold a
+# `marble`: `material2` (lower), `build` (upper), `merge`? And what kind of file?
 
 # %%
 os.unlink(site / "merge" / "marble")
@@ -336,6 +339,45 @@ for meta in ("off", "on"):
 
 # %%
 assert used["off"] >= 64 << 20 and used["on"] < 1 << 20
+
+# %% [markdown]
+# ## 12. The seed's session, in a shell
+#
+# Everything above, typed as the seed typed it, so you can do it again in any root shell
+# outside the lab. Two differences from the seed: the lower layers are in the kernel's order
+# (`lowerdir=material2:material`, top first: section 1), and `unshare --mount` runs the session
+# in a mount namespace of its own, so the mount ends with it even if a line fails (outside the
+# lab, `umount merge` does that). `sh -x` prints each command, marked `+`, before its output.
+
+# %%
+os.environ["SEED_DIR"] = str(lab.fresh_dir(home / "shell"))
+
+# %% language="bash" tags=["nbval-ignore-output"]
+# cd "$SEED_DIR"
+# unshare --mount --propagation private sh -ex <<'SESSION' 2>&1
+# grep overlay /proc/filesystems
+# mkdir material material2 merge work build
+# echo "bad concrete" > material/concrete
+# echo "rebar" > material/rebar
+# echo "good concrete" > material2/concrete
+# echo "marble" > material2/marble
+# mount -t overlay overlay -o lowerdir=material2:material,upperdir=build,workdir=work merge
+# ls merge
+# cat merge/concrete
+# echo "main structure" > merge/frame
+# rm merge/marble
+# ls -l build
+# SESSION
+
+# %% [markdown]
+# *Check cell:* the shell left what the lesson's Python left: the frame and a whiteout for the
+# marble in the upper dir, the lower layers untouched, and nothing mounted.
+
+# %%
+shell = home / "shell"
+assert (shell / "build" / "frame").read_text() == "main structure\n"
+assert overlay.is_whiteout(shell / "build" / "marble") and (shell / "material2" / "marble").exists()
+assert not is_mountpoint(shell / "merge") and list((shell / "merge").iterdir()) == []
 
 # %% [markdown]
 # ## Exercises

@@ -160,9 +160,90 @@ print("aufs:", "aufs" in filesystems, "| overlay:", "overlay" in filesystems, "|
 #   such loop files, which is why it was slow and meant only for testing (direct-lvm on a real
 #   disk was the production mode). It was removed from Docker in version 25.
 #
-# Which to choose? The one the kernel and the disk support well: overlay2 on most systems
-# today; btrfs or zfs where the root disk already is one; vfs only when nothing else works.
+# ## 7. aufs, overlay and overlay2 on disk
 #
+# Seed 002 lists Docker's `aufs/diff/<id>` directories; overlay2 looks different. Here one
+# small image (busybox, a layer of 150 documentation directories, a layer that edits
+# `/etc/motd` and deletes `/bin/vi`) is laid out as each driver laid it out, from labkit's own
+# store (`layouts.build`), so you can list the directories and count their inodes:
+#
+# * **aufs**: `diff/<id>/` each layer's files as in its tar, the whiteout as a `.wh.vi` file;
+#   `layers/<id>` the parent ids; `mnt/<id>/` the mount point.
+# * **overlay** (removed in Docker 24): the kernel then took one lowerdir, so each layer's
+#   `<id>/root/` is a whole tree: the parent's hard-linked (files shared, directories new).
+# * **overlay2**: `<id>/diff/` only the layer's changes (the whiteout a 0/0 device), `link` a
+#   short name, `l/<short>` a symlink to the diff, `lower` the lowerdir string.
+#
+# *Predict, then run:* which layout uses the most inodes, and roughly how many more?
+
+# %% tags=["nbval-ignore-output"]
+from labkit import layouts, overlay
+docs = tree.write_tree(home / "docs", {f"usr/share/doc/pkg{i}/README": f"package {i}\n" for i in range(150)})
+edit = tree.write_tree(home / "edit", {"etc/motd": "edited\n", "bin/": None})
+overlay.make_whiteout(edit / "bin" / "vi")
+mutate.add_layer("busybox", docs, "lesson04/docs", "COPY docs /usr/share/doc", store=store)
+layered = mutate.add_layer("lesson04/docs", edit, "lesson04/layered", "RUN edit motd; rm /bin/vi", store=store)
+built = {d: layouts.build(d, "lesson04/layered", home / "layouts", store=store) for d in layouts.DRIVERS}
+for lay in built.values():
+    print(f"{lay.driver:<9} {lay.layers} layers  {lay.inodes:>5} inodes, {lay.directories:>4} of them directories")
+top = layered.chain_ids[-1][7:19]
+print("aufs diff of the top layer:", sorted(str(p.relative_to(built['aufs'].root / 'diff' / top))
+                                            for p in (built["aufs"].root / "diff" / top).rglob("*")))
+print("overlay2 lower of the top layer:", (built["overlay2"].root / top / "lower").read_text())
+
+# %% [markdown]
+# The old overlay driver pays one new directory inode per directory per layer (directories
+# cannot be hard-linked), which is why overlay2 replaced it once the kernel took several
+# lowerdirs (Linux 4.0); and the short `l/` names keep `lowerdir=` short: mount(2) takes its
+# options in one page, 4096 bytes, and an image may have up to 128 layers.
+
+# %%
+docs_layer, readme = layered.chain_ids[1][7:19], "usr/share/doc/pkg7/README"
+assert built["overlay"].directories >= 2 * 150 > built["aufs"].directories    # the 150 doc dirs: in two roots vs once
+assert os.stat(built["overlay"].root / docs_layer / "root" / readme).st_ino == \
+       os.stat(built["overlay"].root / top / "root" / readme).st_ino         # a file: one inode, hard-linked
+assert (built["aufs"].root / "diff" / top / "bin" / ".wh.vi").is_file()
+assert overlay.is_whiteout(built["overlay2"].root / top / "diff" / "bin" / "vi")
+assert not (built["overlay"].root / top / "root" / "bin" / "vi").exists()          # a whole tree: vi gone
+assert (built["overlay2"].root / top / "lower").read_text().count("l/") == len(layered.layers) - 1
+short = len("l/" + (built["overlay2"].root / top / "link").read_text() + ":")
+print(f"a lowerdir entry: {short} bytes as l/<short>, {len(str(built['overlay2'].root / top / 'diff')) + 1} as a full path")
+assert 128 * short < 4096
+
+# %% [markdown]
+# ## 8. Which driver? A checklist
+#
+# Seed 001 says to choose by a few questions. Here they are, answered for this machine (the
+# lab root stands for Docker's data root):
+
+# %% tags=["nbval-ignore-output"]
+for c in drivers.checklist():
+    print(f"- {c.question}\n    here: {c.here}\n    points to: {c.points_to}")
+
+# %% [markdown]
+# The usual answer today is overlay2; btrfs or zfs where the data root already is one; vfs only
+# when nothing else works.
+#
+# One case decides it by itself: **Docker in Docker** (seed 004). A container's root is an
+# overlay; an engine inside it whose data root is on that root cannot mount overlays of its
+# own, because the kernel refuses an overlay file system as an upperdir. Seed 004's
+# `wrapdocker` script, and the `docker:dind` image today, put the inner `/var/lib/docker` on a
+# **volume**: a bind mount of a host directory, an ordinary file system. Both, on the kernel
+# (in a throwaway mount namespace):
+
+# %% tags=["nbval-ignore-output"]
+nested = drivers.overlay_in_a_container(home / "dind")
+for where, what in nested.items():
+    print(f"inner data root {where}: {what}")
+
+# %%
+answers = {c.question.split("?")[0]: c for c in drivers.checklist()}
+assert len(answers) == 6 and all(c.here and c.points_to for c in answers.values())
+assert answers["Which copy-on-write file systems does the kernel have"].points_to == "overlay2"   # this lab needs OverlayFS
+assert "EINVAL" in nested["on the container's overlay root"]          # the kernel log adds: not supported as upperdir
+assert nested["on a volume"] == "mounted"
+
+# %% [markdown]
 # ## Exercises
 #
 # ### Exercise 04.vfs: predict the disk
@@ -213,7 +294,9 @@ ex.check_driver_choice(my_clone)
 # ## Clean up
 
 # %%
-store.remove("lesson04/fat")
+for name in ("lesson04/layered", "lesson04/docs", "lesson04/fat"):
+    if name in store.refs():
+        store.remove(name)
 lab.remove_tree(home)
-assert lab.entries(mine=True) == [] and not home.exists() and "lesson04/fat" not in store.refs()
+assert lab.entries(mine=True) == [] and not home.exists() and not [n for n in store.refs() if n.startswith("lesson04/")]
 print("clean")

@@ -64,6 +64,22 @@ for d in c.lowerdirs:
 print("upperdir:", os.path.relpath(c.upper, lab.root()))
 print("init layer files:", sorted(str(p.relative_to(c.init)) for p in c.init.rglob("*") if p.is_file()))
 
+# %% [markdown]
+# Seed 002 showed the layers of an image with `ls` on each of Docker's layer directories
+# (`/var/lib/docker/aufs/diff/<id>`). The same `ls`, in a shell, on this container's: the
+# image's layer is a whole busybox root; the init layer holds the few files the runtime wrote;
+# the upper dir holds what the command changed (`rm /bin/vi` left a whiteout there).
+
+# %%
+os.environ["LAYERS"] = " ".join(os.path.relpath(d, lab.root()) for d in c.lowerdirs)
+os.environ["UPPER"] = os.path.relpath(c.upper, lab.root())
+os.environ["LAB_ROOT"] = str(lab.root())
+
+# %% language="bash" tags=["nbval-ignore-output"]
+# cd "$LAB_ROOT"
+# for d in $LAYERS; do echo "\$ ls $d"; ls "$d" | head -12 | tr '\n' ' '; echo; done
+# echo "\$ ls -lR $UPPER"; ls -lR "$UPPER" | grep -v '^total'
+
 # %% tags=["nbval-ignore-output"]
 viz.rootfs_parts(c)
 

@@ -126,6 +126,9 @@ sn.remove("by-hand/view"); sn.remove("by-hand/committed")
 # Building again changes nothing, so nothing runs: every file-changing step is `CACHED` and
 # the image digest is the same. Change a copied file and the cache misses from that step on,
 # because every later step's cache key includes its parent layer.
+#
+# *Predict, then run:* the rebuild below changes nothing; then one copied file is edited. Which
+# steps will say `CACHED` the second time: none, those before the `COPY`, or all but the `COPY`?
 
 # %% tags=["nbval-ignore-output"]
 t = time.perf_counter()
@@ -183,9 +186,10 @@ assert a.layers[-1].digest == b.layers[-1].digest
 assert read_tree(store.flatten("lesson07/sq-merge", home / "s1")) == read_tree(store.flatten("lesson07/app", home / "s2"))
 
 # %% [markdown]
-# Their cost differs: (a) does work for every layer, (b) for the size of the final tree. Here
-# for 2 to 24 layers of 20 files each (every layer also rewrites and deletes some files of the
-# one before):
+# Their cost differs: (a) does work for every layer, (b) for the size of the final tree (it
+# flattens the final image and the base, then compares them). Here for 2 to 24 layers of 20
+# files each (every layer also rewrites and deletes some files of the one before); each method's
+# own step is timed alone, without the canonical clean-up and the layer writing both share:
 
 # %% tags=["nbval-ignore-output"]
 rows = [squash.measure(n, store=store) for n in (2, 6, 12, 24)]

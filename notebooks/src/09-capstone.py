@@ -196,6 +196,10 @@ assert sq.layers[0] == fresh.image("busybox").layers[0]
 # %% [markdown]
 # ## 7. Push again
 #
+# *Predict, then run:* the squashed image shares one layer with what `course/app` already
+# holds. How many blobs will this push send, and what will the registry answer to the HEAD
+# of the shared one?
+#
 # The registry has busybox's layer already (linked into `course/app` by the first push), so the
 # client's HEAD gets 200 and skips it: only the squashed layer and the new config go up.
 
