@@ -295,7 +295,7 @@ class Builder:
         if hit.exists():
             rec = json.loads(hit.read_text())
             desc = st.Descriptor(rec["mediaType"], rec["digest"], rec["size"])
-            if self.store.has_blob(desc.digest):
+            if self.store.claim_blob(desc.digest):
                 s.layers.append((desc, rec["diff_id"]))
                 s.history.append({"created_by": f"{ins.name} {ins.args}"})
                 self._unpack(s)

@@ -113,6 +113,22 @@ def cmd_image_rm(args) -> int:
     return 0
 
 
+def cmd_image_prune(args) -> int:
+    """docker image prune: delete the blobs no name reaches (untagged images, lost layers)."""
+    s = _store()
+    sizes = s.unreferenced()
+    if args.dry_run:
+        for d, n in sorted(sizes.items()):
+            print(f"would delete {d[:19]} {n:>10}")
+        print(f"{len(sizes)} blob(s), {sum(sizes.values())} bytes no image name reaches; "
+              "run without --dry-run to delete those older than the grace period")
+        return 0
+    gone = s.gc(grace=args.grace)
+    print(f"deleted {len(gone)} blob(s), {sum(sizes[d] for d in gone)} bytes no image name reached"
+          + (f"; {len(sizes) - len(gone)} newer than {args.grace:g} s kept" if len(gone) < len(sizes) else ""))
+    return 0
+
+
 def cmd_image_save(args) -> int:
     path, tag = _oci_ref(args.oci)
     print(f"saved {args.name} to {_store().save(path, tag, args.name)} as {tag}")
@@ -307,6 +323,11 @@ def parser() -> argparse.ArgumentParser:
         one = isub.add_parser(action, help=f"{action} NAME")
         one.add_argument("name", metavar="NAME")
         one.set_defaults(fn=fn)
+    pr = isub.add_parser("prune", help="delete the blobs of untagged images [--dry-run] [--grace SECONDS]")
+    pr.add_argument("--dry-run", action="store_true")
+    pr.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
+                    help="keep blobs written in the last SECONDS (another kernel may be writing that image)")
+    pr.set_defaults(fn=cmd_image_prune)
     sv = isub.add_parser("save", help="NAME --oci DIR:TAG")
     sv.set_defaults(fn=cmd_image_save)
     sv.add_argument("name", metavar="NAME")

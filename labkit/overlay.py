@@ -106,7 +106,7 @@ class Overlay:
         """Mount without a ledger entry: only for a child inside its own private mount
         namespace (a container), where the mount dies with the namespace."""
         self._make_dirs()
-        (_mount_new if self._pick_api() == "new" else _mount_classic)(self)
+        (mount_new if self._pick_api() == "new" else mount_classic)(self)
 
     def _pick_api(self) -> str:
         """mount(2) while the options fit one page, else the new API (if it takes lowerdir+)."""
@@ -127,7 +127,7 @@ class Overlay:
         self._entry = lab.record("mount", self.merged, f"overlay, {len(self.lowerdirs)} lower layers")
         klog = kernel.KernelLog()
         try:
-            (_mount_new if api == "new" else _mount_classic)(self)
+            (mount_new if api == "new" else mount_classic)(self)
         except KernelError as e:
             lab.forget(self._entry)
             self._entry = None
@@ -417,7 +417,7 @@ def _validate(ov: Overlay) -> None:
                                "rename the directory")
 
 
-def _mount_classic(ov: Overlay) -> None:
+def mount_classic(ov: Overlay) -> None:
     """mount(2) with one option string. Past one page, retry from a child whose working
     directory is the layers' common parent, with relative paths (still the host's
     mount namespace, so the mount outlives the child)."""
@@ -441,7 +441,7 @@ def _mount_classic(ov: Overlay) -> None:
     sandbox.run(mount_here, namespaces=())
 
 
-def _mount_new(ov: Overlay) -> None:
+def mount_new(ov: Overlay) -> None:
     """fsopen(2) + one fsconfig(2) per layer (``lowerdir+``) + fsmount(2) + move_mount(2)."""
     fd = kernel.fsopen("overlay")
     try:

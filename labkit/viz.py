@@ -445,3 +445,12 @@ def pull_gantt(traces: dict):
     axes[-1].set_xlabel("seconds since the manifest request")
     fig.tight_layout()
     return fig
+
+
+# --- every lesson: the code behind an experiment --------------------------------------------------
+def behind(*functions):
+    """The source of the labkit functions an experiment ran, the system calls in plain view,
+    to read beside the result (inspect.getsource, shown with colours by IPython's Code)."""
+    import inspect
+    from IPython.display import Code
+    return Code("\n\n".join(inspect.getsource(f) for f in functions), language="python")

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import os
 from html import escape
 
 import graphviz
@@ -226,3 +227,137 @@ def _has_image(store, name: str) -> bool:
         return name in (store or Store()).refs()
     except Exception:                         # the store's directory itself is gone
         return False
+
+
+# --- lesson 03: one change, three forms ------------------------------------------------------
+def layer_maker() -> w.VBox:
+    """Operations on a small overlay (write a file, delete a path, recreate a directory), and
+    after each one the upper dir, the layer tar made from it and the tar applied to the lower
+    layer, side by side; whiteouts and opaque markers in red (image.roundtrip). Everything is
+    made again in a scratch dir of its own on every change, so it works after the clean-up."""
+    from . import lab
+    from .image import roundtrip
+    op = w.Dropdown(options=roundtrip.OPS, value="delete", description="operation")
+    path = w.Text(value="bin/vi", description="path")
+    text = w.Text(value="", description="text", placeholder="for write")
+    add, clear = w.Button(description="Apply", button_style="primary"), w.Button(description="Start again")
+    done, view = w.HTML(), w.HTML()
+    ops: list = []
+
+    def column(title, lines):
+        body = "\n".join(f"<span style='color:#c62828'>{escape(x)}</span>" if (".wh." in x or "c---------" in x
+                         or "opaque" in x) else escape(x) for x in lines)
+        return f"<div style='flex:1;min-width:260px'><b>{title}</b><pre>{body}</pre></div>"
+
+    def render(candidate):
+        r = roundtrip.round_trip(candidate, lab.root() / "tmp" / f"layer-maker-{os.getpid()}")
+        ops[:] = candidate                     # kept only once the kernel has done them
+        done.value = "operations: " + escape("; ".join(f"{o} {p}" for o, p, _ in ops) or "none yet")
+        view.value = ("<div style='display:flex;gap:12px'>" + column("upper dir", r.upper) +
+                      column("layer tar", r.tar) +
+                      column("applied to the lower layer", [f"{k}  {v!r}" if v else k for k, v in sorted(r.applied.items())])
+                      + "</div>")
+
+    @_shows_errors(view)
+    def apply(_):
+        render(ops + [(op.value, path.value, text.value)])
+
+    @_shows_errors(view)
+    def again(_=None):
+        render([])
+
+    add.on_click(apply)
+    clear.on_click(again)
+    again()
+    return w.VBox([w.HBox([op, path, text]), w.HBox([add, clear]), done, view])
+
+
+# --- lesson 04: a driver, n containers -------------------------------------------------------
+def driver_costs(store, image: str) -> w.VBox:
+    """Pick a driver and a number of containers, press Measure: the driver creates them and
+    the plot shows time and disk (drivers.measure). After the clean-up removed ``image``, it
+    measures busybox instead and says so."""
+    from . import drivers
+    driver = w.Dropdown(options=list(drivers.DRIVERS), value="overlay", description="driver")
+    n = w.IntSlider(value=4, min=1, max=8, description="containers", continuous_update=False)
+    go = w.Button(description="Measure", button_style="primary")
+    out = w.Output()
+
+    @_shows_errors(out)
+    def measure(_=None):
+        use, s, note = image, store, ""
+        if not _has_image(s, use):
+            from .image.base import base_image
+            from .image.store import Store
+            use, s, note = "busybox", Store(), f" (busybox: {image} was removed by the clean-up)"
+            base_image(s)
+        costs = drivers.measure(driver.value, use, n.value, store=s)
+        out.clear_output(wait=True)
+        with out:
+            last = costs[-1]
+            print(f"{driver.value}: {last.containers} containers in {last.seconds * 1e3:.0f} ms, "
+                  f"{last.disk_bytes / 2**20:.1f} MiB of disk{note}")
+            fig = viz.drivers_plot({driver.value: costs})
+            display(fig)
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+
+    go.on_click(measure)
+    return w.VBox([w.HBox([driver, n, go]), out])
+
+
+# --- lesson 08: latency, parallelism and the pull's timeline -------------------------------------
+def pull_timeline(store, image: str | None = None) -> w.VBox:
+    """Sliders for the link's delay and the client's parallel downloads, and Pull: a serial
+    and a parallel pull of ``image`` over a slow link between two network namespaces, drawn as
+    a Gantt chart (link.timeline). Without ``image`` (or once the clean-up removed it) it uses
+    an image of eight 1 MiB layers made in a scratch dir of its own."""
+    from . import lab
+    from .registry import link
+    delay = w.IntSlider(value=50, min=0, max=200, step=10, description="delay ms", continuous_update=False)
+    par = w.IntSlider(value=4, min=2, max=8, description="parallel", continuous_update=False)
+    go = w.Button(description="Pull", button_style="primary")
+    out = w.Output()
+
+    @_shows_errors(out)
+    def pull(_=None):
+        name, made = image, []
+        if not name or not _has_image(store, name):
+            name, made = _eight_layers(store)
+        try:
+            root = lab.fresh_dir(lab.root() / "tmp" / f"timeline-{os.getpid()}")
+            t = link.timeline(root, store, name, layers_parallel=(1, par.value), delay=delay.value / 1000, rate=None)
+        finally:
+            for m in reversed(made):
+                store.remove(m)
+            lab.remove_tree(lab.root() / "tmp" / f"timeline-{os.getpid()}")
+        out.clear_output(wait=True)
+        with out:
+            print(f"delay {delay.value} ms: serial {t.span(1):.2f} s, {par.value} at a time {t.span(par.value):.2f} s")
+            fig = viz.pull_gantt(t.pulls)
+            display(fig)
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+
+    go.on_click(pull)
+    return w.VBox([w.HBox([delay, par, go]), out])
+
+
+def _eight_layers(store) -> tuple[str, list[str]]:
+    """An image of eight 1 MiB layers (named widget08/PID/eightN: two kernels may pull at once);
+    returns its name and every name made."""
+    from . import lab
+    from .image import mutate
+    from .image.base import base_image
+    from .tree import write_tree
+    base_image(store)
+    prev, made = "busybox", []
+    work = lab.fresh_dir(lab.root() / "tmp" / f"timeline-layers-{os.getpid()}")
+    try:
+        for i in range(8):
+            d = write_tree(work / f"m{i}", {f"part{i}/data": 1 << 20})
+            prev = mutate.add_layer(prev, d, f"widget08/{os.getpid()}/eight{i}", f"COPY part {i}", store=store).name
+            made.append(prev)
+    finally:
+        lab.remove_tree(work)
+    return prev, made

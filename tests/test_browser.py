@@ -294,10 +294,23 @@ def _memory_slider(page):
     assert "OOM-killed" in el.inner_text() and "16 MiB" in el.inner_text()
 
 
+def _button_then(label: str, expect: str):
+    """Press the button ``label`` and wait until its widget shows ``expect``."""
+    def move(page):
+        button = page.get_by_role("button", name=label, exact=True).first
+        box = button.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]")
+        el = _changes(page, box, lambda: button.click())
+        page.wait_for_function("([el, want]) => el.innerText.includes(want)", arg=[el, expect], timeout=120_000)
+    return move
+
+
 # lesson -> (a text in the widget's cell, how to move it)
 INTERACT = {"01": ("widgets.layer_explorer(ov)", _dropdown), "02": ("widgets.fault_meter()", _fault_meter),
+            "03": ("widgets.layer_maker()", _button_then("Apply", ".wh.vi")),
+            "04": ("widgets.driver_costs(", _button_then("Measure", "containers in")),
             "05": ("widgets.namespace_picker()", _namespace_picker), "06": ("widgets.layer_explorer(view", _dropdown),
-            "07": ("widgets.layer_contents(", _dropdown), "09": ("widgets.memory_limit_runner", _memory_slider)}
+            "07": ("widgets.layer_contents(", _dropdown), "08": ("widgets.pull_timeline(", _button_then("Pull", "at a time")),
+            "09": ("widgets.memory_limit_runner", _memory_slider)}
 
 
 def test_a_lesson_runs_in_the_browser_for_a_learner_who_is_not_root(jupyterlab):

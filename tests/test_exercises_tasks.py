@@ -105,3 +105,108 @@ def test_06_volume_survives_and_stays_out_of_commit(busybox):
     assert not v.ok and "went into a layer" in str(v)
     for name in ("lesson06/worker", "lesson06/faked"):
         busybox.remove(name)
+
+
+def test_03_mount_an_images_layers_with_mount2(lab_root):
+    """03.mount: one overlay mount(2), top layer first, read-only. A copy of the layers, the
+    manifest's order passed straight to lowerdir=, and an upperdir each fail."""
+    import shutil
+    from labkit.exercises import l03_layers as ex
+
+    def right(lowerdirs, target):
+        kernel.mount("overlay", str(target), "overlay", 0,
+                     "lowerdir=" + ":".join(str(d) for d in reversed(lowerdirs)))
+
+    def base_on_top(lowerdirs, target):
+        kernel.mount("overlay", str(target), "overlay", 0, "lowerdir=" + ":".join(map(str, lowerdirs)))
+
+    def copied(lowerdirs, target):
+        for d in lowerdirs:
+            shutil.copytree(d, target, symlinks=True, dirs_exist_ok=True)
+
+    def with_upper(lowerdirs, target):
+        up, work = lab.scratch("ex-up") / "u", lab.scratch("ex-up") / "w"
+        up.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        kernel.mount("overlay", str(target), "overlay", 0, "lowerdir=" + ":".join(str(d) for d in reversed(lowerdirs))
+                     + f",upperdir={up},workdir={work}")
+    assert ex.check_mount(right).ok
+    v = ex.check_mount(base_on_top)
+    assert not v.ok and "which lowerdir does the kernel put on top" in str(v) and "reverse" not in str(v)
+    v = ex.check_mount(copied)
+    assert not v.ok and "nothing is mounted" in str(v)
+    assert not ex.check_mount(with_upper).ok
+    assert not ex.check_mount(None).ok
+    lab.remove_tree(lab.scratch("ex-up"))
+
+
+def _run_step(mounts, target, command):
+    lower = ":".join(str(d) for d in mounts.lowerdirs)
+    kernel.mount("overlay", str(target), "overlay", 0,
+                 f"lowerdir={lower},upperdir={mounts.upperdir},workdir={mounts.workdir}")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.chroot(target)
+                os.chdir("/")
+                os.execv("/bin/sh", ["sh", "-c", command])
+            finally:
+                os._exit(127)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        kernel.umount2(str(target))
+
+
+def test_07_a_run_step_by_hand(lab_root):
+    """07.run: the published way passes; writing the files with Python into the upper dir, or
+    running the command on the host, or leaving the mount, each fail."""
+    import subprocess
+    from labkit import overlay
+    from labkit.exercises import l07_build as ex
+    assert ex.check_run_step(_run_step).ok
+
+    def by_python(mounts, target, command):
+        (mounts.upperdir / "greeting").write_text("hi\n")
+        return 0
+
+    def forgot_umount(mounts, target, command):
+        lower = ":".join(str(d) for d in mounts.lowerdirs)
+        kernel.mount("overlay", str(target), "overlay", 0,
+                     f"lowerdir={lower},upperdir={mounts.upperdir},workdir={mounts.workdir}")
+        return subprocess.run(["chroot", str(target), "/bin/sh", "-c", command]).returncode
+    v = ex.check_run_step(by_python)
+    assert not v.ok and "no whiteout" in str(v)
+    v = ex.check_run_step(forgot_umount)
+    assert not v.ok and "still mounted" in str(v)
+    assert not ex.check_run_step(None).ok
+
+
+def _limit(group, version, pid, limit):
+    from pathlib import Path
+    (Path(group) / ("memory.limit_in_bytes" if version == 1 else "memory.max")).write_text(str(limit))
+    (Path(group) / "cgroup.procs").write_text(str(pid))
+
+
+def test_09_a_memory_cgroup_by_hand(lab_root):
+    """09.cgroup: two writes pass; joining without a limit, a limit without joining, a limit in
+    MiB instead of bytes, and killing the process yourself each fail."""
+    import signal
+    from pathlib import Path
+    from labkit.exercises import l09_capstone as ex
+    assert ex.check_cgroup(_limit).ok
+
+    def no_limit(group, version, pid, limit):
+        (Path(group) / "cgroup.procs").write_text(str(pid))
+
+    def not_joined(group, version, pid, limit):
+        (Path(group) / ("memory.limit_in_bytes" if version == 1 else "memory.max")).write_text(str(limit))
+
+    def killer(group, version, pid, limit):
+        os.kill(pid, signal.SIGKILL)
+    v = ex.check_cgroup(no_limit)
+    assert not v.ok and "the limit is not in force" in str(v)
+    v = ex.check_cgroup(not_joined)
+    assert not v.ok and "not in the group" in str(v)
+    assert not ex.check_cgroup(killer).ok
+    assert not ex.check_cgroup(None).ok

@@ -84,6 +84,22 @@ def test_interrupted_layer_resumes_with_range(store, reg):
     assert img.diff_ids == store.image("fat").diff_ids
 
 
+def test_a_cut_upload_resumes_where_the_registry_says_it_stopped(store, reg):
+    """A PATCH cut 300,001 bytes into its body: the client GETs the upload's status, the
+    registry says how much it kept (Range), and the next PATCH starts there. Before: the push
+    failed with the transport error."""
+    trace = []
+    client.push("fat", f"{reg.address}/lab/fat:v1", trace=trace, chunk=1 << 20,
+                transport=link.CutUpload(300_001), store=store)
+    cut = next(i for i, e in enumerate(trace) if e.status == -1)
+    assert trace[cut].method == "PATCH" and trace[cut + 1].method == "GET" and trace[cut + 1].status == 204
+    resumed = trace[cut + 2]
+    assert resumed.method == "PATCH" and resumed.status == 202
+    assert resumed.what == "layer 1/2 300001+1048576"        # every byte that went out was kept
+    img = client.pull(f"{reg.address}/lab/fat:v1", name="back", store=store)
+    assert img.manifest_desc.digest == store.image("fat").manifest_desc.digest
+
+
 def test_corrupted_blob_is_caught(store, reg):
     client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     layer = store.image("fat").layers[-1]
@@ -499,3 +515,47 @@ def test_idle_connections_are_closed_so_they_cannot_starve_clients(reg, monkeypa
     finally:
         for s_ in idle:
             s_.close()
+
+
+def test_blob_gets_redirect_to_object_storage_and_clients_follow(store, lab_root):
+    """A registry on object storage answers a blob GET with 307 and a URL of the object store;
+    labkit's client (a plain pull, and a cut one resumed with Range) and skopeo follow it, and
+    the bytes come from the object store, not from the registry."""
+    from labkit.registry import objects
+    root, reg_log, obj_log = lab.root() / "registry", [], []
+    with objects.serve(root, log=obj_log) as obj, server.serve(root, log=reg_log, redirect_to=obj.address) as reg:
+        client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
+        trace = []
+        img = client.pull(f"{reg.address}/lab/fat:v1", name="via-objects", trace=trace,
+                          transport=link.Cut(store.image("fat").layers[1].digest, 300_001), store=store)
+        assert img.diff_ids == store.image("fat").diff_ids
+        layer2 = [e for e in trace if e.what.startswith("layer 2/2")]
+        assert [e.status for e in layer2] == [-1, 206] and f"via 307 to {obj.address}" in layer2[1].what
+        assert ("GET", f"/v2/lab/fat/blobs/{store.image('fat').layers[1].digest}", 307) in reg_log
+        assert [s for m, p, s in obj_log if p == "/" + store.image("fat").layers[1].digest[7:]][-1] == 206
+        assert httpx.get(f"http://{obj.address}/../index.json").status_code == 404
+        out = lab.root() / "skopeo-out"
+        r = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{reg.address}/lab/fat:v1",
+                            f"oci:{out}:v1"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    store.remove("via-objects")
+
+
+def test_the_v1_view_lists_every_layer_up_front_and_serves_them(store, reg):
+    """v1 (seed 004): tags -> an image id, /ancestry -> every id down to the base in one answer,
+    then json and layer per id. The layers are the v2 blobs, byte for byte; nothing in v1 lets
+    the client check them (an id is not a digest)."""
+    from labkit.registry import v1
+    client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
+    out = lab.scratch("v1-pull")
+    trace = v1.pull(reg.address, "lab/fat", "v1", out)
+    img = store.image("fat")
+    ids = [c[7:] for c in img.chain_ids]
+    assert [p for p, _ in trace[:2]] == ["/v1/repositories/lab/fat/tags", f"/v1/images/{ids[-1]}/ancestry"]
+    assert [p for p, _ in trace[2:]] == [f"/v1/images/{i}/{w}" for i in ids for w in ("json", "layer")]
+    assert all(s == 200 for _, s in trace)
+    assert [dg.of_file(out / f"{i}.tar")[0] for i in ids] == [d.digest for d in img.layers]
+    assert http(reg).get(f"/v1/images/{ids[-1]}/ancestry").json() == ids[::-1]
+    assert http(reg).get(f"/v1/images/{ids[-1]}/json").json() == {"id": ids[-1], "parent": ids[-2]}
+    assert http(reg).get("/v1/repositories/lab/none/tags").status_code == 404
+    assert http(reg).get(f"/v1/images/{'0' * 64}/json").status_code == 404

@@ -222,3 +222,69 @@ def test_remove_frees_only_its_own_blobs_and_base_image_is_made_once(store):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and list(fresh.refs()) == ["busybox"]
+
+
+def test_an_untagged_image_is_unreferenced_and_gc_spares_what_another_kernel_is_writing(store):
+    """Moving a name to a new build leaves the old manifest, config and layer untagged
+    (Docker's <none>:<none>): unreferenced() lists them, gc() deletes them. A blob written (or
+    claimed again by the build cache) within the grace period is kept: before, gc() deleted a
+    layer another kernel had stored but not yet named."""
+    import io
+    import time as _time
+    d = lab.scratch("dangling")
+    write_tree(d / "v1", {"app": "one"})
+    write_tree(d / "v2", {"app": "two"})
+    old = mutate.add_layer("busybox", d / "v1", "lesson/app", "COPY app", store=store)
+    new = mutate.add_layer("busybox", d / "v2", "lesson/app", "COPY app", store=store)
+    stale = {old.manifest_desc.digest, old.config_desc.digest, old.layers[-1].digest}
+    assert set(store.unreferenced()) == stale and new.layers[0].digest not in store.unreferenced()
+    assert store.gc() == []                                    # all written just now: in the grace period
+    in_progress = store.put_blob(io.BytesIO(b"another kernel's layer, not named yet"), st.LAYER)
+    past = _time.time() - 3600
+    for digest_ in stale | {in_progress.digest}:
+        os.utime(store.blob_path(digest_), (past, past))
+    assert store.claim_blob(in_progress.digest)                 # e.g. a build-cache hit on it, now
+    assert store.gc() == sorted(stale)
+    assert store.has_blob(in_progress.digest) and store.image("lesson/app").layers == new.layers
+    again = mutate.add_layer("busybox", d / "v1", "lesson/other", "COPY app", store=store)   # the old build's layer back
+    newer = mutate.add_layer("busybox", d / "v2", "lesson/other", "COPY app", store=store)
+    with pytest.raises(StoreError, match="still has a name"):
+        store.remove_untagged(newer.manifest_desc.digest)
+    assert store.remove_untagged(again.manifest_desc.digest) == sorted({again.manifest_desc.digest, again.config_desc.digest,
+                                                                       again.layers[-1].digest})
+    store.remove("lesson/app")
+    store.remove("lesson/other")
+
+
+def test_labkit_image_prune(store, capsys):
+    from labkit import cli
+    d = lab.scratch("prune")
+    write_tree(d / "v1", {"app": "one"})
+    write_tree(d / "v2", {"app": "two"})
+    mutate.add_layer("busybox", d / "v1", "lesson/p", "COPY app", store=store)
+    mutate.add_layer("busybox", d / "v2", "lesson/p", "COPY app", store=store)
+    assert cli.main(["image", "prune", "--dry-run"]) == 0 and "3 blob(s)" in capsys.readouterr().out
+    assert cli.main(["image", "prune"]) == 0 and "deleted 0 blob(s)" in capsys.readouterr().out
+    assert cli.main(["image", "prune", "--grace", "0"]) == 0 and "deleted 3 blob(s)" in capsys.readouterr().out
+    assert store.unreferenced() == {}
+    store.remove("lesson/p")
+
+
+def test_rebase_puts_the_same_layer_blobs_on_a_new_base(store):
+    """mutate.rebase: the app's layer blobs are reused (same digests, same DiffIDs), the
+    ChainIDs change, the tree is the new base's plus the app's; a wrong old base is refused."""
+    d = lab.scratch("rebase")
+    write_tree(d / "patch", {"etc/motd": "patched\n"})
+    write_tree(d / "app", {"app/run.sh": "echo hi\n"})
+    mutate.add_layer("busybox", d / "patch", "t/busybox-patched", "COPY motd", store=store)
+    app = mutate.add_layer("busybox", d / "app", "t/app", "COPY app", store=store)
+    moved = mutate.rebase("t/app", "busybox", "t/busybox-patched", "t/app-patched", store=store)
+    assert moved.layers[-1] == app.layers[-1] and moved.diff_ids[-1] == app.diff_ids[-1]
+    assert moved.chain_ids[-1] != app.chain_ids[-1] and len(moved.layers) == 3
+    tree = read_tree(store.flatten("t/app-patched", d / "flat"))
+    assert tree["etc/motd"] == "patched\n" and tree["app/run.sh"] == "echo hi\n"
+    assert moved.history[-1]["created_by"].startswith("rebase from busybox")
+    with pytest.raises(StoreError, match="is not a base of"):
+        mutate.rebase("t/app", "t/busybox-patched", "busybox", "t/nope", store=store)
+    for n in ("t/app-patched", "t/app", "t/busybox-patched"):
+        store.remove(n)

@@ -39,3 +39,9 @@ def test_namespace_graph_colours_own_left_and_shared_namespaces():
     assert len(_lines_with(src, "#f7cfcf")) == 1 and "mnt_11" in _lines_with(src, "#f7cfcf")[0]   # the process's own
     assert len(_lines_with(src, "#e0e0e0")) == 1 and "mnt_1 " in _lines_with(src, "#e0e0e0")[0]   # the notebook's, left
     assert len(_lines_with(src, "#cfe3f7")) == 2                                                  # shared: uts, user
+
+
+def test_behind_shows_the_system_calls_of_an_experiment():
+    from labkit import overlay, roots
+    code = viz.behind(roots.pivot_into, overlay.mount_classic)
+    assert "kernel.pivot_root(rootfs, old)" in code.data and "kernel.mount(\"overlay\"" in code.data

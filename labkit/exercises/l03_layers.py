@@ -1,4 +1,4 @@
-"""Lesson 03 exercises: write a layer by hand, compute a ChainID, find a deleted secret."""
+"""Lesson 03 exercises: write a layer by hand, compute a ChainID, find a deleted secret, mount an image."""
 from __future__ import annotations
 
 import hashlib
@@ -92,3 +92,63 @@ def check_secret_token(answer, name: str = "leaky"):
     got = (answer or "").strip()
     yield got == truth, "that is the token, still stored in layer 1" if got == truth else (
         "not the token" if got else "pass the token you found")
+
+
+def setup_mount(name: str = "lesson03/versions") -> list:
+    """An image of busybox and three layers that each write app/version (1, 2, 3), unpacked;
+    returns its layer directories **base first**, in the manifest's order."""
+    from .. import snapshot
+    s = st.Store()
+    base_image(s)
+    d = lab.scratch("03-ex-mount")
+    prev = "busybox"
+    for v in (1, 2, 3):
+        write_tree(d / f"v{v}", {"app/version": f"{v}\n", f"app/only-in-{v}": "x\n"})
+        prev = mutate.add_layer(prev, d / f"v{v}", name if v == 3 else f"{name}-{v}", f"COPY version {v}", store=s).name
+    for v in (1, 2):
+        s.remove_ref(f"{name}-{v}")
+    return list(reversed(snapshot.unpack(name, s)))
+
+
+@exercise("03.mount", "mount an image's layers yourself (mount(2))", hints=[
+    "An image's layers become a root filesystem with one overlay mount, read-only: lowerdir only.",
+    "kernel.mount(source, target, fstype, flags, data) is mount(2); data is the option string, "
+    "'lowerdir=A:B:C'.",
+    "The manifest lists layers base first; lowerdir= wants them the other way round (lesson 01).",
+])
+def check_mount(my_mount, name: str = "lesson03/versions"):
+    """``my_mount(lowerdirs, target)``: mount the layer dirs (base first) read-only on ``target``.
+    Run in a throwaway child with its own mount namespace; the merged tree must be the image's
+    and must come from an overlay mount, not from copied files."""
+    if not callable(my_mount):
+        yield False, "define my_mount(lowerdirs, target) and pass it"
+        return
+    from .. import sandbox
+    from ..mountinfo import mounts
+    s = st.Store()
+    layers = setup_mount(name)
+    target = lab.fresh_dir(lab.scratch("03-ex-mount-check") / "rootfs")
+    want = read_tree(s.flatten(name, lab.fresh_dir(target.parent / "flat")))
+
+    def attempt():
+        my_mount(list(layers), target)
+        m = next((m for m in mounts() if str(m.mountpoint) == str(target)), None)
+        return (m.fstype, m.super_options) if m else None, read_tree(target)
+    try:
+        mounted, got = sandbox.run(attempt)
+    except Exception as e:       # noqa: BLE001 - the learner's error, told in one line
+        yield False, f"my_mount raised {type(e).__name__}: {e}"
+        return
+    finally:
+        lab.remove_tree(target.parent)
+    yield mounted is not None, "target is a mount point" if mounted else "nothing is mounted on target"
+    if mounted is None:
+        return
+    yield mounted[0] == "overlay", f"it is a {mounted[0]} mount" + ("" if mounted[0] == "overlay" else ", want overlay")
+    version = (got.get("app/version") or "").strip()
+    yield version == "3", ("app/version says 3: the newest layer is on top" if version == "3" else
+                           f"app/version says {version or 'nothing'}: which lowerdir does the kernel put on top?")
+    yield got == want, ("the merged tree is the image's, file for file" if got == want else
+                        f"{len(set(got) ^ set(want))} paths differ from the image's tree")
+    yield "upperdir=" not in mounted[1], "read-only: no upper dir" if "upperdir=" not in mounted[1] else \
+        "an image's layers are read-only: no upperdir"

@@ -1,5 +1,7 @@
-"""Lesson 07 exercises: order a Dockerfile for the cache; squash away a secret."""
+"""Lesson 07 exercises: order a Dockerfile for the cache; a RUN step by hand; squash away a secret."""
 from __future__ import annotations
+
+import os
 
 from .. import build, lab
 from ..image import store as st, waste
@@ -64,3 +66,60 @@ def check_squashed(name: str, leaky: str = "lesson07/leaky"):
     lab.remove_tree(d)
     yield same, "its files are exactly those of lesson07/leaky" if same else \
         f"its files differ from those of {leaky}: the squash must keep the final tree"
+
+
+RUN_COMMAND = "echo hi > /greeting && rm /bin/vi"
+
+
+@exercise("07.run", "a RUN step by hand: mount, chroot, exec, unmount", hints=[
+    "A RUN step mounts the snapshot (an overlay: lowerdirs, upperdir, workdir) and runs the command "
+    "with that mount as its root; what the command changes lands in the upper dir.",
+    "kernel.mount('overlay', str(target), 'overlay', 0, 'lowerdir=...,upperdir=...,workdir=...'); "
+    "the Mounts' lowerdirs are already top first.",
+    "Fork; in the child os.chroot(target), os.chdir('/'), os.execv('/bin/sh', ['sh', '-c', command]); "
+    "in the parent os.waitpid, then kernel.umount2(str(target)).",
+])
+def check_run_step(my_run):
+    """``my_run(mounts, target, command) -> exit status``: run ``command`` with the snapshot
+    ``mounts`` (snapshot.Mounts) mounted on ``target`` as its root, then unmount. Called in a
+    throwaway child with its own mount namespace on a fresh snapshot of busybox; the upper dir
+    must then hold exactly what the command changed."""
+    if not callable(my_run):
+        yield False, "define my_run(mounts, target, command) and pass it"
+        return
+    import uuid
+    from .. import sandbox, snapshot
+    from ..mountinfo import is_mountpoint
+    from .. import overlay
+    s = st.Store()
+    from ..image.base import base_image
+    base_image(s)
+    sn = snapshot.of(s)
+    snapshot.unpack("busybox", s)
+    key = f"07-ex-run/{uuid.uuid4().hex[:8]}"
+    m = sn.prepare(key, s.image("busybox").chain_ids[-1])
+    target = lab.fresh_dir(lab.scratch("07-ex-run") / "rootfs")
+
+    def attempt():
+        status = my_run(m, target, RUN_COMMAND)
+        return status, is_mountpoint(target)
+    try:
+        try:
+            status, still = sandbox.run(attempt)
+        except Exception as e:       # noqa: BLE001 - the learner's error, told in one line
+            yield False, f"my_run raised {type(e).__name__}: {e}"
+            return
+        yield status == 0, f"the command exited {status}" + ("" if status == 0 else ", want 0")
+        yield not still, "target is unmounted afterwards" if not still else "target is still mounted: unmount it at the end"
+        upper = read_tree(m.upperdir)
+        greeting = (upper.get("greeting") or "")
+        yield greeting == "hi\n", ("/greeting is in the upper dir" if greeting == "hi\n" else
+                                   "the upper dir has no /greeting: did the command run with the mount as its root?")
+        wo = m.upperdir / "bin" / "vi"
+        whiteout = os.path.lexists(wo) and overlay.is_whiteout(wo)
+        yield whiteout, ("rm /bin/vi left a whiteout in the upper dir" if whiteout else
+                         "no whiteout for /bin/vi in the upper dir: was the overlay the root?")
+        yield all((d / "bin" / "vi").exists() for d in m.lowerdirs[-1:]), "the image's own layer still has /bin/vi"
+    finally:
+        sn.remove(key)
+        lab.remove_tree(target.parent)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .store import CONFIG, EPOCH, MANIFEST, Descriptor, Image, Store, check_name
+from .store import CONFIG, EPOCH, MANIFEST, Descriptor, Image, Store, StoreError, check_name
 
 
 def commit(name: str, layers: list[tuple[Descriptor, str]], history: list[dict], config: dict | None = None,
@@ -48,3 +48,21 @@ def add_layer(base: str, directory: str | os.PathLike, name: str, created_by: st
     store = store or Store()
     desc, diff = store.add_layer_dir(directory)
     return commit(name, [(desc, diff)], [{"created_by": created_by}], base=store.image(base), store=store)
+
+
+def rebase(name: str, old_base: str, new_base: str, new_name: str, *, store: Store | None = None) -> Image:
+    """``git rebase`` for images (what ``crane rebase`` does): the layers ``name`` added above
+    ``old_base``, the very same blobs, put on top of ``new_base`` (e.g. a patched busybox).
+    Their DiffIDs stay; their ChainIDs change, since a ChainID covers every layer below.
+    Sound only when those layers do not depend on what changed in the base: a layer is a
+    changeset, applied to whatever lies below it, and nothing checks that it still fits."""
+    store = store or Store()
+    img, old, new = store.image(name), store.image(old_base), store.image(new_base)
+    n = len(old.layers)
+    if img.chain_ids[:n] != old.chain_ids:
+        raise StoreError(f"{old_base} is not a base of {name}: their first {n} layers differ",
+                         "rebase from the image the Dockerfile started FROM")
+    upper = list(zip(img.layers[n:], img.diff_ids[n:]))
+    steps = img.history[len(old.history):] + [{"created_by": f"rebase from {old_base} onto {new_base}",
+                                               "empty_layer": True}]
+    return commit(new_name, upper, steps, config=img.config.get("config", {}), base=new, store=store)

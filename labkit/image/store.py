@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,16 @@ class Layout:
     def has_blob(self, d: str) -> bool:
         return self.blob_path(d).is_file()
 
+    def claim_blob(self, d: str) -> bool:
+        """``has_blob``, and if so mark the blob as in use now (its mtime), so that a
+        :meth:`gc` running meanwhile keeps it through its grace period while the image that
+        reuses it is still getting its name."""
+        try:
+            os.utime(self.blob_path(d))
+            return True
+        except FileNotFoundError:
+            return False
+
     def put_blob(self, src: BinaryIO, media_type: str, expect: str | None = None) -> Descriptor:
         """Stream ``src`` into a blob; refuse it if ``expect`` is given and does not match."""
         tmp = self.path / "blobs" / "sha256" / f".tmp-{uuid.uuid4().hex}"
@@ -122,7 +133,7 @@ class Layout:
                 raise digest.DigestError(f"the blob should be {expect} but its bytes hash to {hw.digest}",
                                          "the source is corrupt or was changed: fetch it again")
             final = self.blob_path(hw.digest)
-            if final.exists():
+            if self.claim_blob(hw.digest):          # stored already: now in use again
                 tmp.unlink()
             else:
                 tmp.rename(final)
@@ -219,15 +230,29 @@ class Layout:
                 keep.update(d["digest"] for d in [m.get("config", {}), *m.get("layers", [])] if "digest" in d)
         return keep
 
-    def gc(self) -> list[str]:
-        """Delete every blob no name reaches; returns their digests. A full sweep: do not run it
-        while another kernel is writing images into this store (``remove`` is the safe one)."""
+    def unreferenced(self) -> dict[str, int]:
+        """``{digest: bytes}`` of the blobs no name reaches: the manifests, configs and layers of
+        untagged images (Docker's ``<none>:<none>``: a name moved to a new build), and layers
+        that lost their last image."""
         keep = self._reachable(self.refs().values())
-        gone = []
-        for p in (self.path / "blobs" / "sha256").iterdir():
-            if not p.name.startswith(".") and f"sha256:{p.name}" not in keep:
-                p.unlink()
-                gone.append(f"sha256:{p.name}")
+        return {f"sha256:{p.name}": p.stat().st_size for p in (self.path / "blobs" / "sha256").iterdir()
+                if not p.name.startswith(".") and f"sha256:{p.name}" not in keep}
+
+    def gc(self, grace: float = 300.0) -> list[str]:
+        """Delete the :meth:`unreferenced` blobs not written or claimed in the last ``grace``
+        seconds; returns their digests. The grace period is what makes it safe beside another
+        kernel that is writing an image: its blobs go in (or are claimed again, by the build
+        cache or ``put_blob``) before its name does (as containerd's leases and the
+        registry's garbage-collect warnings are about)."""
+        now, gone = time.time(), []
+        for d in self.unreferenced():
+            p = self.blob_path(d)
+            try:
+                if p.stat().st_mtime <= now - grace:
+                    p.unlink()
+                    gone.append(d)
+            except FileNotFoundError:
+                pass
         return sorted(gone)
 
 def _diff_id_mismatch(desc: Descriptor, want: str, got: str) -> LabError:
@@ -352,9 +377,8 @@ class Store(Layout):
             info = layer.create(directory, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            final = self.blob_path(info.diff_id)
-            if not final.exists():
-                tmp.rename(final)
+            if not self.claim_blob(info.diff_id):
+                tmp.rename(self.blob_path(info.diff_id))
             return Descriptor(LAYER, info.diff_id, info.size), info.diff_id
         finally:
             tmp.unlink(missing_ok=True)
@@ -366,6 +390,20 @@ class Store(Layout):
         img = self.image(name)
         mine = self._reachable([img.manifest_desc])
         self.remove_ref(name)
+        return self._free(mine)
+
+    def remove_untagged(self, manifest: str) -> list[str]:
+        """``docker rmi`` of a ``<none>:<none>`` image: delete the blobs of the manifest
+        ``manifest`` (a digest) that no name reaches; returns them. Refused while a name
+        points at it."""
+        if manifest in {d.digest for d in self.refs().values()}:
+            raise StoreError(f"image {manifest[:19]} still has a name", "remove it by that name")
+        if not self.has_blob(manifest):
+            raise StoreError(f"no manifest {manifest[:19]} in {self.path}", "see store.unreferenced()")
+        return self._free(self._reachable([Descriptor(MANIFEST, manifest, self.blob_path(manifest).stat().st_size)]))
+
+    def _free(self, mine: set[str]) -> list[str]:
+        """Delete those of the blobs ``mine`` that no name reaches."""
         keep = self._reachable(self.refs().values())
         gone = []
         for d in sorted(mine - keep):
@@ -440,7 +478,7 @@ def copy(src: Layout, src_name: str, dst: Layout, dst_name: str, check=None) -> 
     d = refs[src_name]
     img = read_image(src, src_name, Descriptor(d.media_type, d.digest, d.size))
     for desc in [*img.layers, img.config_desc, img.manifest_desc]:
-        if not dst.has_blob(desc.digest):
+        if not dst.claim_blob(desc.digest):
             with src.open_blob(desc) as r:
                 dst.put_blob(r, desc.media_type, expect=desc.digest)
     if check:

@@ -78,13 +78,19 @@ class Session:
                                  auth=BearerAuth(self.user, self.password), transport=self.transport)
 
     def request(self, method: str, path: str, what: str = "", **kw) -> httpx.Response:
+        """Send one request; it goes into ``trace``, a cut connection as status -1."""
         ev = Event(what or path, method, path, time.monotonic())
-        r = self.http.request(method, path, **kw)
-        ev.end, ev.status = time.monotonic(), r.status_code
-        ev.bytes = len(r.content)
-        if self.trace is not None:
-            self.trace.append(ev)
-        return r
+        try:
+            r = self.http.request(method, path, **kw)
+            ev.status, ev.bytes = r.status_code, len(r.content)
+            return r
+        except httpx.TransportError:
+            ev.status = -1
+            raise
+        finally:
+            ev.end = time.monotonic()
+            if self.trace is not None:
+                self.trace.append(ev)
 
     def close(self) -> None:
         self.http.close()
@@ -244,6 +250,8 @@ def _fetch(s: Session, r: Ref, what: str, desc: st.Descriptor, work: Path, retri
                         if bar is not None:
                             bar.update(len(chunk))
             ev.status = resp.status_code
+            if resp.history:                 # a redirect: the bytes came from another server
+                ev.what += f" (via {resp.history[0].status_code} to {resp.url.host}:{resp.url.port})"
         except httpx.TransportError:
             ev.status = -1
             if attempt == retries:
@@ -273,6 +281,43 @@ def _pieces(f, n: int, piece: int = 1 << 16):
         yield data
 
 
+def send_blob(s: Session, what: str, desc: st.Descriptor, loc: str, chunk: int, retries: int,
+               store: st.Store) -> str:
+    """PATCH the blob to the upload at ``loc`` in chunks of ``chunk`` bytes; returns the last
+    Location. After a cut, ask the registry what it has (GET on the upload: 204 with
+    ``Range: 0-<last byte>``, distribution spec "Get Blob Upload Status") and go on from there;
+    a Range of ``0-0`` is read as nothing stored (the spec's form cannot tell 0 from 1 byte)."""
+    offset, cuts = 0, 0
+    f = store.open_blob(desc)
+    try:
+        while offset < desc.size:
+            n = min(chunk, desc.size - offset)
+            try:
+                # the chunk is streamed from the file in small pieces, never held whole
+                resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", content=_pieces(f, n),
+                                        headers={"Content-Range": f"{offset}-{offset + n - 1}",
+                                                 "Content-Length": str(n),
+                                                 "Content-Type": "application/octet-stream"}),
+                              f"PATCH {what}", ok=(202,))
+                loc, offset = resp.headers["Location"], offset + n
+            except httpx.TransportError:
+                cuts += 1
+                if cuts > retries:
+                    raise
+                status = _check(s.request("GET", loc, f"status {what}"), f"upload status of {what}", ok=(204,))
+                loc = status.headers.get("Location", loc)
+                end = int(status.headers.get("Range", "0-0").split("-")[1])
+                offset = end + 1 if end else 0
+                f.close()
+                f = store.open_blob(desc)            # read up to the offset again, so the digest
+                for _ in _pieces(f, offset):         # check at the end still sees every byte
+                    pass
+        f.read()                     # at the end: the store checks the blob's digest
+    finally:
+        f.close()
+    return loc
+
+
 def _hash_of(path: Path):
     """A sha256 object fed with what is already on disk (the part before a resume)."""
     h = hashlib.sha256()
@@ -284,12 +329,13 @@ def _hash_of(path: Path):
 
 # --- push ----------------------------------------------------------------------------------
 def push(name: str, ref: str, user=None, password=None, trace: list | None = None,
-         chunk: int = 4 << 20, mount_from: str | None = None, *, store: st.Store | None = None) -> str:
+         chunk: int = 4 << 20, mount_from: str | None = None, retries: int = 3,
+         transport: httpx.BaseTransport | None = None, *, store: st.Store | None = None) -> str:
     """Push image ``name`` of ``store`` (the lab's by default) to ``ref``: blobs the registry
-    lacks (chunked), then the manifest. Returns the manifest digest."""
+    lacks (chunked, a cut chunk resumed), then the manifest. Returns the manifest digest."""
     r = Ref.parse(ref)
     store = store or st.Store()
-    s = Session(r.host, user, password, trace)
+    s = Session(r.host, user, password, trace, transport)
     try:
         img = store.image(name)
         for what, desc in [(f"layer {i + 1}/{len(img.layers)}", d) for i, d in enumerate(img.layers)] + \
@@ -306,19 +352,7 @@ def push(name: str, ref: str, user=None, password=None, trace: list | None = Non
             else:
                 loc = _check(s.request("POST", f"/v2/{r.repo}/blobs/uploads/", f"start {what}"),
                              f"start upload of {what}", ok=(202,)).headers["Location"]
-            with store.open_blob(desc) as f:
-                offset = 0
-                while offset < desc.size:
-                    n = min(chunk, desc.size - offset)
-                    # the chunk is streamed from the file in small pieces, never held whole
-                    resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", content=_pieces(f, n),
-                                            headers={"Content-Range": f"{offset}-{offset + n - 1}",
-                                                     "Content-Length": str(n),
-                                                     "Content-Type": "application/octet-stream"}),
-                                  f"PATCH {what}", ok=(202,))
-                    loc = resp.headers["Location"]
-                    offset += n
-                f.read()                     # at the end: the store checks the blob's digest
+            loc = send_blob(s, what, desc, loc, chunk, retries, store)
             # keep the query the registry put in Location (docker-registry keeps its upload
             # state there) and add the digest to it
             sep = "&" if "?" in loc else "?"

@@ -149,8 +149,9 @@ def timeline(root, image_store, name: str, layers_parallel=(1, 4), delay: float 
 
 class Cut(httpx.BaseTransport):
     """An httpx transport that drops the connection once, in the middle of one blob download:
-    the body of the first ``GET .../blobs/<blob>`` stops after ``after`` bytes with a read
-    error, as a cable pulled out would. Everything else passes through untouched.
+    the body of the first ``GET .../blobs/<blob>`` (or of the object store's ``GET /<hex>`` it
+    redirected to) stops after ``after`` bytes with a read error, as a cable pulled out would.
+    Everything else passes through untouched.
 
         client.pull(ref, transport=link.Cut(layer.digest, 256 << 10), store=store)
     """
@@ -160,7 +161,9 @@ class Cut(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
-        if self.done or request.method != "GET" or not request.url.path.endswith(f"/blobs/{self.blob}"):
+        path = request.url.path                 # the registry's blob URL, or where it redirected
+        if self.done or request.method != "GET" or response.is_redirect or \
+                not (path.endswith(f"/blobs/{self.blob}") or path.endswith(f"/{self.blob.split(':')[-1]}")):
             return response
         self.done = True
         return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
@@ -168,6 +171,43 @@ class Cut(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class CutUpload(httpx.BaseTransport):
+    """An httpx transport that drops the connection once, in the middle of the first PATCH
+    (a chunk of a blob upload): ``after`` bytes of its body go out, then the cable is pulled.
+    The registry keeps what arrived; the client asks it how much that was and goes on.
+
+        client.push(name, ref, transport=link.CutUpload(256 << 10), store=store)
+    """
+
+    def __init__(self, after: int):
+        self.inner, self.after, self.done = httpx.HTTPTransport(), after, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.done or request.method != "PATCH":
+            return self.inner.handle_request(request)
+        self.done = True
+        cut = httpx.Request(request.method, request.url, headers=request.headers,
+                            stream=_CutBody(request.stream, self.after))
+        return self.inner.handle_request(cut)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _CutBody(httpx.SyncByteStream):
+    def __init__(self, inner, after: int):
+        self.inner, self.left = inner, after
+
+    def __iter__(self):
+        for chunk in self.inner:
+            if len(chunk) >= self.left:
+                if self.left:
+                    yield chunk[:self.left]
+                raise httpx.WriteError("connection cut (link.CutUpload)")
+            self.left -= len(chunk)
+            yield chunk
 
 
 class _CutStream(httpx.SyncByteStream):

@@ -33,6 +33,7 @@ from werkzeug.wsgi import wrap_file
 from .. import lab
 from ..image import digest as dg
 from .errors import Problem, error
+from . import v1
 from .storage import NAME, TAG, BadName, Filesystem
 
 MAX_MANIFEST = 4 << 20
@@ -55,22 +56,26 @@ ROUTES = Map([
     Rule("/v2/<path:name>/tags/list", endpoint="tags", methods=["GET"]),                      # end-8a, 8b
     Rule("/v2/<path:name>/referrers/<ref>", endpoint="referrers", methods=["GET"]),           # end-12a, 12b
     Rule("/token", endpoint="token"),                                                         # the token service
+    Rule("/v1/repositories/<path:name>/tags", endpoint="v1_tags", methods=["GET"]),           # v1 (v1.py), read-only
+    Rule("/v1/images/<vid>/<any(ancestry, json, layer):what>", endpoint="v1_image", methods=["GET"]),
 ], strict_slashes=False)
 
 class Registry:
     """The WSGI application. ``auth`` (auth.TokenAuth) makes it ask for bearer tokens."""
 
-    def __init__(self, root, auth=None, log: list | None = None):
+    def __init__(self, root, auth=None, log: list | None = None, redirect_to: str | None = None):
         self.fs = Filesystem(lab.inside(root))       # the registry writes only under the lab root
         self.auth = auth
+        self.redirect_to = redirect_to     # HOST:PORT of an objects.ObjectStore: blob GETs go there
         self.log = log           # if a list, every request is appended: (method, path, status)
         self.lock = threading.Lock()
+        self.upload_locks: dict[str, threading.Lock] = {}   # one request at a time per upload
 
     def __call__(self, environ, start_response):
         request = Request(environ)
         try:
             endpoint, args = ROUTES.bind_to_environ(environ).match()
-            if endpoint != "token" and self.auth:
+            if endpoint not in ("token", "v1_tags", "v1_image") and self.auth:
                 self.auth.require(request, args.get("name"))
             if "name" in args and not NAME.fullmatch(args["name"]):
                 raise Problem("NAME_INVALID", f"{args['name']!r} is not a repository name")
@@ -93,6 +98,32 @@ class Registry:
             self.log.append((request.method, request.path + (f"?{request.query_string.decode()}"
                                                              if request.query_string else ""), response.status_code))
         return response(environ, start_response)
+
+    # v1, read-only and without auth (v1.py)
+    def on_v1_tags(self, request, name):
+        self._v1_allowed()
+        found = v1.images(self.fs, name)
+        if not found["tags"]:
+            raise Problem("NAME_UNKNOWN", f"no repository {name}")
+        return Response(json.dumps(found["tags"]), 200, content_type="application/json")
+
+    def on_v1_image(self, request, vid, what):
+        self._v1_allowed()
+        found = v1.images(self.fs)["images"]
+        if vid not in found:
+            raise Problem("BLOB_UNKNOWN", f"no v1 image {vid[:12]}")
+        if what == "ancestry":
+            return Response(json.dumps(v1.ancestry(found, vid)), 200, content_type="application/json")
+        if what == "json":
+            doc = {"id": vid, **({"parent": found[vid].parent} if found[vid].parent else {})}
+            return Response(json.dumps(doc), 200, content_type="application/json")
+        f = self.fs.open_blob(found[vid].layer)
+        return Response(wrap_file(request.environ, f, CHUNK), 200, content_type="application/octet-stream",
+                        direct_passthrough=True)
+
+    def _v1_allowed(self):
+        if self.auth:
+            raise Problem("UNSUPPORTED", "this registry serves v1 only without authentication", 404)
 
     # end-1
     def on_base(self, request):
@@ -118,6 +149,8 @@ class Registry:
         if request.method == "HEAD":
             return Response(status=200, headers={**headers, "Content-Length": str(size)},
                             content_type="application/octet-stream")
+        if self.redirect_to:               # the bytes come from object storage (objects.py)
+            return Response(status=307, headers={**headers, "Location": f"http://{self.redirect_to}/{d[7:]}"})
         f = self.fs.open_blob(d)
         rng = request.range
         if rng and rng.units == "bytes" and len(rng.ranges) == 1:
@@ -155,6 +188,19 @@ class Registry:
 
     # end-13, end-5, end-6, and DELETE of an upload
     def on_upload(self, request, name, uid):
+        """One request at a time per upload: a status GET sent after a PATCH was cut waits
+        until the server has stored what of the chunk arrived, so its Range is the truth."""
+        with self.lock:
+            lock = self.upload_locks.setdefault(uid, threading.Lock())
+        with lock:
+            try:
+                return self._upload(request, name, uid)
+            finally:
+                if request.method in ("PUT", "DELETE"):
+                    with self.lock:
+                        self.upload_locks.pop(uid, None)
+
+    def _upload(self, request, name, uid):
         data = self.fs.upload(uid, name)
         if data is None:
             raise Problem("BLOB_UPLOAD_UNKNOWN", f"no upload {uid} in {name} (finished, cancelled or expired)")
@@ -386,6 +432,8 @@ class _ParkNewConnections(connections.ConnectionManager):
         return None
 
 
-def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None) -> Server:
-    """Start a registry storing under ``root`` (port 0: any free port)."""
-    return Server(Registry(root, auth, log), host, port)
+def serve(root, host: str = "127.0.0.1", port: int = 0, auth=None, log: list | None = None,
+          redirect_to: str | None = None) -> Server:
+    """Start a registry storing under ``root`` (port 0: any free port); with ``redirect_to``
+    (an objects.ObjectStore's HOST:PORT) it answers blob GETs with a 307 redirect there."""
+    return Server(Registry(root, auth, log, redirect_to), host, port)

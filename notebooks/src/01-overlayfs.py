@@ -78,6 +78,15 @@ print("mount -t overlay overlay -o", ov.option_string().replace(str(site) + "/",
 print(tree.show(site / "merge"))
 
 # %% [markdown]
+# *Behind it:* `ov.mount()` ends in one of these two functions of `labkit/overlay.py`. While the
+# option string fits one page, it is `mount_classic`: one mount(2) call with the string printed
+# above. For longer stacks (section 6's 500 layers) `mount_new` uses the new mount API, one
+# `fsconfig(2)` per layer.
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(overlay.mount_classic, overlay.mount_new)
+
+# %% [markdown]
 # *Check cell:* the order of `lowerdir` decides which concrete we see.
 
 # %%

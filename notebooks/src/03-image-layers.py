@@ -23,7 +23,7 @@
 
 # %%
 import io, json, os, shutil, subprocess, tarfile, hashlib
-from labkit import lab, overlay, snapshot, tree, viz
+from labkit import lab, overlay, snapshot, tree, viz, widgets
 from labkit.image import digest, layer, waste, mutate
 from labkit.image.store import Store
 from labkit.image.base import base_image
@@ -121,6 +121,15 @@ print("overlay form gives it too:", again == expected_tree)
 # %%
 assert tree.read_tree(flat) == expected_tree and again == expected_tree
 assert report.removed == ["bin/vi"]       # busybox's /home was empty: the opaque mark hid nothing
+
+# %% [markdown]
+# **Try it.** Change a small overlay (write a file, delete one, or delete a directory and make
+# it again) and see the change in its three forms: the upper dir (a whiteout is a 0/0 device,
+# an opaque directory an xattr), the layer tar made from it (`.wh.` names), and the tar applied
+# to the lower layer. Whiteouts and opaque markers are red.
+
+# %% tags=["nbval-ignore-output"]
+widgets.layer_maker()
 
 # %% [markdown]
 # ## 4. Same tree, same digest
@@ -321,6 +330,38 @@ ex.check_secret_token(my_token)
 # ```python
 # my_token = waste.read_from_layer(store, "leaky", 1, "root/.token").decode()
 # ```
+# </details>
+#
+# ### Exercise 03.mount: an image's layers as a root, with mount(2)
+# `layers` below are the unpacked layer directories of `lesson03/versions` (busybox and three
+# layers that each write `app/version`), **base first**, as its manifest lists them. Write
+# `my_mount(lowerdirs, target)` that mounts them read-only on `target` with one mount(2) call
+# (`kernel.mount(source, target, fstype, flags, data)`), so that `target` shows the image.
+# The check calls it in a child with a mount namespace of its own and reads what it mounted.
+
+# %%
+layers = ex.setup_mount()
+print(len(layers), "layer dirs, base first:", [p.name[:12] for p in layers])
+
+# %%
+my_mount = None   # your answer: def my_mount(lowerdirs, target): ...
+
+# %%
+ex.check_mount(my_mount)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# from labkit import kernel
+# def my_mount(lowerdirs, target):
+#     top_first = ":".join(str(d) for d in reversed(lowerdirs))
+#     kernel.mount("overlay", str(target), "overlay", 0, f"lowerdir={top_first}")
+# ```
+#
+# No upperdir and no workdir: the mount is read-only, as an image is. `lowerdir=` names the
+# top layer first, so the manifest's order is reversed. This is what `snapshot.View` and every
+# container runtime do for an image's layers (with an upper dir on top for a container).
 # </details>
 #
 # ## Clean up

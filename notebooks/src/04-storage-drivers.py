@@ -29,7 +29,7 @@
 
 # %%
 import os, subprocess
-from labkit import lab, drivers, tree, viz
+from labkit import lab, drivers, tree, viz, widgets
 from labkit.image.store import Store
 from labkit.image import mutate
 from labkit.image.base import base_image
@@ -101,6 +101,13 @@ assert (64 << 20) <= btrfs_two < (64 << 20) * 1.2
 assert lab.entries(mine=True) == []          # the mount and the loop device are gone
 
 # %% [markdown]
+# *Behind it:* the driver's set-up and its `create` (`labkit/drivers.py`): a sparse file, a loop
+# device, mkfs.btrfs, a mount, one subvolume for the image, one snapshot per container.
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(drivers.Btrfs.__init__, drivers.Btrfs.create)
+
+# %% [markdown]
 # ## 4. One to eight containers, measured
 #
 # Each driver creates eight containers of the same image; after each one we note the total
@@ -123,6 +130,13 @@ assert costs["vfs"][-1].disk_bytes >= 8 * image_bytes
 for name in ("overlay", "btrfs"):
     assert costs[name][-1].disk_bytes < 1.5 * image_bytes, name
 assert costs["vfs"][-1].seconds > costs["overlay"][-1].seconds
+
+# %% [markdown]
+# **Try it.** Pick a driver and a number of containers and press Measure: the driver creates
+# them for real, and the plot shows the time and the disk, one point per container.
+
+# %% tags=["nbval-ignore-output"]
+widgets.driver_costs(store, "lesson04/fat")
 
 # %% [markdown]
 # ## 5. The first write: file-level vs block-level copy-on-write

@@ -147,6 +147,12 @@ for a in attempts:
     print(a)
 
 # %% [markdown]
+# *Behind it:* the pivot_root runs above did this, in `labkit/roots.py` (pivot_root(2), NOTES):
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(roots.pivot_into)
+
+# %% [markdown]
 # *Check cell:* what each defence stops. chroot falls to all three; pivot_root alone stops the
 # `..` climb; a PID namespace stops `/proc/<host pid>/root`; closing inherited fds stops the
 # leaked fd; pivot_root with both defences stops everything here.
@@ -186,6 +192,13 @@ assert all(cgroups.controllers()[c].version in (1, 2) for c in ("memory", "pids"
 mem = cgroups.memory_trace(limit=64 << 20)
 fig = viz.memory_plot(mem)
 print(f"killed by {mem.killed_by} at {max(b for _, b in mem.samples) >> 20} MiB; oom_kill = {mem.oom_kills}")
+
+# %% [markdown]
+# *Behind it:* the limit and the membership are two writes into the cgroup file system
+# (`labkit/cgroups.py`; v1 and v2 name the file differently):
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(cgroups.Group.set_memory, cgroups.Group.add)
 
 # %%
 assert mem.killed_by == "SIGKILL" and mem.oom_kills == 1

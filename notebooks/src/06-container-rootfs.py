@@ -83,6 +83,14 @@ os.environ["LAB_ROOT"] = str(lab.root())
 # %% tags=["nbval-ignore-output"]
 viz.rootfs_parts(c)
 
+# %% [markdown]
+# *Behind it:* PID 1 of the container put these parts together before it ran the command:
+# the overlay, a bind mount per init file and per volume, /proc, a small /dev, pivot_root,
+# then exec (`Container._pid1` in `labkit/container.py`):
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(container.Container._pid1)
+
 # %%
 assert c.lowerdirs[0] == c.init and len(c.lowerdirs) == 1 + len(store.image("busybox").layers)
 from labkit.mountinfo import is_mountpoint

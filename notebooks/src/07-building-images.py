@@ -145,6 +145,25 @@ print([(s.instruction.name, "CACHED" if s.cached else "ran") for s in steps3 if 
 assert [s.cached for s in steps3 if s.layer] == [True, False, False, False]
 
 # %% [markdown]
+# The name `lesson07/app` moved to the new build. The first build is still in the store, with
+# no name: its manifest, its config and the layers only it had. Docker lists such images as
+# `<none>:<none>` ("dangling"); `docker image prune` deletes them, `labkit image prune` too
+# (`store.gc()`: every blob no name reaches, except those written in the last five minutes,
+# which another kernel may be about to name). Here, only our own untagged build goes, as
+# `docker rmi <id>` would remove it:
+
+# %% tags=["nbval-ignore-output"]
+nameless = store.unreferenced()
+print(f"{len(nameless)} blobs no name reaches, {sum(nameless.values()) / 1024:.0f} KiB; "
+      f"the first build's manifest among them: {img.manifest_desc.digest in nameless}")
+freed = store.remove_untagged(img.manifest_desc.digest)
+print("deleted:", [d[7:19] for d in freed])
+
+# %%
+assert img.manifest_desc.digest in freed and img.config_desc.digest in freed
+assert not set(freed) & {d.digest for d in store.image("lesson07/app").layers}    # the new build keeps its layers
+
+# %% [markdown]
 # ## 4. TAG and COMPRESS
 #
 # The seed adds two instructions. `TAG lesson07/halfway` above named the image as it stood
@@ -213,6 +232,25 @@ print("layers shared with lesson07/halfway:", shared(app_now, half), "->", share
 assert len(sq.history) == 2 and shared(sq, half) == 1 and shared(app_now, half) == len(half.layers)
 
 # %% [markdown]
+# And squashing saves bytes only where layers **overlap**: a file written and rewritten, or
+# written and deleted. Layers that touch different files squash into one layer exactly as big
+# as their sum. Three disjoint 256 KiB layers, squashed:
+
+# %% tags=["nbval-ignore-output"]
+from labkit.image import mutate
+prev_ = "busybox"
+for i in range(3):
+    part = write_tree(home / f"disjoint{i}", {f"data/part{i}": os.urandom(256 << 10)})
+    prev_ = mutate.add_layer(prev_, part, f"lesson07/disjoint{i}", f"COPY part{i}", store=store).name
+disjoint = store.image(prev_)
+flat_ = squash.squash(prev_, "busybox", "lesson07/disjoint-squashed", store=store)
+before_, after_ = sum(d.size for d in disjoint.layers[1:]), flat_.layers[-1].size
+print(f"three layers: {before_ >> 10} KiB; squashed into one: {after_ >> 10} KiB")
+
+# %%
+assert abs(after_ - before_) < 16 << 10          # only tar headers and directory entries differ
+
+# %% [markdown]
 # **Explore** the layers of the build: pick one and see what its tar holds.
 
 # %% tags=["nbval-ignore-output"]
@@ -248,6 +286,88 @@ assert "out/hello" in [mm.name for mm in last] and len(last) <= 4
 assert subprocess.run([str(binary)], capture_output=True, text=True).stdout == "hello from the last layer\n"
 
 # %% [markdown]
+# ## 7. Seed 003's web server, on busybox
+#
+# Seed 003 builds a PHP site on Apache: `ADD` the page, a `sed` that moves Apache from port 80
+# to 8080, `EXPOSE 8080`, `USER 1001` (not root), `CMD` to start the server. busybox has no PHP
+# and no Apache, but it has `httpd`, so the same Dockerfile, adapted: a static page, a one-line
+# config whose `Listen` the `sed` rewrites, and busybox's `httpd` started on the port the config
+# names. *Predict, then run:* which of its steps make a layer?
+
+# %% tags=["nbval-ignore-output"]
+web_ctx = write_tree(home / "web", {
+    "index.html": "<h1>Hello from a busybox web server</h1>\n",
+    "httpd.conf": "Listen 80\n",
+    "Dockerfile": "FROM busybox\n"
+                  "ADD index.html /var/www/\n"
+                  "ADD httpd.conf /etc/\n"
+                  "RUN sed -i 's/Listen 80/Listen 8080/' /etc/httpd.conf && chown -R 1001 /var/www\n"
+                  "EXPOSE 8080\n"
+                  "USER 1001\n"
+                  'CMD ["sh", "-c", "exec httpd -f -p $(sed -n \'s/^Listen //p\' /etc/httpd.conf) -h /var/www"]\n'})
+web = build.build(web_ctx, "lesson07/web", quiet=True)
+for step in web.steps:
+    print(step)
+
+# %% [markdown]
+# Three steps changed files and made layers; `EXPOSE`, `USER` and `CMD` only wrote the config.
+# Now run it and fetch the page **from outside the container**: the container has a network
+# namespace of its own (only `lo`), so the request comes from a process that joins just that
+# namespace (`ns.join(..., types=("net",))`, what `nsenter --net` does), not its files or PIDs.
+
+# %% tags=["nbval-ignore-output"]
+import httpx
+from labkit import ns, procfs
+
+def fetch_page():
+    for _ in range(100):                 # the server may still be starting
+        try:
+            return httpx.get("http://127.0.0.1:8080/").text
+        except httpx.TransportError:
+            time.sleep(0.05)
+
+server_ = container.Container.create("lesson07/web", name="lesson07-web")
+try:
+    server_.start()
+    page = ns.join(server_.pid, fetch_page, types=("net",))
+    pid1 = int(open(f"/proc/{server_.pid}/task/{server_.pid}/children").read().split()[0])
+    uid = open(f"/proc/{pid1}/status").read().split("Uid:")[1].split()[0]
+finally:
+    server_.kill()
+    server_.remove()
+print("the page:", page.strip())
+print("the server runs as uid", uid)
+
+# %%
+assert [s.instruction.name for s in web.steps if s.layer] == ["ADD", "ADD", "RUN"]
+assert [s.instruction.name for s in web.steps if not s.layer][-3:] == ["EXPOSE", "USER", "CMD"]
+assert page == "<h1>Hello from a busybox web server</h1>\n" and uid == "1001"
+assert web.image.config["config"]["ExposedPorts"] == {"8080/tcp": {}} and web.image.config["config"]["User"] == "1001"
+
+# %% [markdown]
+# ## 8. Rebase: the same layers on a new base
+#
+# A security fix lands in the base image. Rebuilding every image on it runs every step again;
+# **rebasing** (`git rebase` for images; `crane rebase` does it for registries) reuses the layers
+# the image added, the very same blobs, on top of the new base: only a new config and manifest
+# are written. Their DiffIDs stay, their ChainIDs change (a ChainID covers the layers below).
+# It is sound only when those layers do not depend on what changed below: nothing checks that.
+
+# %% tags=["nbval-ignore-output"]
+patch = write_tree(home / "patch", {"etc/motd": "busybox, patched\n"})
+mutate.add_layer("busybox", patch, "lesson07/busybox-patched", "COPY motd (the fix)", store=store)
+moved = mutate.rebase("lesson07/web", "busybox", "lesson07/busybox-patched", "lesson07/web-patched", store=store)
+old_web = store.image("lesson07/web")
+for label, im in (("web", old_web), ("web-patched", moved)):
+    print(f"{label:<12} layers {[d.digest[7:15] for d in im.layers]}")
+
+# %%
+assert moved.layers[-3:] == old_web.layers[-3:] and moved.diff_ids[-3:] == old_web.diff_ids[-3:]
+assert moved.chain_ids[-1] != old_web.chain_ids[-1]
+rebased_tree = read_tree(store.flatten("lesson07/web-patched", home / "rebased"))
+assert rebased_tree["etc/motd"] == "busybox, patched\n" and rebased_tree["var/www/index.html"].startswith("<h1>")
+
+# %% [markdown]
 # ## Exercises
 #
 # ### Exercise 07.cache: order for the cache
@@ -266,6 +386,48 @@ ex.check_cache_order(my_dockerfile)
 # ```python
 # my_dockerfile = "FROM busybox\nRUN sleep 1 && echo slow > /slow\nCOPY app.py /app/\n"
 # ```
+# </details>
+#
+# ### Exercise 07.run: a RUN step by hand
+# Every `RUN` of section 1 did four system calls' worth of work: mount the step's snapshot
+# (an overlay), run the command with that mount as its root, wait, unmount. Write
+# `my_run(mounts, target, command)` doing exactly that and returning the command's exit status:
+# `mounts` is what `Snapshotter.prepare` returns (`lowerdirs` top first, `upperdir`, `workdir`),
+# `target` an empty directory. The check prepares a snapshot of busybox, calls your function
+# with `echo hi > /greeting && rm /bin/vi` in a child with a mount namespace of its own, and
+# looks at the upper dir: the layer this step would commit.
+
+# %%
+my_run = None   # your answer: def my_run(mounts, target, command): ...
+
+# %%
+ex.check_run_step(my_run)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# from labkit import kernel
+# def my_run(mounts, target, command):
+#     lower = ":".join(str(d) for d in mounts.lowerdirs)
+#     kernel.mount("overlay", str(target), "overlay", 0,
+#                  f"lowerdir={lower},upperdir={mounts.upperdir},workdir={mounts.workdir}")
+#     try:
+#         pid = os.fork()
+#         if pid == 0:                      # the child: the mount becomes its root
+#             try:
+#                 os.chroot(target)
+#                 os.chdir("/")
+#                 os.execv("/bin/sh", ["sh", "-c", command])
+#             finally:
+#                 os._exit(127)
+#         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+#     finally:
+#         kernel.umount2(str(target))
+# ```
+#
+# `build.py` does the same through `container.run` (with namespaces and a cgroup too), and
+# `store.add_layer_dir(upperdir)` then turns the upper dir into the step's layer.
 # </details>
 #
 # ### Exercise 07.squash: squash a secret away
@@ -294,12 +456,12 @@ ex.check_squashed(my_image)
 # </details>
 #
 # ## Going further
-# * **Git operations on images.** `squash` is a *merge* of commits; *rebasing* an image onto a
-#   new base is `squash.diff` of the image against its old base, applied on the new one. Both are
-#   a few lines on top of this lesson's modules.
+# * **Git operations on images.** `squash` is a *merge* of commits, `rebase` (section 8) moves
+#   commits onto a new parent; both are a few lines on top of this lesson's modules.
 # * **Docker in Docker** runs a container engine inside a container; it needs the privileges
-#   and the cgroup and overlay set-up of lesson 05 inside that container, which is why it is
-#   used for build farms rather than for running services.
+#   and the cgroup and overlay set-up of lesson 05 inside that container, and its data root on a
+#   volume (lesson 04, section 8: an overlay upper dir cannot sit on the container's overlay),
+#   which is why it is used for build farms rather than for running services.
 #
 # ## Clean up
 

@@ -25,13 +25,13 @@
 # > today's manifests are OCI image manifests or Docker schema 2, unsigned (signatures, if any,
 # > are separate artifacts such as cosign's), naming a config and layers by digest.
 #
-# **What this lesson needs:** root (for the network namespace in section 6), iproute2's `tc`.
+# **What this lesson needs:** root (for the network namespace in section 7), iproute2's `tc`.
 # **What it leaves behind:** nothing: the registries stop and their storage is removed at the end.
 
 # %%
 import json, os, httpx
 from pathlib import Path
-from labkit import lab, tree, viz
+from labkit import lab, tree, viz, widgets
 from labkit.image import digest as dg, mutate
 from labkit.image.store import MANIFEST, Store
 from labkit.image.base import base_image
@@ -88,6 +88,26 @@ again = []
 client.push(image, f"{reg.address}/lab/app:v1", trace=again, store=store)
 print([e.method for e in again])
 assert [e.method for e in again] == ["HEAD"] * 6 + ["PUT"]      # 5 layers, the config, then the manifest
+
+# %% [markdown]
+# A **second repository** does not have them: blobs are linked into each repository, and a
+# registry only answers `HEAD` for blobs the asking repository may read. But the client can
+# ask to **mount** a blob from a repository it knows has it (`POST
+# /v2/<name>/blobs/uploads/?mount=<digest>&from=<other>`): `201 Created`, and no byte is sent.
+# (docker push does this when it pushed the layer to another repository of the same registry.)
+#
+# *Predict, then run:* pushing the same image to `lab/copy`, mounting from `lab/app`: how many
+# `PATCH` requests?
+
+# %% tags=["nbval-ignore-output"]
+copy = []
+client.push(image, f"{reg.address}/lab/copy:v1", trace=copy, mount_from="lab/app", store=store)
+for e in copy:
+    print(f"{e.method:<6} {e.status}  {e.what}")
+
+# %%
+assert [e.status for e in copy if e.method == "POST"] == [201] * 6           # 5 layers and the config: mounted
+assert not [e for e in copy if e.method == "PATCH"]
 
 # %% [markdown]
 # ## 2. A pull: manifest first, then every layer, each checked
@@ -148,6 +168,30 @@ assert [e.status for e in top_events] == [-1, 206] and "resume at 262144" in top
 assert sum(1 for e in trace if e.what.startswith("layer 1/5")) == 1
 
 # %% [markdown]
+# Uploads resume too. `link.CutUpload` cuts the first `PATCH` 300,001 bytes into its body. The
+# registry keeps what arrived; the client asks how much that was (`GET` on the upload's
+# Location: `204` with `Range: 0-<last byte>`) and sends the next `PATCH` from there. Only the
+# bytes that never arrived go again.
+
+# %% tags=["nbval-ignore-output"]
+up = []
+client.push(image, f"{reg.address}/lab/resumed-up:v1", trace=up, chunk=1 << 20,
+            transport=link.CutUpload(300_001), store=store)
+for e in up[:6]:
+    print(f"{e.method:<6} {e.status:>4}  {e.what}")
+
+# %% [markdown]
+# *Behind it:* the client's side of a resumed upload (`labkit/registry/client.py`):
+
+# %% tags=["nbval-ignore-output"]
+viz.behind(client.send_blob)
+
+# %%
+cut = next(i for i, e in enumerate(up) if e.status == -1)
+assert [(e.method, e.status) for e in up[cut:cut + 3]] == [("PATCH", -1), ("GET", 204), ("PATCH", 202)]
+assert up[cut + 2].what.split()[-1].startswith("300001+")       # on from the first byte the registry lacked
+
+# %% [markdown]
 # ## 5. Tokens
 #
 # A registry with authentication answers 401 and says where to get a token and for what
@@ -183,7 +227,31 @@ assert refused[("alice", "lab/app")] == "refused: DENIED"
 assert users.read_text().startswith("alice:$2y$")
 
 # %% [markdown]
-# ## 6. Serial (v1-like) against parallel (v2) over a slow link
+# ## 6. v1, as seed 004 used it
+#
+# labkit's registry also answers the old v1 reads (`labkit/registry/v1.py`, read-only, made
+# from the v2 storage): a tag names an image **id**; `/ancestry` lists every id down to the
+# base in one answer; then each image's `json` and `layer`. A v1 pull of `lab/app:v1`:
+
+# %% tags=["nbval-ignore-output"]
+from labkit.registry import v1
+v1_trace = v1.pull(reg.address, "lab/app", "v1", lab.fresh_dir(home / "v1-pull"))
+for path, status in v1_trace:
+    print(status, path if len(path) < 60 else path[:31] + "…" + path[-20:])
+
+# %% [markdown]
+# Every layer was known after two requests, as in v2. What v2 changed is the names: an id is
+# not the digest of the layer's bytes, so the v1 client had nothing to check a layer against,
+# and two registries (or two repositories) could not tell that they held the same layer.
+
+# %%
+v1_ids = [p.split("/")[3] for p, _ in v1_trace if p.endswith("/layer")]
+assert [p.split("/")[-1] for p, _ in v1_trace[:2]] == ["tags", "ancestry"] and len(v1_ids) == 5
+assert [dg.of_file(home / "v1-pull" / f"{i}.tar")[0] for i in v1_ids] == [d.digest for d in store.image(image).layers]
+assert not set(v1_ids[1:]) & {d.digest[7:] for d in store.image(image).layers}  # above the base, no id is a digest
+
+# %% [markdown]
+# ## 7. Serial (v1-like) against parallel (v2) over a slow link
 #
 # An image of eight 1 MiB layers, pulled one layer at a time and four at a time, over a link
 # with 50 ms between request and answer. The lab builds that link from kernel parts: the
@@ -233,7 +301,15 @@ assert "tbf" in narrow.client.qdisc and "40Mbit" in narrow.server.qdisc
 assert narrow.span(1) / narrow.span(4) < latency.span(1) / latency.span(4)
 
 # %% [markdown]
-# ## 7. Only the last layer
+# **Try it.** Set the link's delay and how many layers the client fetches at once, and press
+# Pull: a serial and a parallel pull of eight 1 MiB layers run over a fresh link, and the
+# chart shows where the time goes. With no delay, parallel gains little; at 200 ms, a lot.
+
+# %% tags=["nbval-ignore-output"]
+widgets.pull_timeline(store, prev8)
+
+# %% [markdown]
+# ## 8. Only the last layer
 #
 # Seed 004's trick for a remote build: the last layer of a compile image holds only what the
 # compiler wrote, so fetch that one layer and nothing else:
@@ -243,6 +319,48 @@ trace = []
 last = client.pull_last_layer(f"{reg.address}/lab/app:v1", trace=trace)
 print([e.what for e in trace], dg.of_file(last)[0] == store.image(image).layers[-1].digest)
 assert [e.what for e in trace] == ["manifest", "layer 5/5"]
+
+# %% [markdown]
+# ## 9. Blobs from object storage: a redirect
+#
+# A registry does not have to store anything itself: a **storage driver** does (seed 001).
+# distribution's drivers (filesystem, S3, GCS, Azure, Swift, OSS ...) implement one small
+# interface: `GetContent`, `PutContent`, `Reader` (from an offset), `Writer` (append), `Stat`,
+# `List`, `Move`, `Delete`, `Walk`, and `RedirectURL`. labkit's `storage.Filesystem` is the
+# same idea with names from the protocol:
+
+# %% tags=["nbval-ignore-output"]
+import inspect
+from labkit.registry import objects, storage
+for name, fn in inspect.getmembers(storage.Filesystem, inspect.isfunction):
+    if not name.startswith("_"):
+        print(f"{name}{inspect.signature(fn, eval_str=True)}".replace("pathlib.", "").replace("typing.", ""))
+
+# %% [markdown]
+# `RedirectURL` is the one that changes the traffic: on object storage, a blob `GET` gets a
+# redirect (distribution sends `307 Temporary Redirect`; seed 004 calls it a 302) to a
+# short-lived URL of the object store, and the client fetches the bytes from there; the
+# registry only checks names, tokens and digests. Here a second server plays the object store
+# (`objects.serve`: the registry's blob files by hex digest, with Range), and a second
+# registry over the same storage redirects every blob `GET` to it.
+
+# %% tags=["nbval-ignore-output"]
+objects_log = []
+object_store = objects.serve(home / "registry", log=objects_log)
+front = server.serve(home / "registry", redirect_to=object_store.address)
+trace = []
+client.pull(f"{front.address}/lab/app:v1", name="lesson08/via-objects", trace=trace, store=store)
+for e in trace:
+    print(f"{e.method:<5} {e.status}  {e.what}")
+print("the object store served:", [(m, p[:13] + "…", s) for m, p, s in objects_log])
+front.close()
+object_store.close()
+
+# %%
+blobs = [e for e in trace if e.what.startswith(("layer", "config"))]
+assert blobs and all(f"via 307 to {object_store.address}" in e.what for e in blobs)
+assert len(objects_log) == len(blobs) and all(s == 200 for _, _, s in objects_log)
+assert store.image("lesson08/via-objects").diff_ids == store.image(image).diff_ids
 
 # %% [markdown]
 # ## Exercises

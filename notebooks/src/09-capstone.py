@@ -286,6 +286,34 @@ ex.check_smallest_limit(my_limit, "capstone/pulled", store=fresh)
 # ```
 # </details>
 #
+# ### Exercise 09.cgroup: the limit, by hand
+# `container.run(..., memory=...)` did two writes into the cgroup file system. Do them
+# yourself: write `my_limit(group, version, pid, limit)` that puts process `pid` into the
+# memory cgroup directory `group` (of cgroup `version` 1 or 2) with a limit of `limit` bytes.
+# The check makes a group, starts a process that will take 64 MiB, calls your function, and
+# lets the process go: under 32 MiB the OOM killer must end it, under 128 MiB it must finish.
+
+# %%
+my_limit = None   # your answer: def my_limit(group, version, pid, limit): ...
+
+# %%
+ex.check_cgroup(my_limit)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# from pathlib import Path
+# def my_limit(group, version, pid, limit):
+#     name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+#     (Path(group) / name).write_text(str(limit))         # the limit first,
+#     (Path(group) / "cgroup.procs").write_text(str(pid))  # then the process joins
+# ```
+#
+# The limit goes in first: a process that joined an unlimited group could take what it likes
+# before the second write. Memory the process used before it joined stays charged where it was.
+# </details>
+#
 # ### Exercise 09.upload
 # How many blobs (layers and configs) did the second push (section 7) upload?
 
