@@ -210,3 +210,26 @@ def test_09_a_memory_cgroup_by_hand(lab_root):
     assert not v.ok and "not in the group" in str(v)
     assert not ex.check_cgroup(killer).ok
     assert not ex.check_cgroup(None).ok
+
+
+def test_06_a_bind_mount_by_hand(lab_root):
+    """06.bind: one MS_BIND mount passes; a copy of the host directory, a symlink to it, and
+    nothing at all fail."""
+    import shutil
+    from labkit.exercises import l06_rootfs as ex
+
+    def bind(host_dir, rootfs, path):
+        target = os.path.join(rootfs, path.lstrip("/"))
+        os.makedirs(target, exist_ok=True)
+        kernel.mount(str(host_dir), target, None, kernel.MS_BIND)
+
+    def copy(host_dir, rootfs, path):
+        shutil.copytree(host_dir, os.path.join(rootfs, path.lstrip("/")))
+
+    def symlink(host_dir, rootfs, path):
+        os.symlink(host_dir, os.path.join(rootfs, path.lstrip("/")))
+    assert ex.check_bind(bind).ok
+    v = ex.check_bind(copy)
+    assert not v.ok and "nothing is mounted" in str(v) and "copied, not mounted" in str(v)
+    assert not ex.check_bind(symlink).ok
+    assert not ex.check_bind(None).ok

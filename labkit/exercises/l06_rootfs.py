@@ -1,4 +1,4 @@
-"""Lesson 06 exercises: commit a change; keep data in a volume."""
+"""Lesson 06 exercises: commit a change; keep data in a volume; a bind mount by hand."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,3 +61,51 @@ def check_volume(host_dir, image: str = "lesson06/worker"):
     _, r = container.run(image, ["/bin/cat", "/data/result.txt"], rm=True)
     yield r.exit_code != 0, ("without the volume /data is empty: the file was never in a layer" if r.exit_code != 0
                              else "without the volume the image still has /data/result.txt: it went into a layer")
+
+
+@exercise("06.bind", "a volume by hand: one bind mount", hints=[
+    "A volume is a bind mount: the host directory mounted again at a path inside the rootfs.",
+    "kernel.mount(source, target, None, kernel.MS_BIND): no file system type, no options.",
+    "The target must exist: make rootfs/<path> first (os.makedirs), then mount the host dir onto it.",
+])
+def check_bind(my_bind):
+    """``my_bind(host_dir, rootfs, path)``: make ``host_dir`` appear at ``path`` inside
+    ``rootfs``. Run in a throwaway child with its own mount namespace; a file written through
+    the rootfs must land in ``host_dir`` (and the host's file be seen inside), by a bind mount."""
+    if not callable(my_bind):
+        yield False, "define my_bind(host_dir, rootfs, path) and pass it"
+        return
+    import os
+    from .. import sandbox
+    from ..mountinfo import mounts
+    work = lab.fresh_dir(lab.scratch("06-ex-bind"))
+    host, rootfs = work / "host-data", work / "rootfs"
+    host.mkdir()
+    (host / "from-host.txt").write_text("written on the host\n")
+    (rootfs / "bin").mkdir(parents=True)
+
+    def attempt():
+        my_bind(host, rootfs, "/data")
+        target = rootfs / "data"
+        m = next((m for m in mounts() if str(m.mountpoint) == str(target)), None)
+        seen = (target / "from-host.txt").read_text() if (target / "from-host.txt").exists() else None
+        if target.is_dir():
+            (target / "from-container.txt").write_text("written inside\n")
+        return (m.root, m.fstype) if m else None, seen
+    try:
+        try:
+            mounted, seen = sandbox.run(attempt)
+        except Exception as e:       # noqa: BLE001 - the learner's error, in one line
+            yield False, f"my_bind raised {type(e).__name__}: {e}"
+            return
+        yield mounted is not None, "rootfs/data is a mount point" if mounted else "nothing is mounted at rootfs/data"
+        yield seen == "written on the host\n", ("the host's file is seen inside" if seen else
+                                                "rootfs/data does not show the host directory's file")
+        landed = (host / "from-container.txt").exists()
+        yield landed, ("a file written inside landed in the host directory" if landed else
+                       "a file written inside did not reach the host directory: was it copied, not mounted?")
+        gone = not (rootfs / "data").is_dir() or (rootfs / "data").is_symlink() is False and not os.listdir(rootfs / "data")
+        yield gone, ("outside the child, rootfs/data is empty again: the mount lived in its namespace" if gone else
+                     "outside the child, rootfs/data still holds files: it is not a mount")
+    finally:
+        lab.remove_tree(work)

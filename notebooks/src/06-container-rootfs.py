@@ -237,6 +237,34 @@ ex.check_volume(my_volume)
 # ```
 # </details>
 #
+# ### Exercise 06.bind: a volume, by hand
+# `volumes=["HOST:/data"]` was one system call in the container's PID 1 (`Container._pid1`,
+# section 1). Write `my_bind(host_dir, rootfs, path)` that makes `host_dir` appear at `path`
+# inside `rootfs`, with `kernel.mount`. The check calls it in a child with a mount namespace
+# of its own, then writes a file through the rootfs and looks for it in the host directory.
+
+# %%
+my_bind = None   # your answer: def my_bind(host_dir, rootfs, path): ...
+
+# %%
+ex.check_bind(my_bind)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# from labkit import kernel
+# def my_bind(host_dir, rootfs, path):
+#     target = os.path.join(rootfs, path.lstrip("/"))
+#     os.makedirs(target, exist_ok=True)
+#     kernel.mount(str(host_dir), target, None, kernel.MS_BIND)
+# ```
+#
+# A bind mount has no file system type and no options: the same directory, mounted once
+# more. labkit's runtime mounts through an fd it opened inside the rootfs
+# (`/proc/self/fd/N`), so a symlink planted in the image cannot redirect the mount outside it.
+# </details>
+#
 # ## Clean up
 
 # %%
