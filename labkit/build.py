@@ -100,9 +100,13 @@ class _State:
     args: dict = field(default_factory=dict)
 
 
+RUN_MEMORY = "1g"      # a RUN step's default limits (docker build has none; a fork bomb made
+RUN_PIDS = 512         # 1,504 processes here before): `labkit build --memory/--pids` raise them
+
+
 class Builder:
     def __init__(self, context: str | os.PathLike, *, store: st.Store | None = None, quiet: bool = False,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, memory: str | int = RUN_MEMORY, pids: int = RUN_PIDS):
         self.context = Path(context).resolve()
         if not self.context.is_dir():
             raise BuildError(f"the build context {context} is not a directory", "give the directory with the files to COPY")
@@ -112,6 +116,7 @@ class Builder:
         self.cache_dir = lab.inside(cache_dir) if cache_dir else lab.root() / "build-cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
+        self.memory, self.pids = memory, pids
         self.steps: list[Step] = []
 
     # --- the build ---
@@ -164,7 +169,8 @@ class Builder:
         def make(upper: Path, lowers, work):
             c = container.Container.create(s.base, cmd, hostname="buildkit", layers=(lowers, upper, work),
                                            env=env, workdir=s.config.get("WorkingDir") or "/",
-                                           user=s.config.get("User") or None, store=self.store)
+                                           user=s.config.get("User") or None, store=self.store,
+                                           memory=self.memory, pids=self.pids)
             try:
                 c.start()
                 res = c.wait(timeout=600)
@@ -350,10 +356,11 @@ class Built:
 
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, squash_all: bool = False,
           build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None,
-          cache_dir: str | os.PathLike | None = None) -> Built:
+          cache_dir: str | os.PathLike | None = None, memory: str | int = RUN_MEMORY, pids: int = RUN_PIDS) -> Built:
     """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``, with the
-    build cache in ``cache_dir`` (the lab's shared ``build-cache/`` by default)."""
-    b = Builder(context, store=store, quiet=quiet, cache_dir=cache_dir)
+    build cache in ``cache_dir`` (the lab's shared ``build-cache/`` by default). Each RUN step is
+    a container with Docker's confinement and at most ``memory`` and ``pids``."""
+    b = Builder(context, store=store, quiet=quiet, cache_dir=cache_dir, memory=memory, pids=pids)
     text = dockerfile if dockerfile is not None else read_dockerfile(Path(context) / "Dockerfile")
     img = b.build(text, tag, build_args, squash_all)
     return Built(img, b.steps)

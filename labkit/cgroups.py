@@ -153,6 +153,14 @@ class Group:
         """memory.limit_in_bytes (v1) / memory.max (v2). Swap is off on the lab machines."""
         self._file("memory", "memory.limit_in_bytes", "memory.max").write_text(str(limit))
 
+    def allow_devices(self, rules: tuple[str, ...]) -> None:
+        """The v1 devices controller (cgroup-v1/devices.rst): deny every device, then allow
+        ``rules`` ("c 1:3 rwm": type, major:minor, read/write/mknod). A process of the group
+        may still make any node (with CAP_MKNOD) but opens only what is allowed."""
+        (self.paths["devices"] / "devices.deny").write_text("a")
+        for rule in rules:
+            (self.paths["devices"] / "devices.allow").write_text(rule)
+
     def set_pids(self, n: int) -> None:
         self._file("pids", "pids.max", "pids.max").write_text(str(n))
 

@@ -168,7 +168,8 @@ def cmd_run(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     _, res = container.run(args.image, cmd or None, timeout=None, rm=args.rm, capture=False, hostname=args.hostname,
                            memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
-                           name=args.name or "")
+                           name=args.name or "", privileged=args.privileged, cap_add=args.cap_add,
+                           cap_drop=args.cap_drop, security_opt=args.security_opt)
     if res.oom_killed or res.signal:
         print(f"labkit: {res.message}", file=sys.stderr)
     return res.exit_code
@@ -207,7 +208,8 @@ def cmd_build(args) -> int:
         name, eq, value = a.partition("=")
         if eq or name in os.environ:
             build_args[name] = value if eq else os.environ[name]
-    built = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args)
+    built = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args,
+                        memory=args.memory, pids=args.pids)
     img, steps = built.image, built.steps
     cached = sum(s.cached for s in steps)
     print(f"built {img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers"
@@ -353,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-t", "--tag", required=True, metavar="NAME")
     b.add_argument("--squash", action="store_true", help="squash everything after FROM into one layer")
     b.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    b.add_argument("--memory", default="1g", help="memory limit of each RUN step (default 1g)")
+    b.add_argument("--pids", type=_positive(int), default=512, help="most processes of a RUN step (default 512)")
     b.add_argument("context", metavar="CONTEXT")
     b.set_defaults(fn=cmd_build)
 
@@ -390,6 +394,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hostname")
     run.add_argument("--name", help="a name to commit or remove it by")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("--privileged", action="store_true",
+                     help="every capability, no seccomp filter, /proc and /sys writable, all devices")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
+    run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                     help="seccomp=unconfined, no-new-privileges=false")
     run.add_argument("image", metavar="IMAGE")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     run.set_defaults(fn=cmd_run)

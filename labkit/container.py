@@ -34,13 +34,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, kernel, lab, overlay, roots, sandbox, snapshot
+from . import cgroups, confine, kernel, lab, overlay, roots, sandbox, snapshot
 from .errors import KernelError, LabError
 from .image import store as st
 from .image import mutate
 
 NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+# runc's default device rules: any node may be made (m), only these may be opened
+DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
 
 
 class ContainerError(LabError):
@@ -97,6 +100,7 @@ class Config:
     upper: str = ""         # the read-write layer (a builder's snapshot, or <dir>/upper)
     work: str = ""
     session: str = field(default_factory=lambda: lab.session())   # who made it (lab.session)
+    confinement: dict = field(default_factory=dict)   # confine.Confinement: capabilities, seccomp, ...
 
 
 @dataclass
@@ -139,14 +143,20 @@ class Container:
                memory: str | int | None = None, pids: int | None = None, cpus: float | None = None,
                volumes: list[str] = (), name: str = "", store: st.Store | None = None,
                layers: tuple[list[Path], Path, Path] | None = None, env: list[str] | None = None,
-               workdir: str | None = None, user: str | None = None) -> "Container":
+               workdir: str | None = None, user: str | None = None, privileged: bool = False,
+               cap_add: list[str] = (), cap_drop: list[str] = (), security_opt: list[str] = (),
+               confinement: "confine.Confinement | None" = None) -> "Container":
         """A container of ``image``. A builder passes ``layers`` = (lowerdirs, upper, work) of a
-        snapshot instead, and the image config's env, workdir and user as they stand."""
+        snapshot instead, and the image config's env, workdir and user as they stand.
+        ``privileged``, ``cap_add``, ``cap_drop``, ``security_opt``: as docker run's (confine.py);
+        by default the container gets Docker's confinement; ``confinement`` gives it exactly
+        (lesson 05 adds one defence at a time)."""
         store = store or st.Store()
         img = store.image(image)
         conf = img.config.get("config", {})
         cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
         check_limits(parse_size(memory), pids, cpus)
+        confinement = confinement or confine.Confinement.from_options(privileged, cap_add, cap_drop, security_opt)
         cid = secrets.token_hex(6)
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
                      [], list(conf.get("Env", []) if env is None else env),
@@ -156,6 +166,7 @@ class Container:
                 old.remove()          # left by a notebook kernel that died mid-lesson: it cannot be wanted
             else:
                 raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
+        cfg.confinement = confinement.to_json()
         if layers:
             lowers, upper, work = layers
             cfg.upper, cfg.work = str(upper), str(work)
@@ -200,7 +211,17 @@ class Container:
     # --- running it ---
     def start(self, capture: bool = True) -> "Container":
         """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours."""
-        self.group = cgroups.Group(f"c-{self.id}")
+        conf = confine.Confinement.from_json(self.cfg.confinement)
+        v1_devices = conf.devices and getattr(cgroups.controllers().get("devices"), "version", 0) == 1
+        self.group = cgroups.Group(f"c-{self.id}", want=("memory", "pids", "cpu") + (("devices",) if v1_devices else ()))
+        if v1_devices:
+            self.group.allow_devices(DEVICE_RULES)
+        elif conf.devices and "MKNOD" in conf.caps:
+            # cgroup v2 has no devices files (runc loads a BPF_CGROUP_DEVICE program instead);
+            # without one, what stops a device node being opened is having no CAP_MKNOD to make it
+            conf.caps.remove("MKNOD")
+        self._confinement = conf
+        self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
         if self.cfg.memory:
             self.group.set_memory(self.cfg.memory)
         if self.cfg.pids:
@@ -257,13 +278,20 @@ class Container:
                     kernel.mount(host, f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
                 finally:
                     os.close(fd)
-            step = "mounting /proc and /dev"
-            (self.rootfs / "proc").mkdir(exist_ok=True)
-            kernel.mount("proc", f"{r}/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
-            (self.rootfs / "dev").mkdir(exist_ok=True)
-            kernel.mount("tmpfs", f"{r}/dev", "tmpfs", kernel.MS_NOSUID, "mode=755,size=64k")
-            for name, (major, minor) in DEVICES.items():
-                os.mknod(f"{r}/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            conf = self._confinement
+            quiet = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+            step = "mounting /proc"
+            proc = self._mount_in_root("proc", "proc", "proc", quiet)
+            step = "mounting /sys"
+            sysfs = self._mount_in_root("sys", "sysfs", "sysfs", quiet | (0 if conf.privileged else kernel.MS_RDONLY))
+            step = "making /dev"
+            dev = self._mount_in_root("dev", "tmpfs", "tmpfs", kernel.MS_NOSUID | kernel.MS_NOEXEC, "mode=755,size=65536k")
+            _populate_dev(dev)
+            if conf.masked_paths:
+                step = "masking paths of /proc and /sys"
+                confine.mask_paths(proc, sysfs)
+            for fd in (proc, sysfs, dev):
+                os.close(fd)
             step = "pivot_root"
             roots.pivot_into(r)
             step = "closing inherited fds"
@@ -274,17 +302,32 @@ class Container:
             step = f"changing to the working directory {self.cfg.workdir}"
             os.makedirs(self.cfg.workdir, exist_ok=True)
             os.chdir(self.cfg.workdir)
+            step = "dropping capabilities"
+            confine.confine(conf)
             if self.cfg.user:
                 step = f"becoming user {self.cfg.user}"
                 uid, gid = _user_ids(self.cfg.user)
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
+            step = "loading the seccomp filter"
+            confine.load(conf, self._seccomp)
             step = f"executing {self.cfg.cmd[0]!r}"
             os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
         except BaseException as e:
             raise ContainerError(f"container {self.id}: {step} failed: {e}",
                                  "check the command and the image (labkit image inspect)") from None
+
+    def _mount_in_root(self, name: str, source: str, fstype: str, flags: int, data: str | None = None) -> int:
+        """Mount ``fstype`` on the directory ``name`` of the rootfs, reached through an fd resolved
+        inside the root (an image's symlink cannot send the mount elsewhere); returns an O_PATH fd
+        of the new mount's root."""
+        fd = mkdirs_in_root(self.rootfs, name)
+        try:
+            kernel.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+        finally:
+            os.close(fd)
+        return mkdirs_in_root(self.rootfs, name)
 
     def wait(self, timeout: float | None = None) -> Result:
         """Wait for the command to end; collect its output; remove the cgroup."""
@@ -358,6 +401,26 @@ class Container:
 
 
 INIT_FILES = ("hostname", "hosts", "resolv.conf")
+
+
+def _populate_dev(fd: int) -> None:
+    """A container's /dev, as runc makes it: the character devices of DEVICES, a devpts of its
+    own (newinstance) with ptmx, a tmpfs for shm, and the fd links (devices(7) of the OCI
+    runtime spec, "Default Devices" and "Dev symbolic links")."""
+    base = f"/proc/self/fd/{fd}"
+    for name, (major, minor) in DEVICES.items():
+        os.mknod(f"{base}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(f"{base}/{name}", 0o666)          # mknod(2) applied the umask
+    os.mkdir(f"{base}/pts")
+    kernel.mount("devpts", f"{base}/pts", "devpts", kernel.MS_NOSUID | kernel.MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", f"{base}/ptmx")
+    os.mkdir(f"{base}/shm")
+    kernel.mount("shm", f"{base}/shm", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC,
+                 "mode=1777,size=65536k")
+    os.symlink("/proc/self/fd", f"{base}/fd")
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{i}", f"{base}/{name}")
 
 
 def open_in_root(root: Path, path: str) -> int:

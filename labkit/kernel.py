@@ -146,6 +146,23 @@ def set_parent_death_signal(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
+def prctl(option: int, arg2: int = 0, arg3: int = 0, name: str = "prctl") -> int:
+    """prctl(2) with up to two arguments (PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, ...)."""
+    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0), f"prctl({name})")
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) for this thread, with 64-bit masks (_LINUX_CAPABILITY_VERSION_3: two
+    {effective, permitted, inheritable} structs, low 32 bits first)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    m = (effective, permitted, inheritable)
+    data = (ctypes.c_uint32 * 6)(*(x & 0xFFFFFFFF for x in m), *(x >> 32 for x in m))
+    _check(_libc.syscall(SYS_CAPSET, header, data), "capset")
+
+
+SYS_CAPSET = 126                                    # x86_64
+
+
 def make_private(path: str = "/") -> None:
     """Stop mount events propagating to and from the parent namespace (mount_namespaces(7))."""
     mount(None, path, None, MS_REC | MS_PRIVATE)

@@ -361,3 +361,32 @@ def _eight_layers(store) -> tuple[str, list[str]]:
     finally:
         lab.remove_tree(work)
     return prev, made
+
+
+# --- lesson 05: defences against attacks from inside -------------------------------------------
+def defences(store=None, image: str = "busybox") -> w.VBox:
+    """Tick the defences, press Run: the attacks of confine.ATTACKS run in containers with only
+    those, against a disposable disk made for this run, and the table says which got through."""
+    from . import confine, lab
+    boxes = {"caps": w.Checkbox(value=True, description="docker's 14 capabilities", indent=False),
+             "seccomp": w.Checkbox(value=True, description="no_new_privs + seccomp", indent=False),
+             "masked": w.Checkbox(value=True, description="read-only /proc/sys, masked paths", indent=False),
+             "devices": w.Checkbox(value=True, description="devices cgroup", indent=False)}
+    go = w.Button(description="Run the attacks", button_style="primary")
+    table = w.HTML()
+
+    @_shows_errors(table)
+    def run(_=None):
+        b = {k: v.value for k, v in boxes.items()}
+        conf = confine.Confinement(caps=sorted(confine.DOCKER_CAPS) if b["caps"] else list(confine.CAPS),
+                                   seccomp=b["seccomp"], no_new_privs=b["seccomp"], masked_paths=b["masked"],
+                                   devices=b["devices"])
+        with confine.DisposableDisk(lab.root() / "tmp" / f"disposable-disk-{os.getpid()}.img") as disk:
+            rung = confine.try_attacks(image, conf, disk, store=store)
+        cells = "".join(f"<td style='color:{'#c62828' if rung.escaped[a] else '#2e7d32'}'>"
+                        f"{a}: {'ESCAPED' if rung.escaped[a] else 'refused'}</td>" for a in confine.ATTACKS)
+        table.value = (f"<table><tr>{cells}</tr></table><code>CapEff {rung.status.get('CapEff')} · Seccomp "
+                       f"{rung.status.get('Seccomp')} · NoNewPrivs {rung.status.get('NoNewPrivs')}</code>")
+
+    go.on_click(run)
+    return w.VBox([w.HBox(list(boxes.values())), go, table])

@@ -28,6 +28,7 @@ deb_packages=(
   skopeo umoci runc                               # the real OCI tools labkit is checked against
   btrfs-progs                                     # lesson 04: btrfs snapshots
   iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
+  libseccomp2                                     # containers' seccomp filter (pyseccomp loads it)
   docker-registry                                 # lesson 08: the reference registry to compare with
   chromium                                        # the real-browser test of every lesson (playwright)
   vagrant                                         # `vagrant validate` checks the Vagrantfile (no VM boots here)

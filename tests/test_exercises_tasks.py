@@ -233,3 +233,14 @@ def test_06_a_bind_mount_by_hand(lab_root):
     assert not v.ok and "nothing is mounted" in str(v) and "copied, not mounted" in str(v)
     assert not ex.check_bind(symlink).ok
     assert not ex.check_bind(None).ok
+
+
+def test_05_the_smallest_capability_set(busybox):
+    """05.caps: CHOWN + NET_BIND_SERVICE passes; too few fails; one too many is 'smaller'."""
+    from labkit.exercises import l05_process as ex
+    assert ex.check_caps(["CHOWN", "NET_BIND_SERVICE"]).ok
+    v = ex.check_caps(["CHOWN"])
+    assert not v.ok and "something is missing" in str(v)
+    v = ex.check_caps(["CHOWN", "NET_BIND_SERVICE", "KILL"])
+    assert not v.ok and "can go" in str(v)
+    assert not ex.check_caps(["WIZARD"]).ok and not ex.check_caps(None).ok

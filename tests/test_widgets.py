@@ -61,3 +61,16 @@ def test_pull_timeline_draws_a_serial_and_a_parallel_pull(busybox, capsys):
     text = capsys.readouterr().out
     assert "serial" in text and "2 at a time" in text
     assert not [n for n in busybox.refs() if n.startswith("widget08/")]
+
+
+def test_defences_reruns_the_attacks_with_the_ticked_defences(busybox):
+    import ipywidgets as w
+    box = widgets.defences(busybox)
+    checks = _find(box, w.Checkbox)
+    go, = _find(box, w.Button)
+    table, = _find(box, w.HTML)
+    go.click()
+    assert table.value.count("refused") == 4 and "a80425fb" in table.value
+    next(c for c in checks if "devices" in c.description).value = False
+    go.click()
+    assert "raw disk: ESCAPED" in table.value

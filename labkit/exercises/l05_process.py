@@ -85,3 +85,39 @@ def _busybox_rootfs():
         base_image(s)
         s.flatten("busybox", d)
     return d
+
+
+CAP_TASK = "chown 1000 /srv/owned && (httpd -f -p 80 -h /srv & sleep 0.3; kill -0 $! && echo bound-80)"
+
+
+@exercise("05.caps", "the smallest capability set for a task", hints=[
+    "Start from none (cap_drop=['ALL']) and add only what the task needs; capabilities(7) says "
+    "which capability each privileged operation checks.",
+    "Changing a file's owner is one capability; binding a port below 1024 is another.",
+    "CAP_CHOWN and CAP_NET_BIND_SERVICE: names go without the CAP_ prefix.",
+])
+def check_caps(my_caps, image: str = "busybox", store=None):
+    """``my_caps``: capability names. The task (chown a file, then serve on port 80) runs as root
+    in a busybox container with only those; it must succeed, and fail without any one of them."""
+    from .. import confine, container
+    if not isinstance(my_caps, (list, tuple, set)) or not my_caps:
+        yield False, "answer with a list of capability names, e.g. ['KILL']"
+        return
+    try:
+        caps = sorted({confine._cap(c) for c in my_caps})
+    except LabError as e:
+        yield False, str(e)
+        return
+
+    def task(with_caps):
+        script = f"mkdir -p /srv && touch /srv/owned && {CAP_TASK}"
+        c, r = container.run(image, ["/bin/sh", "-c", script], store=store, rm=True,
+                             cap_drop=["ALL"], cap_add=list(with_caps))
+        return r.exit_code == 0 and "bound-80" in r.stdout
+    ok = task(caps)
+    yield ok, (f"with {caps} the task succeeds" if ok else f"with {caps} the task fails: something is missing")
+    if not ok:
+        return
+    extra = [c for c in caps if task([x for x in caps if x != c])]
+    yield not extra, ("and each of them is needed" if not extra else
+                      f"{len(extra)} of them can go and the task still succeeds: smaller")

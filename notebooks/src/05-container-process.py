@@ -269,6 +269,56 @@ pid1, hostname, procs, links = r.stdout.split()[1:]
 assert (pid1, hostname, links) == ("1", "lesson05", "1") and int(procs) <= 3 and r.exit_code == 0
 
 # %% [markdown]
+# ## 5. Namespaces are not enough
+#
+# Seed 002 says it: the kernel is shared. A container's root is root on the host unless
+# something else takes its power away, and namespaces do not. `--privileged` (Docker's word)
+# takes nothing away: every capability, no seccomp filter, /proc and /sys writable, every
+# device. Here four attacks run from inside a container of busybox against safe targets: a
+# **disposable disk** (a loop device backed by a file under the lab root, standing in for the
+# host's disk, read raw through a device node made inside), a write to `/proc/sys` (a knob of
+# the container's own, written with its own value, where `core_pattern` would run a program on
+# the host), mounting a cgroup file system (the first step of CVE-2022-0492), and a new
+# namespace from inside. Then the defences Docker applies by default are added one at a time
+# (`labkit/confine.py`), and every rung reads `/proc/self/status` inside.
+#
+# *Predict, then run:* which defence stops the raw read of the disk?
+
+# %% tags=["nbval-ignore-output"]
+from labkit import confine
+disk = confine.DisposableDisk(home / "disposable-disk.img")
+rungs = [(label, confine.try_attacks("busybox", conf, disk, store=store)) for label, conf in confine.ladder()]
+disk.close()
+print(f"{'defences':<42} {'CapEff':<17} Sec NNP  " + "  ".join(f"{a:<9}" for a in confine.ATTACKS))
+for label, rung in rungs:
+    print(f"{label[:42]:<42} {rung.status['CapEff']:<17} {rung.status['Seccomp']:<3} {rung.status['NoNewPrivs']:<4} "
+          + "  ".join(f"{'ESCAPED' if rung.escaped[a] else 'refused':<9}" for a in confine.ATTACKS))
+
+# %% [markdown]
+# Read it row by row. Dropping to Docker's 14 capabilities takes CAP_SYS_ADMIN away, and with
+# it mount and unshare. no_new_privs and seccomp add a second lock on those doors (the last
+# row gives CAP_SYS_ADMIN back: seccomp alone still refuses them) and close system calls no
+# capability guards. The read-only /proc/sys stops the knob. Only the **devices cgroup** stops
+# the raw disk: Docker keeps CAP_MKNOD, so a node can be made, but it cannot be opened.
+# (On cgroup v2 runc loads a BPF program for this; labkit, without one, drops CAP_MKNOD there.)
+# A user namespace (podman's rootless, `--userns`) would take away even more: not yet in labkit.
+
+# %%
+first, default, with_admin = rungs[0][1], rungs[-2][1], rungs[-1][1]
+assert all(first.escaped.values()) and first.status["Seccomp"] == "0"
+assert not any(default.escaped.values())
+assert default.status == {"CapEff": "00000000a80425fb", "Seccomp": "2", "NoNewPrivs": "1"}
+assert not with_admin.escaped["cgroupfs"] and not with_admin.escaped["unshare"]   # seccomp alone
+assert [label for label, rung in rungs if not rung.escaped["raw disk"]][0].startswith("+ devices cgroup")
+assert lab.entries(mine=True) == []                  # the loop device is gone
+
+# %% [markdown]
+# **Try it.** Tick the defences and run the attacks again.
+
+# %% tags=["nbval-ignore-output"]
+widgets.defences(store)
+
+# %% [markdown]
 # ## Exercises
 #
 # ### Exercise 05.namespaces
@@ -339,6 +389,30 @@ ex.check_escape_defence(my_enter)
 #     os.rmdir("/.old")
 #     sandbox.close_fds()                              # the leaked fd pointed at the host
 # ```
+# </details>
+#
+# ### Exercise 05.caps: the smallest capability set
+# A container must change a file's owner (`chown 1000 /srv/owned`) and serve on port 80
+# (`httpd -p 80`), as root, with as few capabilities as possible. Give the list of capability
+# names it needs (capabilities(7), without `CAP_`). The check runs the task in a container
+# with `cap_drop=["ALL"]` and `cap_add=` your list, then once without each of them.
+
+# %%
+my_caps = None   # your answer: a list like ["KILL"]
+
+# %%
+ex.check_caps(my_caps, store=store)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# my_caps = ["CHOWN", "NET_BIND_SERVICE"]
+# ```
+#
+# chown(2) checks CAP_CHOWN; binding a port below 1024 checks CAP_NET_BIND_SERVICE
+# (`/proc/sys/net/ipv4/ip_unprivileged_port_start`, 1024 by default, moves that line).
+# Docker's default 14 include both; so does runc's default 3 for the port, not for chown.
 # </details>
 #
 # ## Clean up
