@@ -339,7 +339,7 @@ ex.check_secret_token(my_token)
 # (`kernel.mount(source, target, fstype, flags, data)`), so that `target` shows the image.
 # The check calls it in a child with a mount namespace of its own and reads what it mounted.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 layers = ex.setup_mount()
 print(len(layers), "layer dirs, base first:", [p.name[:12] for p in layers])
 

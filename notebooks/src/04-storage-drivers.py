@@ -211,7 +211,7 @@ print("overlay2 lower of the top layer:", (built["overlay2"].root / top / "lower
 # lowerdirs (Linux 4.0); and the short `l/` names keep `lowerdir=` short: mount(2) takes its
 # options in one page, 4096 bytes, and an image may have up to 128 layers.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 docs_layer, readme = layered.chain_ids[1][7:19], "usr/share/doc/pkg7/README"
 assert built["overlay"].directories >= 2 * 150 > built["aufs"].directories    # the 150 doc dirs: in two roots vs once
 assert os.stat(built["overlay"].root / docs_layer / "root" / readme).st_ino == \
