@@ -3,7 +3,8 @@ on a container's PID 1 after its root is set up and just before it runs the comm
 order runc uses (runc's libcontainer/init_linux.go, the OCI runtime spec's config.md):
 
 1. /proc and /sys: runc's **masked paths** (a /dev/null or an empty read-only tmpfs mounted
-   over them) and **read-only paths** (/proc/sys, sysrq-trigger ...); /sys mounted read-only;
+   over them) and **read-only paths** (/proc/sys, sysrq-trigger ...); /sys mounted read-only,
+   with the container's own cgroups at /sys/fs/cgroup (read-only, through its cgroup namespace);
 2. the **devices cgroup** (set up by the parent, cgroups.Group.allow_devices): a device node
    may be made, but only null, zero, full, random, urandom, tty, ptmx and ptys may be opened;
 3. **no_new_privs** (prctl(2) PR_SET_NO_NEW_PRIVS): no exec can gain privileges (setuid bits
@@ -319,3 +320,32 @@ class DisposableDisk:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def mount_cgroupfs(sys_fd: int, writable: bool = False) -> list[str]:
+    """The container's view of its cgroups at /sys/fs/cgroup, as docker gives it: inside the
+    container's cgroup namespace each hierarchy's root is the container's own group, so the
+    limits set for it can be read from inside; read-only unless ``writable`` (--privileged).
+    A tmpfs holds one mount per v1 hierarchy the host has (cgroup v1) or the cgroup2 file
+    system (pure v2). Returns the hierarchies mounted; one that cannot be is left out."""
+    from .mountinfo import mounts
+    ro = 0 if writable else kernel.MS_RDONLY
+    quiet = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+    top = f"/proc/self/fd/{sys_fd}/fs/cgroup"
+    host = [m for m in mounts() if m.fstype in ("cgroup", "cgroup2") and str(m.mountpoint).startswith("/sys/fs/cgroup")]
+    if any(m.fstype == "cgroup2" and str(m.mountpoint) == "/sys/fs/cgroup" for m in host):
+        kernel.mount("cgroup2", top, "cgroup2", quiet | ro)
+        return ["cgroup2"]
+    kernel.mount("tmpfs", top, "tmpfs", quiet, "mode=755,size=64k")
+    done = []
+    for m in host:
+        name = m.mountpoint.name
+        opts = ",".join(o for o in m.super_options.split(",") if o not in ("rw", "ro"))
+        try:
+            os.mkdir(f"{top}/{name}")
+            kernel.mount("cgroup", f"{top}/{name}", m.fstype, quiet | ro, opts or None)
+            done.append(name)
+        except (OSError, LabError):
+            pass
+    kernel.mount(None, top, None, kernel.MS_REMOUNT | quiet | ro, "mode=755,size=64k")
+    return done

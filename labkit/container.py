@@ -287,6 +287,8 @@ class Container:
             step = "making /dev"
             dev = self._mount_in_root("dev", "tmpfs", "tmpfs", kernel.MS_NOSUID | kernel.MS_NOEXEC, "mode=755,size=65536k")
             _populate_dev(dev)
+            step = "mounting /sys/fs/cgroup"
+            confine.mount_cgroupfs(sysfs, writable=conf.privileged)
             if conf.masked_paths:
                 step = "masking paths of /proc and /sys"
                 confine.mask_paths(proc, sysfs)

@@ -127,3 +127,11 @@ def test_a_build_run_step_has_limits_and_the_same_confinement(busybox):
     assert int((tree / "forks").read_text()) < 40
     assert DOCKER_CAPEFF in (tree / "confined").read_text() and "Seccomp:\t2" in (tree / "confined").read_text()
     busybox.remove(img.name)
+
+
+def test_the_container_reads_its_own_limits_in_a_read_only_cgroupfs(busybox):
+    """/sys/fs/cgroup inside, as docker mounts it: in the container's cgroup namespace each
+    hierarchy's root is the container's own group, read-only."""
+    code, out = _sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; "
+                    "touch /sys/fs/cgroup/x", memory="64m")
+    assert "67108864" in out and "Read-only file system" in out

@@ -167,7 +167,7 @@ class Cut(httpx.BaseTransport):
             return response
         self.done = True
         return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
-                              stream=_CutStream(response.stream, self.after))
+                              stream=_CutAfter(response.stream, self.after, httpx.ReadError))
 
     def close(self) -> None:
         self.inner.close()
@@ -189,39 +189,29 @@ class CutUpload(httpx.BaseTransport):
             return self.inner.handle_request(request)
         self.done = True
         cut = httpx.Request(request.method, request.url, headers=request.headers,
-                            stream=_CutBody(request.stream, self.after))
+                            stream=_CutAfter(request.stream, self.after, httpx.WriteError))
         return self.inner.handle_request(cut)
 
     def close(self) -> None:
         self.inner.close()
 
 
-class _CutBody(httpx.SyncByteStream):
-    def __init__(self, inner, after: int):
-        self.inner, self.left = inner, after
+class _CutAfter(httpx.SyncByteStream):
+    """A byte stream that stops after ``after`` bytes with ``error`` (a pulled cable): a
+    response body for Cut (httpx.ReadError), a request body for CutUpload (httpx.WriteError)."""
+
+    def __init__(self, inner, after: int, error: type[httpx.TransportError]):
+        self.inner, self.left, self.error = inner, after, error
 
     def __iter__(self):
         for chunk in self.inner:
             if len(chunk) >= self.left:
                 if self.left:
                     yield chunk[:self.left]
-                raise httpx.WriteError("connection cut (link.CutUpload)")
-            self.left -= len(chunk)
-            yield chunk
-
-
-class _CutStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, after: int):
-        self.inner, self.left = inner, after
-
-    def __iter__(self):
-        for chunk in self.inner:
-            if len(chunk) >= self.left:
-                if self.left:
-                    yield chunk[:self.left]
-                raise httpx.ReadError("connection cut (link.Cut)")
+                raise self.error("connection cut (link.Cut)")
             self.left -= len(chunk)
             yield chunk
 
     def close(self) -> None:
-        self.inner.close()
+        if hasattr(self.inner, "close"):
+            self.inner.close()
