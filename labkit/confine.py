@@ -109,6 +109,26 @@ class Confinement:
         return cls(**d) if d else cls()
 
 
+def devices_cgroup() -> bool:
+    """Whether this host has the v1 devices controller, where runc's device rules go."""
+    from . import cgroups
+    return getattr(cgroups.controllers().get("devices"), "version", 0) == 1
+
+
+def caps_in_force(c: Confinement) -> list[str]:
+    """The capabilities a container with ``c`` gets on this host: ``c.caps``, less MKNOD where
+    no devices cgroup stops a device node from being opened (cgroup v2: runc loads a
+    BPF_CGROUP_DEVICE program there; labkit has none, so no node may be made)."""
+    if c.devices and not c.privileged and "MKNOD" in c.caps and not devices_cgroup():
+        return [x for x in c.caps if x != "MKNOD"]
+    return list(c.caps)
+
+
+def mask(caps) -> str:
+    """['CHOWN', 'KILL'] -> '0000000000000021', as /proc/PID/status prints CapEff."""
+    return f"{sum(1 << CAPS.index(c) for c in caps):016x}"
+
+
 def _cap(name: str) -> str:
     n = name.upper().removeprefix("CAP_")
     if n != "ALL" and n not in CAPS:
@@ -248,9 +268,8 @@ MARKER = "host-secret"
 
 @dataclass
 class Rung:
-    """One step of the ladder: the defences in force, what /proc/self/status says inside, and
-    which attack got through (``{attack: True}`` if it did)."""
-    defences: str
+    """What /proc/self/status says inside a container, and which attack got through
+    (``{attack: True}`` if it did)."""
     status: dict
     escaped: dict
 
@@ -290,7 +309,7 @@ def try_attacks(image: str, confinement: Confinement, disk, store=None) -> Rung:
         key, _, value = line.partition(":")
         if key in ("CapEff", "Seccomp", "NoNewPrivs"):
             status_[key] = value.strip()
-    return Rung("", status_, escaped)
+    return Rung(status_, escaped)
 
 
 class DisposableDisk:

@@ -212,14 +212,11 @@ class Container:
     def start(self, capture: bool = True) -> "Container":
         """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours."""
         conf = confine.Confinement.from_json(self.cfg.confinement)
-        v1_devices = conf.devices and getattr(cgroups.controllers().get("devices"), "version", 0) == 1
+        v1_devices = conf.devices and not conf.privileged and confine.devices_cgroup()
         self.group = cgroups.Group(f"c-{self.id}", want=("memory", "pids", "cpu") + (("devices",) if v1_devices else ()))
         if v1_devices:
             self.group.allow_devices(DEVICE_RULES)
-        elif conf.devices and "MKNOD" in conf.caps:
-            # cgroup v2 has no devices files (runc loads a BPF_CGROUP_DEVICE program instead);
-            # without one, what stops a device node being opened is having no CAP_MKNOD to make it
-            conf.caps.remove("MKNOD")
+        conf.caps = confine.caps_in_force(conf)     # on cgroup v2: without MKNOD
         self._confinement = conf
         self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
         if self.cfg.memory:
