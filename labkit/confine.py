@@ -211,7 +211,7 @@ def mask_paths(proc_fd: int, sys_fd: int | None) -> None:
             continue
         if os.path.isdir(target):
             kernel.mount("tmpfs", target, "tmpfs", kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV
-                         | kernel.MS_NOEXEC, "size=0")
+                         | kernel.MS_NOEXEC)
         else:
             kernel.mount("/dev/null", target, None, kernel.MS_BIND)
     for path in READONLY:
