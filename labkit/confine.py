@@ -24,7 +24,7 @@ import errno
 import os
 from dataclasses import asdict, dataclass, field
 
-from . import kernel
+from . import kernel, procfs
 from .errors import LabError
 
 CAPS = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
@@ -148,14 +148,14 @@ def set_capabilities(keep: list[str]) -> None:
     exec can get it back, even as root), clear the ambient set, and capset(2) effective,
     permitted and inheritable to ``keep``."""
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    have = int(status()["CapPrm"], 16)               # cannot keep what this process lacks
+    have = int(procfs.status()["CapPrm"], 16)        # cannot keep what this process lacks
     wanted = {CAPS.index(c) for c in keep if have >> CAPS.index(c) & 1}
     for cap in range(last + 1):
         if cap not in wanted:
             kernel.prctl(PR_CAPBSET_DROP, cap, name=f"PR_CAPBSET_DROP {cap}")
     kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, name="PR_CAP_AMBIENT_CLEAR_ALL")
-    mask = sum(1 << c for c in wanted)
-    kernel.capset(mask, mask, mask)
+    bits = sum(1 << c for c in wanted)
+    kernel.capset(bits, bits, bits)
 
 
 def seccomp_filter():
@@ -177,11 +177,10 @@ def seccomp_filter():
     return f
 
 
-def confine(c: Confinement, seccomp_filter_=None) -> None:
-    """Steps 3 to 5 in PID 1 after its mounts and pivot_root, before it changes user: no_new_privs,
-    capabilities, then (last, since it refuses mount and setns) the seccomp filter ``seccomp_filter_``
-    built beforehand by the parent. Changing user comes after the capabilities (setuid needs
-    CAP_SETUID) and before the filter is loaded; see :func:`load`."""
+def confine(c: Confinement) -> None:
+    """Steps 3 and 4 in PID 1 after its mounts and pivot_root: no_new_privs, then the
+    capabilities. Changing user comes next (setuid needs CAP_SETUID), and last the seccomp
+    filter (it refuses mount and setns): :func:`load`."""
     if c.privileged:
         return
     if c.no_new_privs:
@@ -220,16 +219,6 @@ def mask_paths(proc_fd: int, sys_fd: int | None) -> None:
             kernel.mount(target, target, None, kernel.MS_BIND | kernel.MS_REC)
             kernel.mount(None, target, None, kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_RDONLY
                          | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
-
-
-def status(pid: int | str = "self") -> dict[str, str]:
-    """CapEff, CapBnd, Seccomp and NoNewPrivs of a process, from /proc/PID/status."""
-    out = {}
-    for line in open(f"/proc/{pid}/status"):
-        key, _, value = line.partition(":")
-        if key in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb", "Seccomp", "NoNewPrivs"):
-            out[key] = value.strip()
-    return out
 
 
 def cap_names(hex_mask: str) -> list[str]:
@@ -294,22 +283,14 @@ def try_attacks(image: str, confinement: Confinement, disk, store=None) -> Rung:
     """Run every attack of ATTACKS in a container of ``image`` under ``confinement``; ``disk``
     is a :class:`DisposableDisk`. Each attack runs in its own container, which is removed."""
     from . import container
-    escaped, status_ = {}, {}
+    escaped = {}
     for name, script in ATTACKS.items():
-        c = container.Container.create(image, ["/bin/sh", "-c", script.format(major=disk.major, minor=disk.minor)],
-                                       store=store, confinement=confinement)
-        try:
-            c.start()
-            r = c.wait(timeout=60)
-        finally:
-            c.remove()
+        _, r = container.run(image, ["/bin/sh", "-c", script.format(major=disk.major, minor=disk.minor)],
+                             timeout=60, rm=True, store=store, confinement=confinement)
         escaped[name] = r.exit_code == 0 and (MARKER in r.stdout if name == "raw disk" else bool(r.stdout.strip()))
-    c, r = container.run(image, ["cat", "/proc/self/status"], store=store, confinement=confinement, rm=True)
-    for line in r.stdout.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("CapEff", "Seccomp", "NoNewPrivs"):
-            status_[key] = value.strip()
-    return Rung(status_, escaped)
+    _, r = container.run(image, ["cat", "/proc/self/status"], rm=True, store=store, confinement=confinement)
+    inside = procfs.parse_status(r.stdout)
+    return Rung({k: inside[k] for k in ("CapEff", "Seccomp", "NoNewPrivs")}, escaped)
 
 
 class DisposableDisk:

@@ -10,9 +10,11 @@ What ``labkit run IMAGE -- CMD`` does, in order:
    etc/resolv.conf, written for this container only) and a **read-write layer**;
    bind-mounts those three files over themselves from the container's directory (as docker
    does: an edit of /etc/hosts goes there, never into the read-write layer, so commit leaves
-   it out), then the volumes; mounts /proc and a small /dev;
-4. pivot_root(2) into it, unmounts the old root, closes every inherited fd, and
-   execs the command. Its exit status comes back; an OOM kill is named as such.
+   it out), then the volumes; mounts /proc, /sys (read-only, with its cgroups) and a small /dev,
+   and masks the /proc and /sys paths runc masks (confine.py);
+4. pivot_root(2) into it, unmounts the old root, closes every inherited fd, sets
+   no_new_privs and Docker's capabilities, changes user, loads the seccomp filter (confine.py)
+   and execs the command. Its exit status comes back; an OOM kill is named as such.
 
 ``commit`` turns the read-write layer alone into a new image layer: not the init layer,
 not the volumes. Everything a container makes is under ``<lab root>/containers/<id>``

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import kernel, sandbox
+from . import kernel, procfs, sandbox
 from .errors import LabError
 
 TYPES = tuple(kernel.NAMESPACES)       # mnt uts ipc user pid net cgroup time
@@ -125,7 +125,5 @@ def in_user_ns(fn: Callable, *args, namespaces: Iterable[str] = ()):
 
 def identity() -> dict:
     """Who this process is: uids, capabilities in effect, and its user namespace."""
-    status = Path("/proc/self/status").read_text().splitlines()
-    get = lambda key: next(l.split(":", 1)[1].split() for l in status if l.startswith(key))
-    return {"uid": os.getuid(), "euid": os.geteuid(), "CapEff": get("CapEff")[0],
+    return {"uid": os.getuid(), "euid": os.geteuid(), "CapEff": procfs.status()["CapEff"],
             "user_ns": links()["user"], "uid_map": Path("/proc/self/uid_map").read_text().split()}

@@ -1,7 +1,8 @@
-"""The one reader of ``/proc/PID/stat`` (proc(5), "/proc/pid/stat").
+"""The one reader of ``/proc/PID/stat`` and ``/proc/PID/status`` (proc(5)).
 
-The second field is the command name in parentheses, and a name may itself hold spaces
-and ``)``: split after the *last* ``)``, then count fields from there.
+In ``stat`` the second field is the command name in parentheses, and a name may itself hold
+spaces and ``)``: split after the *last* ``)``, then count fields from there. ``status`` is
+one ``Key:\tvalue`` per line (CapEff, Seccomp, NoNewPrivs, Uid ...).
 """
 from __future__ import annotations
 
@@ -34,6 +35,22 @@ def stat(pid: int | str = "self") -> Stat:
     pid_s, _, comm = head.partition(" (")
     f = tail.split()           # f[0] is field 3 (state)
     return Stat(int(pid_s), comm, f[0], int(f[1]), int(f[7]), int(f[9]), int(f[11]), int(f[12]), int(f[19]))
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """``{key: value}`` of a ``/proc/PID/status`` text, e.g. one a container printed."""
+    out = {}
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            out[key] = value.strip()
+    return out
+
+
+def status(pid: int | str = "self") -> dict[str, str]:
+    """``/proc/PID/status`` as a dict; raises OSError (ENOENT) when there is no such process."""
+    with open(f"/proc/{pid}/status") as f:
+        return parse_status(f.read())
 
 
 def alive(pid: int) -> bool:

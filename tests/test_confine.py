@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from labkit import build, confine, container, lab
+from labkit import build, confine, container, lab, procfs
 from labkit.tree import write_tree
 
 from helpers import need
@@ -20,8 +20,7 @@ def _sh(script: str, **opts) -> tuple[int, str]:
 
 
 def _status(**opts) -> dict:
-    _, out = _sh("cat /proc/self/status", **opts)
-    return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    return procfs.parse_status(_sh("cat /proc/self/status", **opts)[1])
 
 
 def test_the_default_container_has_dockers_capabilities_seccomp_and_no_new_privs(busybox):
@@ -110,7 +109,7 @@ def test_compared_with_runcs_default_spec(busybox, tmp_path):
     r = subprocess.run(["runc", "--root", str(tmp_path / "runc-state"), "run", "-b", str(bundle), "labkit-cmp"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    runc = {k: v.strip() for k, _, v in (line.partition(":") for line in r.stdout.splitlines())}
+    runc = procfs.parse_status(r.stdout)
     mine = _status()
     assert set(confine.cap_names(runc["CapEff"])) <= set(confine.cap_names(mine["CapEff"]))
     assert runc["NoNewPrivs"] == mine["NoNewPrivs"] == "1"

@@ -51,7 +51,8 @@ def test_another_lesson_runs_in_full_after_a_lesson_stopped_midway(shared_root):
 
 
 @pytest.mark.parametrize("pair", [("05-container-process", "06-container-rootfs"),
-                                  ("03-image-layers", "07-building-images")])
+                                  ("03-image-layers", "07-building-images"),
+                                  ("04-storage-drivers", "08-registries")])
 def test_two_lessons_at_once_in_one_lab_root(shared_root, pair):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         done = [pool.submit(_run, stem, shared_root) for stem in pair]

@@ -135,3 +135,10 @@ def test_a_cell_run_before_its_setup_says_so():
         r = ip.run_cell("print(home_of_lesson)")
     assert isinstance(r.error_in_exec, NameError)
     assert "run the lesson's first cell (its set-up)" in out.getvalue()
+
+
+def test_proc_status_is_parsed_key_by_key():
+    from labkit import procfs
+    st = procfs.parse_status("Name:\tsh\nCapEff:\t00000000a80425fb\nSeccomp:\t2\nnot a field\n")
+    assert st == {"Name": "sh", "CapEff": "00000000a80425fb", "Seccomp": "2"}
+    assert procfs.status()["Pid"] == str(__import__("os").getpid())

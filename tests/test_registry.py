@@ -559,3 +559,14 @@ def test_the_v1_view_lists_every_layer_up_front_and_serves_them(store, reg):
     assert http(reg).get(f"/v1/images/{ids[-1]}/json").json() == {"id": ids[-1], "parent": ids[-2]}
     assert http(reg).get("/v1/repositories/lab/none/tags").status_code == 404
     assert http(reg).get(f"/v1/images/{'0' * 64}/json").status_code == 404
+
+
+def test_upload_locks_are_forgotten_for_uploads_that_do_not_exist(store, reg):
+    """One lock per upload serialises its requests; a status GET or PATCH of an upload that
+    never existed (or expired) must not leave one behind (before: one per uid asked, for ever)."""
+    h = http(reg)
+    for i in range(20):
+        assert h.get(f"/v2/lab/x/blobs/uploads/{i:032x}").status_code == 404
+    loc = h.post("/v2/lab/x/blobs/uploads/").headers["Location"]
+    h.delete(loc)
+    assert reg.app.upload_locks == {}

@@ -195,8 +195,8 @@ class Registry:
         with lock:
             try:
                 return self._upload(request, name, uid)
-            finally:
-                if request.method in ("PUT", "DELETE"):
+            finally:           # finished, cancelled, expired or never there: forget its lock
+                if request.method in ("PUT", "DELETE") or self.fs.upload(uid, name) is None:
                     with self.lock:
                         self.upload_locks.pop(uid, None)
 
