@@ -74,15 +74,20 @@ class Confinement:
     masked_paths: bool = True
     devices: bool = True
     privileged: bool = False
+    userns: bool = False        # root inside is an unprivileged host uid (userns.py)
 
     @classmethod
-    def from_options(cls, privileged: bool = False, cap_add=(), cap_drop=(), security_opt=()) -> "Confinement":
+    def from_options(cls, privileged: bool = False, cap_add=(), cap_drop=(), security_opt=(),
+                     userns: str = "host") -> "Confinement":
         """``docker run``'s options: --privileged, --cap-add/--cap-drop NAME (or ALL),
-        --security-opt seccomp=unconfined | no-new-privileges=false."""
+        --security-opt seccomp=unconfined | no-new-privileges=false; and podman's
+        --userns=auto (a user namespace of its own) or host (none, the default)."""
+        if userns not in ("host", "auto"):
+            raise ConfinementError(f"unknown --userns {userns!r}", "use --userns auto, or leave it out (host)")
         if privileged:
             return cls(caps=list(CAPS), seccomp=False, no_new_privs=False, masked_paths=False,
-                       devices=False, privileged=True)
-        c = cls()
+                       devices=False, privileged=True, userns=userns == "auto")
+        c = cls(userns=userns == "auto")
         caps = set(c.caps)
         for name in cap_drop:
             caps = set() if _cap(name) == "ALL" else caps - {_cap(name)}
@@ -265,7 +270,8 @@ class Rung:
 
 def ladder() -> list[tuple[str, Confinement]]:
     """From --privileged to Docker's default, one defence added at a time (the lesson's table);
-    last, the default with CAP_SYS_ADMIN given back: seccomp alone still refuses mount and unshare."""
+    then the default with CAP_SYS_ADMIN given back (seccomp alone still refuses mount and
+    unshare), and last --privileged again inside a user namespace (userns.py)."""
     everything = Confinement.from_options(privileged=True)
     steps = [("--privileged: none", everything)]
     c = Confinement(caps=sorted(DOCKER_CAPS), seccomp=False, no_new_privs=False, masked_paths=False, devices=False)
@@ -276,6 +282,7 @@ def ladder() -> list[tuple[str, Confinement]]:
     steps.append(("+ masked and read-only /proc, /sys", c))
     steps.append(("+ devices cgroup: docker's default", Confinement()))
     steps.append(("docker's default, --cap-add SYS_ADMIN", Confinement.from_options(cap_add=["SYS_ADMIN"])))
+    steps.append(("--privileged --userns auto", Confinement.from_options(privileged=True, userns="auto")))
     return steps
 
 

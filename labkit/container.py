@@ -22,6 +22,7 @@ or inside its own namespaces; its cgroup and process are in the lab's ledger.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import cgroups, confine, kernel, lab, overlay, roots, sandbox, snapshot
+from . import userns as user_namespace     # the parameter userns= is podman's option
 from .errors import KernelError, LabError
 from .image import store as st
 from .image import mutate
@@ -103,6 +105,7 @@ class Config:
     work: str = ""
     session: str = field(default_factory=lambda: lab.session())   # who made it (lab.session)
     confinement: dict = field(default_factory=dict)   # confine.Confinement: capabilities, seccomp, ...
+    userns: int = 0         # --userns auto: the host uid that is root inside (0: no user namespace)
 
 
 @dataclass
@@ -147,18 +150,20 @@ class Container:
                layers: tuple[list[Path], Path, Path] | None = None, env: list[str] | None = None,
                workdir: str | None = None, user: str | None = None, privileged: bool = False,
                cap_add: list[str] = (), cap_drop: list[str] = (), security_opt: list[str] = (),
-               confinement: "confine.Confinement | None" = None) -> "Container":
+               userns: str = "host", confinement: "confine.Confinement | None" = None) -> "Container":
         """A container of ``image``. A builder passes ``layers`` = (lowerdirs, upper, work) of a
         snapshot instead, and the image config's env, workdir and user as they stand.
         ``privileged``, ``cap_add``, ``cap_drop``, ``security_opt``: as docker run's (confine.py);
-        by default the container gets Docker's confinement; ``confinement`` gives it exactly
+        ``userns="auto"``: as podman's, root inside is an unprivileged host uid (userns.py); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
         store = store or st.Store()
         img = store.image(image)
         conf = img.config.get("config", {})
         cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
         check_limits(parse_size(memory), pids, cpus)
-        confinement = confinement or confine.Confinement.from_options(privileged, cap_add, cap_drop, security_opt)
+        confinement = confinement or confine.Confinement.from_options(privileged, cap_add, cap_drop, security_opt, userns)
+        if confinement.userns and layers:
+            raise ContainerError("a build step cannot run in a user namespace", "leave out userns for build steps")
         cid = secrets.token_hex(6)
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
                      [], list(conf.get("Env", []) if env is None else env),
@@ -179,6 +184,8 @@ class Container:
         lab.inside(c.dir).mkdir(parents=True)
         for d in (c.dir / "upper", c.dir / "work", c.rootfs):
             d.mkdir()
+        if confinement.userns:
+            cfg.userns = user_namespace.allocate(lab.root() / "userns", c.dir).outside
         cfg.volumes = [_volume(v) for v in volumes]
         c._write_init_layer()
         c._save()
@@ -221,21 +228,22 @@ class Container:
         conf.caps = confine.caps_in_force(conf)     # on cgroup v2: without MKNOD
         self._confinement = conf
         self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
+        self._ids = user_namespace.IdRange(self.cfg.userns) if self.cfg.userns else None
         if self.cfg.memory:
             self.group.set_memory(self.cfg.memory)
         if self.cfg.pids:
             self.group.set_pids(self.cfg.pids)
         if self.cfg.cpus:
             self.group.set_cpu(self.cfg.cpus)
+        self._userns_fd = user_namespace.create(self._ids) if self._ids else None
         out = [os.pipe(), os.pipe()] if capture else None
         try:
             self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group,
                                        stdout=out[0][1] if out else None, stderr=out[1][1] if out else None,
                                        note=f"container {self.id}")
         finally:
-            if out:
-                os.close(out[0][1])
-                os.close(out[1][1])
+            for fd in ([out[0][1], out[1][1]] if out else []) + ([self._userns_fd] if self._ids else []):
+                os.close(fd)        # the child has its copies
         self.pid = self.child.pid
         self._out = (out[0][0], out[1][0]) if out else None
         try:
@@ -252,72 +260,99 @@ class Container:
     def _pid1(self, ch) -> None:
         """PID 1 of the container (a sandbox.Child in its cgroup and namespaces): build the
         root filesystem, pivot_root into it, close inherited fds, exec the command."""
-        step = "starting"
+        self._step = "starting"
         try:
-            step = "setting the hostname"
+            self._step = "setting the hostname"
             socket.sethostname(self.cfg.hostname)
-            step = "bringing up lo"
+            self._step = "bringing up lo"
             subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
-            step = "mounting the overlay"
-            ov = overlay.Overlay(self.lowerdirs, self.upper, self.work, self.rootfs)
-            ov.mount_here()
-            r = str(self.rootfs)
-            for name in INIT_FILES:        # as docker does: edits go to this container's files
-                step = f"bind-mounting /etc/{name}"
-                fd = open_in_root(self.rootfs, f"etc/{name}")
-                try:
-                    kernel.mount(str(self.init / "etc" / name), f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
-                finally:
-                    os.close(fd)
-            for spec in self.cfg.volumes:
-                step = f"mounting the volume {spec}"
-                host, ctr = spec.split(":", 1)
-                fd = mkdirs_in_root(self.rootfs, ctr)
-                try:        # mount(2) on /proc/self/fd/N: the directory we hold, not a path again
-                    kernel.mount(host, f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
-                finally:
-                    os.close(fd)
-            conf = self._confinement
-            quiet = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
-            step = "mounting /proc"
-            proc = self._mount_in_root("proc", "proc", "proc", quiet)
-            step = "mounting /sys"
-            sysfs = self._mount_in_root("sys", "sysfs", "sysfs", quiet | (0 if conf.privileged else kernel.MS_RDONLY))
-            step = "making /dev"
-            dev = self._mount_in_root("dev", "tmpfs", "tmpfs", kernel.MS_NOSUID | kernel.MS_NOEXEC, "mode=755,size=65536k")
-            _populate_dev(dev)
-            step = "mounting /sys/fs/cgroup"
-            confine.mount_cgroupfs(sysfs, writable=conf.privileged)
-            if conf.masked_paths:
-                step = "masking paths of /proc and /sys"
-                confine.mask_paths(proc, sysfs)
-            for fd in (proc, sysfs, dev):
-                os.close(fd)
-            step = "pivot_root"
-            roots.pivot_into(r)
-            step = "closing inherited fds"
+            ids = self._ids
+            # with --userns, what PID 1 creates in the root is owned by the namespace's root
+            with user_namespace.as_ns_root(ids) if ids else contextlib.nullcontext():
+                self._build_root()
+            if ids:
+                self._step = "entering the user namespace"
+                user_namespace.enter(self._userns_fd)
+            self._step = "closing inherited fds"
             sandbox.close_fds()
             env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
             env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
             env["HOSTNAME"] = self.cfg.hostname
-            step = f"changing to the working directory {self.cfg.workdir}"
+            self._step = f"changing to the working directory {self.cfg.workdir}"
             os.makedirs(self.cfg.workdir, exist_ok=True)
             os.chdir(self.cfg.workdir)
-            step = "dropping capabilities"
+            conf = self._confinement
+            self._step = "dropping capabilities"
             confine.confine(conf)
             if self.cfg.user:
-                step = f"becoming user {self.cfg.user}"
+                self._step = f"becoming user {self.cfg.user}"
                 uid, gid = _user_ids(self.cfg.user)
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-            step = "loading the seccomp filter"
+            self._step = "loading the seccomp filter"
             confine.load(conf, self._seccomp)
-            step = f"executing {self.cfg.cmd[0]!r}"
+            self._step = f"executing {self.cfg.cmd[0]!r}"
             os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
         except BaseException as e:
-            raise ContainerError(f"container {self.id}: {step} failed: {e}",
+            raise ContainerError(f"container {self.id}: {self._step} failed: {e}",
                                  "check the command and the image (labkit image inspect)") from None
+
+    def _build_root(self) -> None:
+        """In PID 1: the overlay, the init files, the volumes, /proc, /sys, /dev, the cgroupfs
+        and the masks, then pivot_root(2) into it (steps 3 and 4 of the module's docstring)."""
+        ids = self._ids
+        if ids:
+            self._step = "idmapping the layers for the user namespace"
+            self._idmap_layers()
+        self._step = "mounting the overlay"
+        overlay.Overlay(self.lowerdirs, self.upper, self.work, self.rootfs).mount_here()
+        for name in INIT_FILES:        # as docker does: edits go to this container's files
+            self._step = f"bind-mounting /etc/{name}"
+            fd = open_in_root(self.rootfs, f"etc/{name}")
+            try:
+                kernel.mount(str(self.init / "etc" / name), f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
+            finally:
+                os.close(fd)
+        for spec in self.cfg.volumes:
+            self._step = f"mounting the volume {spec}"
+            host, ctr = spec.split(":", 1)
+            fd = mkdirs_in_root(self.rootfs, ctr)
+            try:        # mount(2) on /proc/self/fd/N: the directory we hold, not a path again
+                if ids:     # the volume's files keep their owners: on disk 0 is root inside
+                    vol = user_namespace.idmapped(host, self._userns_fd)
+                    kernel.move_mount(vol, target_fd=fd)
+                    os.close(vol)
+                else:
+                    kernel.mount(host, f"/proc/self/fd/{fd}", None, kernel.MS_BIND)
+            finally:
+                os.close(fd)
+        conf = self._confinement
+        quiet = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+        self._step = "mounting /proc"
+        proc = self._mount_in_root("proc", "proc", "proc", quiet)
+        self._step = "mounting /sys"
+        sysfs = self._mount_in_root("sys", "sysfs", "sysfs", quiet | (0 if conf.privileged else kernel.MS_RDONLY))
+        self._step = "making /dev"
+        owner = f",uid={ids.outside},gid={ids.outside}" if ids else ""
+        dev = self._mount_in_root("dev", "tmpfs", "tmpfs", kernel.MS_NOSUID | kernel.MS_NOEXEC,
+                                  "mode=755,size=65536k" + owner)
+        _populate_dev(dev)
+        self._step = "mounting /sys/fs/cgroup"
+        confine.mount_cgroupfs(sysfs, writable=conf.privileged)
+        if conf.masked_paths:
+            self._step = "masking paths of /proc and /sys"
+            confine.mask_paths(proc, sysfs)
+        for fd in (proc, sysfs, dev):
+            os.close(fd)
+        self._step = "pivot_root"
+        roots.pivot_into(str(self.rootfs))
+
+    def _idmap_layers(self) -> None:
+        """--userns: every lowerdir and the container's own directory (init layer, upper and work)
+        seen through the user namespace's map, each an idmapped mount on itself (userns.py)."""
+        for d in [p for p in self.lowerdirs if not p.is_relative_to(self.dir)] + [self.dir]:
+            user_namespace.idmap_onto(d, self._userns_fd)
 
     def _mount_in_root(self, name: str, source: str, fstype: str, flags: int, data: str | None = None) -> int:
         """Mount ``fstype`` on the directory ``name`` of the rootfs, reached through an fd resolved
@@ -366,6 +401,19 @@ class Container:
         self._finish()
         (self.dir / "result.json").write_text(json.dumps(asdict(res)))
         return res
+
+    def pid1(self, timeout: float = 10) -> int:
+        """The host's number for the container's PID 1: the only child of the process that made
+        its PID namespace (/proc/PID/task/TID/children, proc(5)); waits until it exists."""
+        if self.pid is None:
+            raise ContainerError(f"container {self.id} is not running", "start it first")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            if kids:
+                return int(kids[0])
+            time.sleep(0.01)
+        raise ContainerError(f"container {self.id} has no PID 1 after {timeout} s", "look at its result: c.wait()")
 
     def kill(self) -> None:
         """SIGKILL every process of the container (through its cgroup) and reap."""

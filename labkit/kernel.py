@@ -48,11 +48,18 @@ MNT_DETACH = 2
 # Syscall numbers for the calls glibc 2.36 does not wrap. pivot_root differs between
 # x86_64 and arm64 (asm-generic); the mount API calls (424 and up) are the same everywhere.
 SYS_pivot_root = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
+SYS_open_tree = 428
 SYS_move_mount = 429
 SYS_fsopen = 430
 SYS_fsconfig = 431
 SYS_fsmount = 432
 SYS_openat2 = 437
+SYS_mount_setattr = 442              # Linux 5.12
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_IDMAP = 0x00100000
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -160,7 +167,7 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc.syscall(SYS_CAPSET, header, data), "capset")
 
 
-SYS_CAPSET = 126                                    # x86_64
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(os.uname().machine)
 
 
 def make_private(path: str = "/") -> None:
@@ -213,10 +220,44 @@ def fsmount(fd: int, attr_flags: int = 0) -> int:
     return _check(_libc.syscall(SYS_fsmount, fd, FSMOUNT_CLOEXEC, attr_flags), "fsmount")
 
 
-def move_mount(mount_fd: int, target: str) -> None:
-    """move_mount(2): attach the detached mount ``mount_fd`` at ``target``."""
-    _check(_libc.syscall(SYS_move_mount, mount_fd, b"", AT_FDCWD, _b(target),
-                         MOVE_MOUNT_F_EMPTY_PATH), "move_mount", str(target))
+def move_mount(mount_fd: int, target: str | None = None, target_fd: int | None = None) -> None:
+    """move_mount(2): attach the detached mount ``mount_fd`` at ``target``, or on the
+    directory an O_PATH ``target_fd`` holds (no path looked up again)."""
+    if target_fd is not None:
+        ret = _libc.syscall(SYS_move_mount, mount_fd, b"", target_fd, b"",
+                            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
+    else:
+        ret = _libc.syscall(SYS_move_mount, mount_fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH)
+    _check(ret, "move_mount", str(target or f"fd {target_fd}"))
+
+
+def open_tree(path: str) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at ``path`` (a bind
+    mount not yet attached anywhere), as an fd for mount_setattr(2) and move_mount(2)."""
+    return _check(_libc.syscall(SYS_open_tree, AT_FDCWD, _b(path), OPEN_TREE_CLONE | os.O_CLOEXEC),
+                  "open_tree", str(path))
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr_idmap(mount_fd: int, userns_fd: int) -> None:
+    """mount_setattr(2) MOUNT_ATTR_IDMAP: the detached mount ``mount_fd`` shows its files'
+    owners through the ID map of the user namespace ``userns_fd`` (on disk uid 0 is seen as
+    that namespace's root). The file system must allow it (ext4, btrfs, xfs; tmpfs since 6.3)."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    ret = _libc.syscall(SYS_mount_setattr, mount_fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))
+    why = "this file system or kernel cannot make idmapped mounts" if ret == -1 and ctypes.get_errno() == errno.EINVAL else ""
+    _check(ret, "mount_setattr(MOUNT_ATTR_IDMAP)", cause=why)
+
+
+def setfsid(uid: int, gid: int) -> None:
+    """setfsuid(2) and setfsgid(2): the ids this thread creates and checks files with. Going
+    from fsuid 0 to another clears CAP_CHOWN, CAP_DAC_OVERRIDE and the like from the effective set."""
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
 
 
 # --- the kernel log -----------------------------------------------------------------------

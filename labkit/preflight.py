@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cgroups, kernel, lab, overlay
+from .errors import LabError
 
 
 @dataclass
@@ -114,6 +115,7 @@ def preflight() -> Preflight:
                   f"v{c.version} at {c.mountpoint}" if c else "no hierarchy has it",
                   fix=f"enable the {name} controller (cgroup_enable={name} on the kernel command line)"))
     add(trusted_xattr_check())
+    add(idmap_check())
     for tool, (pkg, why) in TOOLS.items():
         path = shutil.which(tool)
         add(Check(f"tool {tool}", path is not None, path or f"not found ({why})",
@@ -149,3 +151,25 @@ def trusted_xattr_check() -> Check:
                      fix="put LABKIT_HOME on ext4, xfs, btrfs or tmpfs, and run as root")
     finally:
         probe.unlink(missing_ok=True)
+
+
+def idmap_check() -> Check:
+    """Whether the lab root's file system takes idmapped mounts (what --userns auto needs):
+    a detached clone of the lab root given a user namespace's map, then closed."""
+    from . import userns
+    if os.geteuid() != 0:
+        return Check("idmapped mounts at the lab root", False, "not checked: it needs root",
+                     required=False, fix="run as root")
+    ns_fd = mnt = None
+    try:
+        ns_fd = userns.create(userns.IdRange(userns.FIRST))
+        mnt = userns.idmapped(lab.root(), ns_fd)
+        return Check("idmapped mounts at the lab root", True, f"{lab.root()} can be idmapped (--userns auto)",
+                     required=False)
+    except LabError as e:
+        return Check("idmapped mounts at the lab root", False, str(e).splitlines()[0], required=False,
+                     fix="put LABKIT_HOME on ext4, xfs or btrfs (tmpfs needs Linux 6.3) for --userns auto")
+    finally:
+        for fd in (mnt, ns_fd):
+            if fd is not None:
+                os.close(fd)

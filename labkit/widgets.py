@@ -371,7 +371,8 @@ def defences(store=None, image: str = "busybox") -> w.VBox:
     boxes = {"caps": w.Checkbox(value=True, description="docker's 14 capabilities", indent=False),
              "seccomp": w.Checkbox(value=True, description="no_new_privs + seccomp", indent=False),
              "masked": w.Checkbox(value=True, description="read-only /proc/sys, masked paths", indent=False),
-             "devices": w.Checkbox(value=True, description="devices cgroup", indent=False)}
+             "devices": w.Checkbox(value=True, description="devices cgroup", indent=False),
+             "userns": w.Checkbox(value=False, description="user namespace (--userns auto)", indent=False)}
     go = w.Button(description="Run the attacks", button_style="primary")
     table = w.HTML()
 
@@ -380,7 +381,7 @@ def defences(store=None, image: str = "busybox") -> w.VBox:
         b = {k: v.value for k, v in boxes.items()}
         conf = confine.Confinement(caps=sorted(confine.DOCKER_CAPS) if b["caps"] else list(confine.CAPS),
                                    seccomp=b["seccomp"], no_new_privs=b["seccomp"], masked_paths=b["masked"],
-                                   devices=b["devices"])
+                                   devices=b["devices"], userns=b["userns"])
         with confine.DisposableDisk(lab.root() / "tmp" / f"disposable-disk-{os.getpid()}.img") as disk:
             rung = confine.try_attacks(image, conf, disk, store=store)
         cells = "".join(f"<td style='color:{'#c62828' if rung.escaped[a] else '#2e7d32'}'>"

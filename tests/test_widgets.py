@@ -74,3 +74,7 @@ def test_defences_reruns_the_attacks_with_the_ticked_defences(busybox):
     next(c for c in checks if "devices" in c.description).value = False
     go.click()
     assert "raw disk: ESCAPED" in table.value
+    for c in checks:                          # every defence off but the user namespace
+        c.value = "user namespace" in c.description
+    go.click()
+    assert "raw disk: refused" in table.value and "cgroupfs: refused" in table.value and "Seccomp 0" in table.value

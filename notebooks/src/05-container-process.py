@@ -301,17 +301,59 @@ for label, rung in rungs:
 # capability guards. The read-only /proc/sys stops the knob. Only the **devices cgroup** stops
 # the raw disk: Docker keeps CAP_MKNOD, so a node can be made, but it cannot be opened.
 # (On cgroup v2 runc loads a BPF program for this; labkit, without one, drops CAP_MKNOD there.)
-# A user namespace (podman's rootless, `--userns`) would take away even more: not yet in labkit.
+#
+# The last row is `--privileged` again, every defence off, but inside a **user namespace**
+# (`--userns auto`, as podman's; docker calls it userns-remap): the raw disk, `/proc/sys` and
+# the cgroup mount are refused all the same. Only `unshare` works, and what it makes belongs
+# to the container's user namespace. The next cell shows why.
 
 # %%
-first, default, with_admin = rungs[0][1], rungs[-2][1], rungs[-1][1]
+rows = dict(rungs)
+first, default = rows["--privileged: none"], rows["+ devices cgroup: docker's default"]
+with_admin, userns_row = rows["docker's default, --cap-add SYS_ADMIN"], rows["--privileged --userns auto"]
 assert all(first.escaped.values()) and first.status["Seccomp"] == "0"
 assert not any(default.escaped.values())
 assert default.status == {"CapEff": confine.mask(confine.caps_in_force(confine.Confinement())), "Seccomp": "2",
                           "NoNewPrivs": "1"}                    # 00000000a80425fb: docker's 14 (13 on cgroup v2)
 assert not with_admin.escaped["cgroupfs"] and not with_admin.escaped["unshare"]   # seccomp alone
 assert [label for label, rung in rungs if not rung.escaped["raw disk"]][0].startswith("+ devices cgroup")
+assert int(userns_row.status["CapEff"], 16) >= int(first.status["CapEff"], 16)    # every capability ...
+assert [a for a, got in userns_row.escaped.items() if got] == ["unshare"]          # ... yet only unshare works
 assert lab.entries(mine=True) == []                  # the loop device is gone
+
+# %% [markdown]
+# ### Root inside, nobody outside
+#
+# A user namespace maps ids (user_namespaces(7)). labkit gives each `--userns auto` container
+# 65,536 host uids of its own, from 1,000,000,000 up: uid 0 inside *is* uid 1000000000 on the
+# host. Its capabilities are real but only over what its namespace owns; a device node, a
+# mount of the host's file systems or a file owned by host root are not among them.
+#
+# The image's files are owned by uid 0 on disk, which in the namespace is nobody. labkit does
+# not chown a copy: it mounts each layer **idmapped** (mount_setattr(2), MOUNT_ATTR_IDMAP),
+# so on disk 0 is seen as 1000000000, which the container calls 0; and what the container
+# writes lands in its upper layer as uid 0 again, ready to commit (`labkit/userns.py`).
+# Below, a `--privileged --userns auto` container writes a file while the host reads its
+# PID 1's `/proc/PID/status`.
+
+# %% tags=["nbval-ignore-output"]
+c = container.Container.create("busybox", ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map; touch /tmp/by-root; sleep 1"],
+                               privileged=True, userns="auto")
+c.start()
+host_pid = c.pid1()
+for _ in range(500):                     # until the file is there (at most 10 s)
+    if (c.upper / "tmp" / "by-root").exists():
+        break
+    time.sleep(0.02)
+host_uid = procfs.status(host_pid)["Uid"].split()[0]
+r = c.wait()
+inside_uid, *uid_map = r.stdout.split()
+print("inside: uid", inside_uid, "| uid_map", " ".join(uid_map), "| on the host the same process is uid", host_uid)
+print("the file it wrote, on disk in its upper layer: owner", (c.upper / "tmp" / "by-root").stat().st_uid)
+c.remove()
+
+# %%
+assert inside_uid == "0" and uid_map[:2] == ["0", host_uid] and int(host_uid) >= 1_000_000_000
 
 # %% [markdown]
 # **Try it.** Tick the defences and run the attacks again.
