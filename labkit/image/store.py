@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from typing import BinaryIO
 
 from .. import lab
 from ..errors import LabError
-from . import digest, layer
+from . import digest, formats, layer
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -38,7 +37,7 @@ CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = layer.MEDIA_TYPE
 LAYER_GZIP = layer.MEDIA_TYPE + "+gzip"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-LAYER_TYPES = (LAYER, LAYER_GZIP, DOCKER_LAYER_GZIP)
+LAYER_TYPES = formats.LAYERS
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_JSON = 4 << 20
 EPOCH = "1970-01-01T00:00:00Z"
@@ -221,13 +220,24 @@ class Layout:
             yield
 
     def _reachable(self, descs) -> set[str]:
-        """The digests of the manifests ``descs`` and of every config and layer they name."""
-        keep = set()
-        for desc in descs:
+        """The digests of the manifests ``descs`` and of every config and layer they name (and,
+        for an index, of its manifests' in turn). A blob that is not JSON reaches nothing more."""
+        keep, todo = set(), list(descs)
+        while todo:
+            desc = todo.pop()
+            if desc.digest in keep:
+                continue
             keep.add(desc.digest)
-            if self.has_blob(desc.digest):
-                m = self.read_json(desc)
-                keep.update(d["digest"] for d in [m.get("config", {}), *m.get("layers", [])] if "digest" in d)
+            if not self.has_blob(desc.digest):
+                continue
+            try:
+                m = self.read_json(Descriptor(desc.media_type, desc.digest, self.blob_path(desc.digest).stat().st_size))
+            except LabError:
+                continue
+            named = [m.get("config"), *(m.get("layers") or []), *(m.get("manifests") or [])]
+            for d in named:
+                if isinstance(d, dict) and isinstance(d.get("digest"), str) and d["digest"].startswith("sha256:"):
+                    todo.append(Descriptor(str(d.get("mediaType", "")), d["digest"], 0))
         return keep
 
     def unreferenced(self) -> dict[str, int]:
@@ -305,17 +315,15 @@ class Image:
 
 def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
     """Read and check the manifest and config a name points to."""
-    if desc.media_type != MANIFEST:
-        raise StoreError(f"{name} points to a {desc.media_type}, not an OCI image manifest",
-                         "copy it with skopeo --format oci, or pick a single-platform image")
+    if desc.media_type not in formats.MANIFESTS:
+        raise StoreError(f"{name} points to a {desc.media_type}, not an image manifest",
+                         "load it again with labkit image load, which picks this machine's platform")
     m = layout.read_json(desc)
     if m.get("schemaVersion") != 2 or not isinstance(m.get("layers"), list) or "config" not in m:
         raise StoreError(f"the manifest of {name} is malformed (schemaVersion 2, config and layers needed)",
                          "the image is broken: remove it and load it again")
+    formats.check_image_manifest(m, desc.media_type, name)
     img = Image(name, desc, m, {})
-    for d in img.layers:
-        if d.media_type not in LAYER_TYPES:
-            raise StoreError(f"{name} has a layer of type {d.media_type}", f"labkit reads {', '.join(LAYER_TYPES)}")
     img.config = layout.read_json(img.config_desc)
     if len(img.diff_ids) != len(img.layers):
         raise StoreError(f"{name} has {len(img.layers)} layers but {len(img.diff_ids)} DiffIDs in its config",
@@ -326,13 +334,13 @@ def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
 GUARD_EVERY = 16 << 20
 
 
-def _decompress(src, dst, where: Path, desc: Descriptor) -> None:
+def _decompress(src, dst, where: Path, desc: Descriptor, kind: str = "gzip") -> None:
     """Copy a decompressing stream, checking the free space every 16 MiB: a gzip bomb (a few
     KiB that inflate to terabytes) stops with an error naming the layer, not a full disk."""
     since = GUARD_EVERY
     while chunk := src.read(digest.CHUNK):
         if since >= GUARD_EVERY:
-            layer.ensure_space(where, GUARD_EVERY, f"layer {desc.digest[:19]} (gzip, {desc.size} bytes)")
+            layer.ensure_space(where, GUARD_EVERY, f"layer {desc.digest[:19]} ({kind}, {desc.size} bytes)")
             since = 0
         dst.write(chunk)
         since += len(chunk)
@@ -352,7 +360,25 @@ class Store(Layout):
                               else self.path.with_name(self.path.name + ".snapshots"))
 
     def images(self) -> list[Image]:
-        return [read_image(self, n, d) for n, d in sorted(self.refs().items())]
+        """Every image that can be read; see :meth:`unreadable` for the names that cannot."""
+        out = []
+        for n, d in sorted(self.refs().items()):
+            try:
+                out.append(read_image(self, n, d))
+            except LabError:
+                pass
+        return out
+
+    def unreadable(self) -> dict[str, str]:
+        """``{name: why}`` for the names in index.json that are not readable images (another
+        tool's index or artifact, a damaged blob): listed by ``image ls``, removable by ``image rm``."""
+        out = {}
+        for n, d in sorted(self.refs().items()):
+            try:
+                read_image(self, n, d)
+            except LabError as e:
+                out[n] = e.message
+        return out
 
     def image(self, name: str) -> Image:
         refs = self.refs()
@@ -387,8 +413,10 @@ class Store(Layout):
         """Drop a name, then those of *its* blobs that no other name needs; returns the freed
         digests. Blobs it never named stay, so an image another lesson is writing right now (its
         blobs stored, its name not yet) is safe."""
-        img = self.image(name)
-        mine = self._reachable([img.manifest_desc])
+        refs = self.refs()
+        if name not in refs:
+            self.image(name)                 # the "no image called" error, with the names there are
+        mine = self._reachable([refs[name]])      # an unreadable image can be removed too
         self.remove_ref(name)
         return self._free(mine)
 
@@ -416,12 +444,15 @@ class Store(Layout):
     # reading layers
     def open_layer(self, desc: Descriptor, diff_id: str | None = None) -> Path:
         """A plain tar file for a layer blob, its digest verified (and, given ``diff_id``,
-        the uncompressed bytes checked against the config's DiffID). Compressed layers are
-        decompressed once into ``<lab root>/tmp``, hashed as they are written."""
-        if desc.media_type == LAYER:
-            with self.open_blob(desc) as r:      # reading it through verifies the digest
-                while r.read(digest.CHUNK):
+        the uncompressed bytes checked against the config's DiffID). The first bytes say how it
+        is compressed, whatever its media type says (formats.compression); a compressed layer is
+        decompressed once into ``<lab root>/tmp``, hashed as it is written."""
+        with self.open_blob(desc) as r:
+            kind = formats.compression(r.read(4))
+            if kind == "none":
+                while r.read(digest.CHUNK):      # reading it through verifies the digest
                     pass
+        if kind == "none":
             if diff_id and desc.digest != diff_id:
                 raise _diff_id_mismatch(desc, diff_id, desc.digest)
             return self.blob_path(desc.digest)
@@ -432,13 +463,18 @@ class Store(Layout):
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(f".{uuid.uuid4().hex}")
         try:
-            with self.open_blob(desc) as r, gzip.open(r, "rb") as src, open(tmp, "wb") as f, \
+            with self.open_blob(desc) as r, formats.decompressed(r, kind) as src, open(tmp, "wb") as f, \
                     digest.HashingWriter(f) as dst:
-                _decompress(src, dst, out.parent, desc)
+                _decompress(src, dst, out.parent, desc, kind)
             if diff_id and dst.digest != diff_id:
                 raise _diff_id_mismatch(desc, diff_id, dst.digest)
             out.with_suffix(".diffid").write_text(dst.digest)
             tmp.rename(out)
+        except Exception as e:                  # gzip.BadGzipFile, EOFError, zstandard.ZstdError ...
+            if isinstance(e, LabError):
+                raise
+            raise StoreError(f"layer {desc.digest[:19]} is not valid {kind} ({e})",
+                             "the image is broken: remove it (labkit image rm) and pull it again") from None
         finally:
             tmp.unlink(missing_ok=True)
         return out
@@ -458,30 +494,42 @@ class Store(Layout):
         copy(self, name, dst, tag)
         return dst.path
 
-    def load(self, directory: str | os.PathLike, tag: str, name: str | None = None) -> Image:
-        """Copy image ``tag`` of the OCI layout ``directory`` into the store as ``name``."""
-        def safe_layers(img: Image) -> None:        # before the name appears in index.json
-            for d in img.layers:                    # (copy verified each digest already)
-                layer.validate(self.blob_path(d.digest) if d.media_type == LAYER else self.open_layer(d))
-        img = copy(Layout(directory, create=False), tag, self, check_name(name or tag), check=safe_layers)
+    def load(self, directory: str | os.PathLike, tag: str, name: str | None = None,
+             platform: "formats.Platform | None" = None) -> Image:
+        """Copy image ``tag`` of the OCI layout ``directory`` into the store as ``name``
+        (``platform``'s image if ``tag`` names an index)."""
+        img = copy(Layout(directory, create=False), tag, self, check_name(name or tag), check=self.check_layers,
+                   platform=platform)
         return self.image(img.name)
 
+    def check_layers(self, img: Image) -> None:
+        """Before an image gets its name: every layer decompresses to its DiffID and is a safe
+        tar (layer.validate). A pull or load that fails here leaves no name behind."""
+        for d, diff_id in zip(img.layers, img.diff_ids):
+            layer.validate(self.open_layer(d, diff_id))
 
-def copy(src: Layout, src_name: str, dst: Layout, dst_name: str, check=None) -> Image:
+
+def copy(src: Layout, src_name: str, dst: Layout, dst_name: str, check=None,
+         platform: "formats.Platform | None" = None) -> Image:
     """Copy image ``src_name`` of layout ``src`` into layout ``dst`` as ``dst_name`` (what
     ``skopeo copy oci:A:x oci:B:y`` does): each blob ``dst`` lacks, verified as it is read,
-    then ``check(image)`` if given, and only then the name."""
+    then ``check(image)`` if given, and only then the name. A name that points at an index
+    copies ``platform``'s image (this machine's by default)."""
     refs = src.refs()
     if src_name not in refs:
         raise StoreError(f"{src.path} has no image tagged {src_name!r}",
                          f"tags there: {', '.join(sorted(refs)) or 'none'}")
     d = refs[src_name]
-    img = read_image(src, src_name, Descriptor(d.media_type, d.digest, d.size))
+    d = Descriptor(d.media_type, d.digest, d.size)
+    if d.media_type in formats.INDEXES:
+        d = Descriptor.from_json(formats.select(src.read_json(d), platform or formats.Platform.host(),
+                                                f"{src_name} in {src.path}"), "index entry")
+    img = read_image(src, src_name, d)
     for desc in [*img.layers, img.config_desc, img.manifest_desc]:
         if not dst.claim_blob(desc.digest):
             with src.open_blob(desc) as r:
                 dst.put_blob(r, desc.media_type, expect=desc.digest)
     if check:
         check(img)
-    dst.set_ref(dst_name, Descriptor(MANIFEST, img.manifest_desc.digest, img.manifest_desc.size))
+    dst.set_ref(dst_name, Descriptor(img.manifest_desc.media_type, img.manifest_desc.digest, img.manifest_desc.size))
     return Image(dst_name, img.manifest_desc, img.manifest, img.config)

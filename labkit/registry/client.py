@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from .. import lab
 from ..errors import LabError
-from ..image import digest as dg, store as st
+from ..image import digest as dg, formats, store as st
 from .auth import BearerAuth
 
-ACCEPT = ", ".join([st.MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"])
+ACCEPT = formats.ACCEPT          # every manifest and index type labkit reads
 CHUNK = 1 << 20
 
 
@@ -50,16 +50,23 @@ class Event:
 
 @dataclass
 class Ref:
+    """HOST:PORT/REPO:TAG or HOST:PORT/REPO@sha256:HEX (distribution's reference grammar);
+    ``tag`` is the tag or the digest, whichever the manifest is asked for by."""
     host: str
     repo: str
     tag: str
 
     @classmethod
     def parse(cls, text: str) -> "Ref":
-        m = re.fullmatch(r"([^/]+)/(.+?)(?::([\w][\w.-]{0,127}))?", text)
+        m = re.fullmatch(r"([^/]+)/([^@]+?)(?::([\w][\w.-]{0,127}))?(?:@(sha256:[0-9a-f]{64}))?", text)
         if not m or ":" not in m.group(1) and "." not in m.group(1) and m.group(1) != "localhost":
-            raise RegistryError(f"{text!r} is not HOST:PORT/REPO:TAG", "write it like 127.0.0.1:5000/lab/busybox:v1")
-        return cls(m.group(1), m.group(2), m.group(3) or "latest")
+            raise RegistryError(f"{text!r} is not HOST:PORT/REPO:TAG or HOST:PORT/REPO@sha256:DIGEST",
+                                "write it like 127.0.0.1:5000/lab/busybox:v1")
+        return cls(m.group(1), m.group(2), m.group(4) or m.group(3) or "latest")
+
+    @property
+    def by_digest(self) -> bool:
+        return self.tag.startswith("sha256:")
 
 
 @dataclass
@@ -120,23 +127,29 @@ def _check(r: httpx.Response, what: str, ok=(200,)) -> httpx.Response:
 # --- pull ----------------------------------------------------------------------------------
 def pull(ref: str, name: str | None = None, parallel: int = 4, user=None, password=None,
          trace: list | None = None, retries: int = 3, transport: httpx.BaseTransport | None = None,
-         progress: bool = False, *, store: st.Store | None = None) -> st.Image:
-    """Pull ``ref`` into ``store`` (the lab's by default) as ``name``. ``parallel=1`` is the
-    v1-style serial pull.
+         progress: bool = False, *, store: st.Store | None = None, platform: str | None = None) -> st.Image:
+    """Pull ``ref`` (a tag or ``@sha256:`` digest) into ``store`` (the lab's by default) as
+    ``name``. ``parallel=1`` is the v1-style serial pull. An index (manifest list) gives
+    ``platform``'s image ("linux/arm64"; this machine's by default). Every layer is checked
+    (digest, DiffID, a safe tar) before the name is written: a refused pull names nothing.
     ``progress``: one tqdm bar per blob (a widget in Jupyter, text in a terminal)."""
     r = Ref.parse(ref)
+    want = formats.Platform.parse(platform) if platform else formats.Platform.host()
     store = store or st.Store()
+    name = st.check_name(name or r.repo.split("/")[-1])
     s = Session(r.host, user, password, trace, transport)
     try:
-        body, manifest, cfg, layers = _manifest(s, r)
+        body, mtype, manifest, cfg, layers = _manifest(s, r, want)
         jobs = [("config", cfg)] + [(f"layer {i + 1}/{len(layers)}", d) for i, d in enumerate(layers)]
         with _downloads(s, r, jobs, parallel, retries, progress) as files:
             for (what, desc), f in zip(jobs, files):
                 with open(f, "rb") as src:
                     store.put_blob(src, desc.media_type, expect=desc.digest)
-        mdesc = store.put_bytes(body, manifest.get("mediaType", st.MANIFEST))
-        store.set_ref(st.check_name(name or r.repo.split("/")[-1]), mdesc)
-        return store.image(name or r.repo.split("/")[-1])
+        mdesc = store.put_bytes(body, mtype)
+        img = st.read_image(store, name, mdesc)
+        store.check_layers(img)
+        store.set_ref(name, mdesc)
+        return store.image(name)
     except httpx.TransportError as e:
         raise _unreachable(r.host, e) from None
     finally:
@@ -150,7 +163,7 @@ def pull_last_layer(ref: str, user=None, password=None, trace: list | None = Non
     r = Ref.parse(ref)
     s = Session(r.host, user, password, trace, transport)
     try:
-        _, _, _, layers = _manifest(s, r)
+        _, _, _, _, layers = _manifest(s, r, formats.Platform.host())
         if not layers:
             raise RegistryError(f"{ref} has no layers", "pull an image, not an artifact")
         with _downloads(s, r, [(f"layer {len(layers)}/{len(layers)}", layers[-1])], 1, retries, False) as files:
@@ -163,11 +176,32 @@ def pull_last_layer(ref: str, user=None, password=None, trace: list | None = Non
         s.close()
 
 
-def _manifest(s: Session, r: Ref):
-    """GET the manifest, check it against Docker-Content-Digest; (bytes, JSON, config, layers).
-    A body over 4 MiB is refused while it arrives, as distribution refuses to store one
-    (CVE-2017-11468); one that is not a JSON object with a config is refused by name."""
-    what = f"the manifest of {r.repo}:{r.tag}"
+def _manifest(s: Session, r: Ref, platform: formats.Platform):
+    """The image manifest ``r`` names: (bytes, media type, JSON, config, layers). An index is
+    followed to ``platform``'s manifest, fetched by digest. Refused in one line: a body whose
+    digest is not the one asked for or announced, an artifact, foreign or unknown layers."""
+    body, mtype, doc = _get_manifest(s, r)
+    if mtype in formats.INDEXES or (doc.get("manifests") is not None and "config" not in doc):
+        entry = formats.select(doc, platform, f"{r.repo}:{r.tag}")
+        r = Ref(r.host, r.repo, dg.validate(entry.get("digest")))
+        body, mtype, doc = _get_manifest(s, r)
+    if mtype not in formats.MANIFESTS:
+        raise RegistryError(f"{r.repo}:{r.tag} is a {mtype}, not an image manifest",
+                            "labkit reads OCI and Docker schema 2 images and indexes")
+    formats.check_image_manifest(doc, mtype, f"{r.repo}:{r.tag}")
+    try:
+        layers = [st.Descriptor.from_json(d) for d in doc.get("layers", [])]
+        return body, mtype, doc, st.Descriptor.from_json(doc["config"]), layers
+    except (AttributeError, KeyError, TypeError) as e:
+        raise RegistryError(f"the manifest of {r.repo}:{r.tag} is not an image manifest ({type(e).__name__}: {e})",
+                            "the registry holds something else under this tag; check it with skopeo inspect --raw") from None
+
+
+def _get_manifest(s: Session, r: Ref) -> tuple[bytes, str, dict]:
+    """GET one manifest or index: (bytes, media type, JSON object). Its digest must be the one
+    asked for (by digest) and the one the registry announces (Docker-Content-Digest). A body
+    over 4 MiB is refused while it arrives, as distribution refuses to store one (CVE-2017-11468)."""
+    what = f"the manifest of {r.repo}{'@' if r.by_digest else ':'}{r.tag}"
     ev = Event("manifest", "GET", f"/v2/{r.repo}/manifests/{r.tag}", time.monotonic())
     with s.http.stream("GET", ev.url, headers={"Accept": ACCEPT}) as resp:
         _check(resp, f"GET manifest {r.repo}:{r.tag}")
@@ -185,16 +219,17 @@ def _manifest(s: Session, r: Ref):
     if resp.headers.get("Docker-Content-Digest", mdigest) != mdigest:
         raise RegistryError(f"the manifest hashes to {mdigest}, the registry says "
                             f"{resp.headers['Docker-Content-Digest']}", "the registry or the network changed it")
+    if r.by_digest and mdigest != r.tag:
+        raise RegistryError(f"{what} hashes to {mdigest}", "the registry sent another manifest than the one asked for")
     try:
-        manifest = json.loads(body)
-        if manifest.get("manifests") is not None and "config" not in manifest:
-            raise RegistryError(f"{what} is an index (a list of platform images)",
-                                "pull one of its platform manifests by digest (REPO@sha256:...)")
-        layers = [st.Descriptor.from_json(d) for d in manifest.get("layers", [])]
-        return body, manifest, st.Descriptor.from_json(manifest["config"]), layers
-    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        doc = json.loads(body)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
         raise RegistryError(f"{what} is not an image manifest ({type(e).__name__}: {e})",
                             "the registry holds something else under this tag; check it with skopeo inspect --raw") from None
+    mtype = doc.get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0] or st.MANIFEST
+    return body, mtype, doc
 
 
 @contextlib.contextmanager
