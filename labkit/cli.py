@@ -69,7 +69,8 @@ def cmd_layer(args) -> int:
 
 
 def _oci_ref(value: str) -> tuple[str, str]:
-    path, sep, tag = value.rpartition(":")
+    """'DIR:TAG', split at the first ':' as skopeo's oci: transport does (a tag may hold ':')."""
+    path, sep, tag = value.partition(":")
     if not sep or not path or not tag:
         raise LabError(f"{value!r} is not DIR:TAG", "write the layout directory and the tag, e.g. /var/lib/labkit/out:v1")
     return path, tag
@@ -82,8 +83,11 @@ def _store():
 
 def cmd_image_ls(args) -> int:
     print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
-    for img in _store().images():
+    store = _store()
+    for img in store.images():
         print(f"{img.name:<24} {img.manifest_desc.digest[7:19]:<19} {len(img.layers):>6} {img.size:>10}")
+    for name, why in store.unreadable().items():
+        print(f"{name:<24} {'(unreadable)':<19} {'-':>6} {'-':>10}  {why}")
     return 0
 
 
@@ -130,14 +134,23 @@ def cmd_image_prune(args) -> int:
 
 
 def cmd_image_save(args) -> int:
+    if args.output:
+        from .image import archive
+        print(f"saved {args.name} to {archive.save(_store(), args.name, args.output, args.format)} ({args.format})")
+        return 0
     path, tag = _oci_ref(args.oci)
     print(f"saved {args.name} to {_store().save(path, tag, args.name)} as {tag}")
     return 0
 
 
 def cmd_image_load(args) -> int:
-    path, tag = _oci_ref(args.oci)
-    img = _store().load(path, tag, args.tag)
+    from .image import archive, formats
+    platform = formats.Platform.parse(args.platform) if args.platform else None
+    if args.input:
+        img = archive.load(_store(), args.input, args.tag, args.ref, platform)
+    else:
+        path, tag = _oci_ref(args.oci)
+        img = _store().load(path, tag, args.tag, platform)
     print(f"loaded {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
     return 0
 
@@ -287,7 +300,7 @@ def cmd_push(args) -> int:
 def cmd_pull(args) -> int:
     from .registry import client
     img = client.pull(args.ref, args.tag, parallel=args.parallel, user=args.user, password=args.password,
-                      progress=not args.quiet)
+                      progress=not args.quiet, platform=args.platform)
     print(f"pulled {args.ref} as {img.name} ({img.manifest_desc.digest}, {len(img.layers)} layers)")
     return 0
 
@@ -330,14 +343,21 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
                     help="keep blobs written in the last SECONDS (another kernel may be writing that image)")
     pr.set_defaults(fn=cmd_image_prune)
-    sv = isub.add_parser("save", help="NAME --oci DIR:TAG")
+    sv = isub.add_parser("save", help="NAME -o FILE [--format docker-archive|oci-archive], or NAME --oci DIR:TAG")
     sv.set_defaults(fn=cmd_image_save)
     sv.add_argument("name", metavar="NAME")
-    sv.add_argument("--oci", required=True, metavar="DIR:TAG")
-    ld = isub.add_parser("load", help="--oci DIR:TAG [-t NAME]")
+    where = sv.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", metavar="FILE", help="one archive file, as podman save -o")
+    where.add_argument("--oci", metavar="DIR:TAG", help="an OCI layout directory")
+    sv.add_argument("--format", choices=("docker-archive", "oci-archive"), default="docker-archive")
+    ld = isub.add_parser("load", help="-i FILE (docker-archive, oci-archive) or --oci DIR:TAG [-t NAME]")
     ld.set_defaults(fn=cmd_image_load)
-    ld.add_argument("--oci", required=True, metavar="DIR:TAG")
+    where = ld.add_mutually_exclusive_group(required=True)
+    where.add_argument("-i", "--input", metavar="FILE", help="an archive of docker save or podman save")
+    where.add_argument("--oci", metavar="DIR:TAG", help="an OCI layout directory (skopeo's, umoci's)")
     ld.add_argument("-t", "--tag", metavar="NAME")
+    ld.add_argument("--ref", metavar="NAME", help="which image of an archive holding several")
+    ld.add_argument("--platform", metavar="OS/ARCH", help="which image of an index (default: this machine's)")
     im = isub.add_parser("import", help="ROOTFS -t NAME, or --busybox")
     im.set_defaults(fn=cmd_image_import)
     im.add_argument("rootfs", nargs="?", metavar="ROOTFS")
@@ -381,6 +401,7 @@ def parser() -> argparse.ArgumentParser:
             v.add_argument("-t", "--tag", metavar="NAME")
             v.add_argument("--parallel", type=int, default=4, help="layers at once; 1 is the v1-style serial pull")
             v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+            v.add_argument("--platform", metavar="OS/ARCH", help="which image of an index (default: this machine's)")
         v.add_argument("--user")
         v.add_argument("--password")
         v.set_defaults(fn=cmd_push if verb == "push" else cmd_pull)
