@@ -168,6 +168,7 @@ class Builder:
 
         def make(upper: Path, lowers, work):
             c = container.Container.create(s.base, cmd, hostname="buildkit", layers=(lowers, upper, work),
+                                           entrypoint=[],       # RUN does not go through ENTRYPOINT
                                            env=env, workdir=s.config.get("WorkingDir") or "/",
                                            user=s.config.get("User") or None, store=self.store,
                                            memory=self.memory, pids=self.pids)

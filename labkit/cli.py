@@ -182,7 +182,8 @@ def cmd_run(args) -> int:
     _, res = container.run(args.image, cmd or None, timeout=None, rm=args.rm, capture=False, hostname=args.hostname,
                            memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
                            name=args.name or "", privileged=args.privileged, cap_add=args.cap_add,
-                           cap_drop=args.cap_drop, security_opt=args.security_opt, userns=args.userns)
+                           cap_drop=args.cap_drop, security_opt=args.security_opt, userns=args.userns,
+                           entrypoint=[args.entrypoint] if args.entrypoint else None, user=args.user)
     if res.oom_killed or res.signal:
         print(f"labkit: {res.message}", file=sys.stderr)
     return res.exit_code
@@ -421,6 +422,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
                      help="seccomp=unconfined, no-new-privileges=false")
+    run.add_argument("--entrypoint", metavar="CMD", help="run CMD instead of the image's ENTRYPOINT (and CMD)")
+    run.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or uid of the image's /etc/passwd")
     run.add_argument("--userns", choices=("host", "auto"), default="host",
                      help="auto: root inside is an unprivileged host uid, as podman run --userns=auto")
     run.add_argument("image", metavar="IMAGE")

@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, confine, kernel, lab, overlay, roots, sandbox, snapshot
+from . import cgroups, confine, kernel, lab, overlay, roots, sandbox, snapshot, users
 from . import userns as user_namespace     # the parameter userns= is podman's option
 from .errors import KernelError, LabError
 from .image import store as st
@@ -150,16 +150,23 @@ class Container:
                layers: tuple[list[Path], Path, Path] | None = None, env: list[str] | None = None,
                workdir: str | None = None, user: str | None = None, privileged: bool = False,
                cap_add: list[str] = (), cap_drop: list[str] = (), security_opt: list[str] = (),
-               userns: str = "host", confinement: "confine.Confinement | None" = None) -> "Container":
+               userns: str = "host", confinement: "confine.Confinement | None" = None,
+               entrypoint: list[str] | None = None) -> "Container":
         """A container of ``image``. A builder passes ``layers`` = (lowerdirs, upper, work) of a
         snapshot instead, and the image config's env, workdir and user as they stand.
         ``privileged``, ``cap_add``, ``cap_drop``, ``security_opt``: as docker run's (confine.py);
-        ``userns="auto"``: as podman's, root inside is an unprivileged host uid (userns.py); by default the container gets Docker's confinement; ``confinement`` gives it exactly
+        ``userns="auto"``: as podman's, root inside is an unprivileged host uid (userns.py);
+        ``cmd`` replaces the image's CMD and follows its ENTRYPOINT unless ``entrypoint`` is
+        given (then the image's CMD is dropped, as with docker run --entrypoint); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
         store = store or st.Store()
         img = store.image(image)
         conf = img.config.get("config", {})
-        cmd = list(cmd or conf.get("Entrypoint", []) + conf.get("Cmd", []) or ["/bin/sh"])
+        if entrypoint is None:      # docker run: arguments replace CMD and follow ENTRYPOINT
+            cmd = (conf.get("Entrypoint") or []) + list(cmd or conf.get("Cmd") or [])
+        else:                       # --entrypoint: the image's CMD goes too
+            cmd = list(entrypoint) + list(cmd or [])
+        cmd = cmd or ["/bin/sh"]
         check_limits(parse_size(memory), pids, cpus)
         confinement = confinement or confine.Confinement.from_options(privileged, cap_add, cap_drop, security_opt, userns)
         if confinement.userns and layers:
@@ -284,16 +291,18 @@ class Container:
             conf = self._confinement
             self._step = "dropping capabilities"
             confine.confine(conf)
+            self._step = f"looking up user {self.cfg.user or 'root'}"
+            who = _identity(self.cfg.user)
+            env.setdefault("HOME", who.home)
             if self.cfg.user:
                 self._step = f"becoming user {self.cfg.user}"
-                uid, gid = _user_ids(self.cfg.user)
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
+                os.setgroups(who.groups)
+                os.setgid(who.gid)
+                os.setuid(who.uid)
             self._step = "loading the seccomp filter"
             confine.load(conf, self._seccomp)
             self._step = f"executing {self.cfg.cmd[0]!r}"
-            os.execvpe(self.cfg.cmd[0], self.cfg.cmd, env)
+            _exec(self.cfg.cmd, env)
         except BaseException as e:
             raise ContainerError(f"container {self.id}: {self._step} failed: {e}",
                                  "check the command and the image (labkit image inspect)") from None
@@ -507,16 +516,26 @@ def mkdirs_in_root(root: Path, path: str) -> int:
         os.close(rootfd)
 
 
-def _user_ids(user: str) -> tuple[int, int]:
-    """'uid[:gid]' or a user name, looked up in the container's /etc/passwd (after pivot_root)."""
-    name, _, group = user.partition(":")
-    if name.isdigit():
-        return int(name), int(group) if group.isdigit() else int(name)
-    for line in Path("/etc/passwd").read_text().splitlines():
-        f = line.split(":")
-        if f[0] == name:
-            return int(f[2]), int(group) if group.isdigit() else int(f[3])
-    raise ContainerError(f"no user {name!r} in the image's /etc/passwd", "use a numeric uid, e.g. USER 1000")
+def _exec(argv: list[str], env: dict) -> None:
+    """execve(2) the command, searching PATH; if it cannot be run, say why on stderr and exit as
+    a shell (and docker run) does: 127 when there is no such command, 126 when it is not executable."""
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        why = "executable file not found in $PATH" if code == 127 and "/" not in argv[0] else e.strerror
+        os.write(2, f"labkit: exec {argv[0]!r}: {why}\n".encode())
+        os._exit(code)
+
+
+def _identity(user: str) -> users.Identity:
+    """``user`` resolved in the container's own /etc/passwd and /etc/group (after pivot_root)."""
+    def read(path):
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+    return users.resolve(user, read("/etc/passwd"), read("/etc/group"))
 
 
 def _volume(spec: str) -> str:

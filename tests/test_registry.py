@@ -177,7 +177,7 @@ def test_manifest_rules(reg):
     assert body.headers["Docker-Content-Digest"] == dg.of_bytes(body.content)
     missing = dict(doc, layers=[{"mediaType": st.LAYER, "digest": dg.of_bytes(b"absent"), "size": 6}])
     r = c.put("/v2/lab/m/manifests/v2", content=json.dumps(missing), headers={"Content-Type": st.MANIFEST})
-    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"   # as distribution
     huge = c.put("/v2/lab/m/manifests/v3", content=b"{" + b" " * (server.MAX_MANIFEST + 10) + b"}",
                  headers={"Content-Type": st.MANIFEST})
     assert huge.status_code == 413
@@ -570,3 +570,26 @@ def test_upload_locks_are_forgotten_for_uploads_that_do_not_exist(store, reg):
     loc = h.post("/v2/lab/x/blobs/uploads/").headers["Location"]
     h.delete(loc)
     assert reg.app.upload_locks == {}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_manifest_reference_that_is_not_a_tag_is_unknown_not_invalid(reg, method):
+    """The conformance suite v1.1.1 (".INVALID_MANIFEST_NAME"): 404 MANIFEST_UNKNOWN; before: 400."""
+    r = http(reg).request(method, "/v2/lab/x/manifests/.INVALID_MANIFEST_NAME")
+    assert r.status_code == 404
+    if method == "GET":
+        assert r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    r = http(reg).put("/v2/lab/x/manifests/.INVALID_MANIFEST_NAME", content=b"{}",
+                      headers={"Content-Type": st.MANIFEST})
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+
+
+def test_the_catalog_lists_repositories_and_paginates(store, reg):
+    for repo in ("lab/b", "lab/a", "other/c"):
+        client.push("busybox", f"{reg.address}/{repo}:v1", store=store)
+    c = http(reg)
+    assert c.get("/v2/_catalog").json() == {"repositories": ["lab/a", "lab/b", "other/c"]}
+    r = c.get("/v2/_catalog", params={"n": 2})
+    assert r.json()["repositories"] == ["lab/a", "lab/b"] and 'last=lab/b>; rel="next"' in r.headers["Link"]
+    assert c.get("/v2/_catalog", params={"n": 2, "last": "lab/b"}).json()["repositories"] == ["other/c"]
+    assert c.get("/v2/_catalog", params={"n": "x"}).status_code == 400

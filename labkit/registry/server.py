@@ -47,6 +47,7 @@ MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", OCI_INDEX,
 
 ROUTES = Map([
     Rule("/v2/", endpoint="base"),                                                            # end-1
+    Rule("/v2/_catalog", endpoint="catalog", methods=["GET"]),                                # distribution's
     Rule("/v2/<path:name>/blobs/uploads/", endpoint="upload_start", methods=["POST"]),        # end-4a, 4b, 11
     Rule("/v2/<path:name>/blobs/uploads/<uid>", endpoint="upload",
          methods=["GET", "PATCH", "PUT", "DELETE"]),                                          # end-13, 5, 6
@@ -233,8 +234,9 @@ class Registry:
     # end-3, end-7, end-9
     def on_manifest(self, request, name, ref):
         if not (ref.startswith("sha256:") or TAG.fullmatch(ref)):
-            raise Problem("MANIFEST_INVALID" if request.method == "PUT" else "MANIFEST_UNKNOWN",
-                          f"{ref!r} is neither a tag nor a digest", 400)
+            if request.method == "PUT":
+                raise Problem("MANIFEST_INVALID", f"{ref!r} is neither a tag nor a digest")
+            raise Problem("MANIFEST_UNKNOWN", f"{ref!r} is not a tag, so no manifest has it")   # the suite: 404
         if ref.startswith("sha256:"):
             _digest(ref)
         if request.method == "PUT":
@@ -293,18 +295,15 @@ class Registry:
         tags = self.fs.tags(name)
         if tags is None:
             raise Problem("NAME_UNKNOWN", f"there is no repository {name}")
-        last = request.args.get("last")
-        if last:
-            tags = [t for t in tags if t > last]
-        headers = {}
-        n = request.args.get("n")
-        if n is not None:
-            if not re.fullmatch(r"[0-9]{1,9}", n):        # ASCII digits only: int() takes '٣' too
-                raise Problem("UNSUPPORTED", f"n={n[:20]!r} is not a number of tags", 400)
-            if len(tags) > int(n):
-                tags = tags[:int(n)]
-                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1] if tags else ""}>; rel="next"'
+        tags, headers = _page(request, tags, f"/v2/{name}/tags/list", "tags")
         return Response(json.dumps({"name": name, "tags": tags}), 200, headers, content_type="application/json")
+
+    def on_catalog(self, request):
+        """GET /v2/_catalog: every repository, sorted, paginated like tags/list (distribution's
+        extension, not in the OCI spec). With token auth any valid token may list: every
+        repository here can be pulled by anyone signed in, anonymous included."""
+        repos, headers = _page(request, self.fs.repositories(), "/v2/_catalog", "repositories")
+        return Response(json.dumps({"repositories": repos}), 200, headers, content_type="application/json")
 
     # end-12a, end-12b
     def on_referrers(self, request, name, ref):
@@ -332,6 +331,23 @@ class Registry:
         headers = {"OCI-Filters-Applied": "artifactType"} if want else {}
         return Response(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}), 200,
                         headers, content_type=OCI_INDEX)
+
+
+def _page(request, items: list[str], path: str, what: str) -> tuple[list[str], dict]:
+    """Those of the sorted ``items`` after ``last``, at most ``n`` of them, and a Link header
+    to the next page when some are left (spec.md, "Listing Tags")."""
+    last = request.args.get("last")
+    if last:
+        items = [t for t in items if t > last]
+    headers = {}
+    n = request.args.get("n")
+    if n is not None:
+        if not re.fullmatch(r"[0-9]{1,9}", n):        # ASCII digits only: int() takes '٣' too
+            raise Problem("UNSUPPORTED", f"n={n[:20]!r} is not a number of {what}", 400)
+        if len(items) > int(n):
+            items = items[:int(n)]
+            headers["Link"] = f'<{path}?n={n}&last={items[-1] if items else ""}>; rel="next"'
+    return items, headers
 
 
 def _digest(text) -> str:

@@ -203,6 +203,12 @@ class Filesystem:
         t.unlink()
         return True
 
+    def repositories(self) -> list[str]:
+        """Every repository that holds a manifest, sorted (a name is a path of components)."""
+        top = self.root / "repositories"
+        out = [str(p.parent.parent.relative_to(top)) for p in top.glob("**/_manifests/revisions")] if top.exists() else []
+        return sorted(r for r in out if NAME.fullmatch(r))
+
     def tags(self, repo: str) -> list[str] | None:
         d = self._repo(repo)
         if not d.exists():

@@ -78,7 +78,7 @@ doc = json.loads(store.open_blob(store.image(image).manifest_desc).read())
 r = httpx.put(f"http://{reg.address}/v2/lab/empty/manifests/v1", content=json.dumps(doc),
               headers={"Content-Type": MANIFEST})
 print(r.status_code, r.json()["errors"][0]["code"])
-assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+assert r.status_code == 400 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"   # 400, as distribution
 
 # %% [markdown]
 # Pushing again sends nothing but `HEAD`s and the manifest: the registry has every blob.

@@ -1,0 +1,67 @@
+"""`labkit run` as docker run and podman run behave (issue 17): arguments after the image
+replace CMD and follow ENTRYPOINT; USER and --user resolved in the image with supplementary
+groups; HOME from the image's /etc/passwd; 127 and 126 for a command that cannot run."""
+import pytest
+
+from labkit import build, cli, container, lab, users
+from labkit.tree import write_tree
+
+
+@pytest.fixture
+def entry_image(busybox):
+    ctx = write_tree(lab.scratch("entry"), {"Dockerfile": (
+        "FROM busybox\n"
+        "RUN echo 'ann:x:1000:1000:Ann:/home/ann:/bin/sh' >> /etc/passwd "
+        "&& printf 'ann:x:1000:\\nstaff2:x:2000:ann\\nextra:x:3000:root,ann\\n' >> /etc/group "
+        "&& echo 'echo not executable' > /notexec && chmod 644 /notexec\n"
+        'ENTRYPOINT ["echo", "entry"]\n'
+        'CMD ["default"]\n')})
+    build.build(ctx, "t/entry", quiet=True, store=busybox)
+    return busybox
+
+
+def _out(image, cmd=None, **opts):
+    _, r = container.run(image, cmd, rm=True, **opts)
+    return r
+
+
+def test_arguments_replace_cmd_and_follow_the_entrypoint(entry_image):
+    """Before: the arguments replaced the ENTRYPOINT too (`labkit run t/entry -- x` ran `x`)."""
+    assert _out("t/entry").stdout == "entry default\n"
+    assert _out("t/entry", ["given"]).stdout == "entry given\n"
+    assert _out("t/entry", ["-c", "echo $0"], entrypoint=["/bin/sh"]).stdout == "/bin/sh\n"
+    assert _out("t/entry", entrypoint=["/bin/true"]).exit_code == 0      # --entrypoint drops CMD too
+    assert cli.main(["run", "--rm", "--entrypoint", "/bin/true", "t/entry"]) == 0
+
+
+def test_user_name_uid_and_group_are_resolved_in_the_image_with_supplementary_groups(entry_image):
+    """Before: a numeric USER got gid = uid, names with a group failed, groups were ignored."""
+    sh = lambda user: _out("t/entry", ["-c", "id -u; id -g; id -G; echo $HOME"], entrypoint=["/bin/sh"],
+                           user=user).stdout.split("\n")
+    assert sh("ann")[:4] == ["1000", "1000", "1000 2000 3000", "/home/ann"]
+    assert sh("1000")[:4] == ["1000", "1000", "1000 2000 3000", "/home/ann"]
+    assert sh("ann:extra")[:2] == ["1000", "3000"]
+    assert sh("4242")[:4] == ["4242", "0", "0", "/"]                  # not in passwd: gid 0, HOME /
+    assert sh("")[3] == "/root"                                       # root's HOME from passwd
+
+
+def test_an_unknown_user_is_refused_in_one_line(entry_image):
+    with pytest.raises(container.ContainerError, match="unable to find user nobody-here"):
+        _out("t/entry", ["true"], entrypoint=[], user="nobody-here")
+
+
+def test_a_missing_command_exits_127_and_one_not_executable_126(entry_image):
+    r = _out("t/entry", ["no-such-command"], entrypoint=[])
+    assert r.exit_code == 127 and "executable file not found" in r.stderr
+    r = _out("t/entry", ["/notexec"], entrypoint=[])
+    assert r.exit_code == 126 and "Permission denied" in r.stderr
+
+
+def test_users_resolve_reads_passwd_and_group_as_libcontainer_does():
+    passwd = "root:x:0:0:root:/root:/bin/sh\nann:x:1000:100:Ann:/home/ann:/bin/sh\n"
+    group = "root:x:0:\nusers:x:100:\nwheel:x:10:root,ann\nvideo:x:44:ann\n"
+    assert users.resolve("ann", passwd, group) == users.Identity(1000, 100, [100, 10, 44], "/home/ann")
+    assert users.resolve("1000:44", passwd, group) == users.Identity(1000, 44, [44, 10], "/home/ann")
+    assert users.resolve("5:5", passwd, group) == users.Identity(5, 5, [], "/")
+    with pytest.raises(users.UserError, match="unable to find group nope"):
+        users.resolve("ann:nope", passwd, group)
