@@ -36,7 +36,12 @@ from .image import mutate
 from .image.base import base_image
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT",
-                "EXPOSE", "LABEL", "ARG", "TAG", "COMPRESS")
+                "EXPOSE", "LABEL", "ARG", "SHELL", "STOPSIGNAL", "HEALTHCHECK", "VOLUME", "ONBUILD",
+                "TAG", "COMPRESS")
+# the Dockerfile reference, "Environment replacement": $VAR is replaced in these; RUN, CMD,
+# ENTRYPOINT, SHELL and HEALTHCHECK keep it for the shell in the container, at run time
+EXPANDED = ("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ONBUILD",
+            "TAG", "COMPRESS")
 
 
 class BuildError(LabError):
@@ -144,7 +149,7 @@ class Builder:
         return img
 
     def _do(self, s: _State, ins: Instruction) -> Step:
-        args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name not in ("RUN", "ARG") else ins.args
+        args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name in EXPANDED else ins.args
         if ins.name != "FROM" and not s.base and ins.name != "ARG":
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} before FROM", "put FROM first")
         handler = getattr(self, f"_{ins.name.lower()}")
@@ -163,7 +168,7 @@ class Builder:
         return Step(ins)
 
     def _run(self, s: _State, ins: Instruction, args: str) -> Step:
-        cmd = _command(args, s.args)
+        cmd = _command(args, s.config.get("Shell"))
         env = list(s.config.get("Env", [])) + [f"{k}={v}" for k, v in s.args.items()]
 
         def make(upper: Path, lowers, work):
@@ -248,11 +253,59 @@ class Builder:
         return self._config_step(s, ins)
 
     def _cmd(self, s, ins, args):
-        s.config["Cmd"] = _command(args, {})
+        s.config["Cmd"] = _command(args, s.config.get("Shell"))
         return self._config_step(s, ins)
 
     def _entrypoint(self, s, ins, args):
-        s.config["Entrypoint"] = _command(args, {})
+        s.config["Entrypoint"] = _command(args, s.config.get("Shell"))
+        return self._config_step(s, ins)
+
+    def _shell(self, s, ins, args):
+        """SHELL ["/bin/sh", "-c"]: what the shell form of RUN, CMD and ENTRYPOINT goes through."""
+        shell = _command(args, None)
+        if shell[:2] == ["/bin/sh", "-c"] and not args.strip().startswith("["):
+            raise BuildError(f"Dockerfile line {ins.line}: SHELL needs the JSON form", 'write SHELL ["/bin/bash", "-c"]')
+        s.config["Shell"] = shell
+        return self._config_step(s, ins)
+
+    def _stopsignal(self, s, ins, args):
+        s.config["StopSignal"] = args.strip()
+        return self._config_step(s, ins)
+
+    def _healthcheck(self, s, ins, args):
+        """HEALTHCHECK [--interval=D ...] CMD ... | NONE, stored as docker does (Test, durations in ns)."""
+        words = args.split()
+        opts = {}
+        while words and words[0].startswith("--"):
+            k, _, v = words.pop(0)[2:].partition("=")
+            opts[k] = v
+        if words and words[0].upper() == "NONE":
+            s.config["Healthcheck"] = {"Test": ["NONE"]}
+            return self._config_step(s, ins)
+        if not words or words[0].upper() != "CMD":
+            raise BuildError(f"Dockerfile line {ins.line}: HEALTHCHECK needs CMD or NONE", "write HEALTHCHECK CMD true")
+        rest = args[args.upper().index("CMD") + 3:].strip()
+        test = _command(rest, None)
+        hc = {"Test": ["CMD", *test] if rest.startswith("[") else ["CMD-SHELL", rest]}
+        names = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod", "retries": "Retries"}
+        for k, v in opts.items():
+            if k not in names:
+                raise BuildError(f"Dockerfile line {ins.line}: unknown HEALTHCHECK option --{k}",
+                                 "use --interval, --timeout, --start-period or --retries")
+            hc[names[k]] = int(v) if k == "retries" else _duration_ns(v, ins)
+        s.config["Healthcheck"] = hc
+        return self._config_step(s, ins)
+
+    def _volume(self, s, ins, args):
+        paths = json.loads(args) if args.strip().startswith("[") else args.split()
+        vols = s.config.setdefault("Volumes", {})
+        for p in paths:
+            vols[p] = {}
+        return self._config_step(s, ins)
+
+    def _onbuild(self, s, ins, args):
+        """ONBUILD INSTRUCTION: recorded for images built FROM this one (labkit records, never runs them)."""
+        s.config.setdefault("OnBuild", []).append(args.strip())
         return self._config_step(s, ins)
 
     def _expose(self, s, ins, args):
@@ -441,8 +494,8 @@ def _copy_entry(src: str, dst: Path) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _command(args: str, build_args: dict) -> list[str]:
-    """Exec form ``["a", "b"]`` as is; shell form through /bin/sh -c."""
+def _command(args: str, shell: list[str] | None) -> list[str]:
+    """Exec form ``["a", "b"]`` as is; shell form through ``shell`` (SHELL; /bin/sh -c by default)."""
     a = args.strip()
     if a.startswith("["):
         try:
@@ -451,7 +504,16 @@ def _command(args: str, build_args: dict) -> list[str]:
                 return v
         except ValueError:
             pass
-    return ["/bin/sh", "-c", a]
+    return [*(shell or ["/bin/sh", "-c"]), a]
+
+
+def _duration_ns(text: str, ins: Instruction) -> int:
+    """'30s', '1m30s', '500ms' (Go's time.ParseDuration) -> nanoseconds, as docker stores them."""
+    units = {"ns": 1, "us": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise BuildError(f"Dockerfile line {ins.line}: {text!r} is not a duration", "write it like 30s or 1m30s")
+    return int(sum(float(n) * units[u] for n, u in parts))
 
 
 def _env(config: dict) -> dict:
