@@ -103,6 +103,8 @@ class _State:
     history: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     args: dict = field(default_factory=dict)
+    stage: str = ""                                   # FROM ... AS name
+    stages: dict = field(default_factory=dict)        # finished stages: {name or index: image name}
 
 
 RUN_MEMORY = "1g"      # a RUN step's default limits (docker build has none; a fork bomb made
@@ -125,28 +127,41 @@ class Builder:
         self.steps: list[Step] = []
 
     # --- the build ---
-    def build(self, dockerfile: str, tag: str, build_args: dict | None = None, squash_all: bool = False) -> st.Image:
-        """Build ``dockerfile`` (its text) and name the result ``tag``."""
+    def build(self, dockerfile: str, tag: str, build_args: dict | None = None, squash_all: bool = False,
+              target: str | None = None) -> st.Image:
+        """Build ``dockerfile`` (its text) and name the result ``tag``. A multi-stage Dockerfile
+        (several FROM, ``FROM image AS name``) gives its last stage, or the stage ``target``."""
         st.check_name(tag)
         s = _State(args=dict(build_args or {}))
-        self.steps = []
+        self.steps, self._roots, self._root_ids = [], {}, {}
         instructions = parse(dockerfile)
-        for i, ins in enumerate(instructions, 1):
-            try:
-                step = self._do(s, ins)
-            except BuildError:
-                raise
-            except LabError as e:
-                raise BuildError(f"Dockerfile line {ins.line} ({ins.name}): {e.problem}", e.fix) from None
-            self.steps.append(step)
-            if not self.quiet:
-                print(f"Step {i}/{len(instructions)} {step}", flush=True)
-        if not s.base:
-            raise BuildError("the Dockerfile has no FROM", "add FROM busybox")
-        img = self._commit(s, tag)
-        if squash_all and s.layers:
-            img = squash.squash(tag, s.base, tag, store=self.store)
-        return img
+        if target and not any(i.name == "FROM" and _stage_name(i.args) == target for i in instructions):
+            raise BuildError(f"there is no stage {target!r} in the Dockerfile", "name one with FROM image AS NAME")
+        try:
+            for i, ins in enumerate(instructions, 1):
+                if ins.name == "FROM" and target and s.stage == target:
+                    break                               # --target: the stages after it are not built
+                try:
+                    step = self._do(s, ins)
+                except BuildError:
+                    raise
+                except LabError as e:
+                    raise BuildError(f"Dockerfile line {ins.line} ({ins.name}): {e.problem}", e.fix) from None
+                self.steps.append(step)
+                if not self.quiet:
+                    print(f"Step {i}/{len(instructions)} {step}", flush=True)
+            if not s.base:
+                raise BuildError("the Dockerfile has no FROM", "add FROM busybox")
+            img = self._commit(s, tag)
+            if squash_all and s.layers:
+                img = squash.squash(tag, s.base, tag, store=self.store)
+            return img
+        finally:
+            for root in self._roots.values():
+                lab.remove_tree(root)
+            for name in set(s.stages.values()):
+                if name in self.store.refs():
+                    self.store.remove(name)
 
     def _do(self, s: _State, ins: Instruction) -> Step:
         args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name in EXPANDED else ins.args
@@ -156,7 +171,15 @@ class Builder:
         return handler(s, ins, args)
 
     def _from(self, s: _State, ins: Instruction, args: str) -> Step:
+        if s.base:                  # the stage before this one is finished: keep it as an image
+            done = f"build-stage/{uuid.uuid4().hex[:12]}"
+            self._commit(s, done)
+            s.stages[str(len({*s.stages.values()}))] = done
+            if s.stage:
+                s.stages[s.stage] = done
+        s.stage = _stage_name(args)
         name = args.split()[0] if args else ""
+        name = s.stages.get(name, name)      # FROM an earlier stage
         if name.startswith("oci:"):
             path, _, tag = name[4:].rpartition(":")
             self.store.load(path, tag, f"from/{tag}")
@@ -194,14 +217,21 @@ class Builder:
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} needs a source and a destination",
                              f"write it like {ins.name} app.py /app/")
         *sources, dest = paths
-        files = [self._context_path(src, ins) for src in sources]
-        content = hashlib.sha256()
+        if "from" in opts:          # COPY --from=STAGE|IMAGE: out of that image's root, not the context
+            root, ignore = self._stage_root(s, opts["from"], ins), []
+        else:
+            root, ignore = self.context, self._ignore
+        files = [self._source(root, src, ins) for src in sources]
+        content = hashlib.sha256(self._root_ids.get(root, "").encode())     # a stage: its image's digest
         for f in files:
             for p in sorted([f, *f.rglob("*")] if f.is_dir() else [f]):
-                content.update(str(p.relative_to(self.context)).encode() + oct(p.stat().st_mode).encode())
-                if p.is_file():
+                if _ignored(p, root, ignore):
+                    continue
+                content.update(str(p.relative_to(root)).encode() + oct(p.lstat().st_mode).encode())
+                if p.is_file() and not p.is_symlink():
                     content.update(p.read_bytes())
         owner = opts.get("chown")
+        skip = lambda d, names: [n for n in names if _ignored(Path(d) / n, root, ignore)]
 
         def make(upper: Path, lowers, work):
             workdir = s.config.get("WorkingDir") or "/"
@@ -219,7 +249,8 @@ class Builder:
                     # every directory and file written must still resolve inside the upper dir:
                     # an earlier ADD of a tar may have planted symlinks there
                     shutil.copytree(f, final, symlinks=True, dirs_exist_ok=True,
-                                    ignore=lambda d, names: _check_inside(upper, final / Path(d).relative_to(f), names),
+                                    ignore=lambda d, names: _check_inside(upper, final / Path(d).relative_to(f),
+                                                                          names, skip(d, names)),
                                     copy_function=lambda a, b: _copy_entry(a, _inside(upper, b)))
                 else:
                     _copy_entry(f, _inside(upper, final))
@@ -390,15 +421,37 @@ class Builder:
         return mutate.commit(name, list(s.layers), list(s.history), config=s.config,
                                  base=self.store.image(s.base), store=self.store)
 
-    def _context_path(self, src: str, ins: Instruction) -> Path:
-        p = (self.context / src).resolve()
-        if p != self.context and self.context not in p.parents:
+    def _source(self, root: Path, src: str, ins: Instruction) -> Path:
+        """A COPY source inside ``root`` (the context, or a stage's root file system): symlinks
+        resolved, refused if it leads out; .dockerignore'd files are not there."""
+        p = (root / src.lstrip("/")).resolve() if root != self.context else (root / src).resolve()
+        if p != root and root not in p.parents:
             raise BuildError(f"Dockerfile line {ins.line}: {src!r} is outside the build context",
                              "COPY only files inside the context directory")
-        if not p.exists():
-            raise BuildError(f"Dockerfile line {ins.line}: {src!r} is not in the build context {self.context}",
-                             "check the file name")
+        if not p.exists() or (root == self.context and _ignored(p, root, self._ignore)):
+            where = f"the build context {self.context}" if root == self.context else "that stage's files"
+            raise BuildError(f"Dockerfile line {ins.line}: {src!r} is not in {where}",
+                             "check the file name (and .dockerignore)")
         return p
+
+    @property
+    def _ignore(self) -> list[tuple[bool, re.Pattern]]:
+        if not hasattr(self, "_ignore_rules"):
+            f = self.context / ".dockerignore"
+            self._ignore_rules = dockerignore(f.read_text()) if f.is_file() else []
+        return self._ignore_rules
+
+    def _stage_root(self, s: _State, ref: str, ins: Instruction) -> Path:
+        """The root file system of an earlier stage (by name or index) or of an image, unpacked
+        once per build into a scratch directory."""
+        name = s.stages.get(ref, ref)
+        if name not in self._roots:
+            if name == ref and ref not in self.store.refs():
+                raise BuildError(f"Dockerfile line {ins.line}: --from={ref}: no earlier stage or image is called that",
+                                 "name the stage with FROM image AS NAME before it")
+            self._roots[name] = self.store.flatten(name, lab.scratch(f"stage-{uuid.uuid4().hex[:8]}"))
+            self._root_ids[self._roots[name]] = self.store.image(name).manifest_desc.digest
+        return self._roots[name]
 
 
 @dataclass
@@ -410,13 +463,14 @@ class Built:
 
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, squash_all: bool = False,
           build_args: dict | None = None, quiet: bool = False, *, store: st.Store | None = None,
-          cache_dir: str | os.PathLike | None = None, memory: str | int = RUN_MEMORY, pids: int = RUN_PIDS) -> Built:
+          cache_dir: str | os.PathLike | None = None, memory: str | int = RUN_MEMORY, pids: int = RUN_PIDS,
+          target: str | None = None) -> Built:
     """Build ``context/Dockerfile`` (or the text ``dockerfile``) as ``tag`` in ``store``, with the
     build cache in ``cache_dir`` (the lab's shared ``build-cache/`` by default). Each RUN step is
     a container with Docker's confinement and at most ``memory`` and ``pids``."""
     b = Builder(context, store=store, quiet=quiet, cache_dir=cache_dir, memory=memory, pids=pids)
     text = dockerfile if dockerfile is not None else read_dockerfile(Path(context) / "Dockerfile")
-    img = b.build(text, tag, build_args, squash_all)
+    img = b.build(text, tag, build_args, squash_all, target)
     return Built(img, b.steps)
 
 
@@ -429,6 +483,40 @@ def read_dockerfile(path: str | os.PathLike) -> str:
         line = data[:e.start].count(b"\n") + 1
         raise BuildError(f"{path} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text",
                          "save the Dockerfile as UTF-8") from None
+
+
+def _stage_name(args: str) -> str:
+    """'busybox AS build' -> 'build' ('' without AS)."""
+    words = args.split()
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+
+
+def dockerignore(text: str) -> list[tuple[bool, re.Pattern]]:
+    """.dockerignore's rules (the Dockerfile reference): one pattern a line, Go's filepath.Match
+    (``*`` and ``?`` stay within a path component) plus ``**`` for any number of them, a
+    leading ``!`` for an exception; the last rule that matches decides."""
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        pat = os.path.normpath(line.lstrip("!").strip().lstrip("/"))
+        rx = ""
+        for part in re.split(r"(\*\*/?|\*|\?)", pat):
+            rx += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+        rules.append((keep, re.compile(rx + "(?:/.*)?")))      # a directory that matches takes its contents
+    return rules
+
+
+def _ignored(p: Path, root: Path, rules) -> bool:
+    if not rules or p == root:
+        return False
+    rel, out = str(p.relative_to(root)), False
+    for keep, rx in rules:
+        if rx.fullmatch(rel):
+            out = not keep
+    return out
 
 
 def _owner(spec: str, roots: list[Path], ins: Instruction) -> tuple[int, int]:
@@ -554,11 +642,12 @@ def _inside(upper: Path, p: Path) -> Path:
     return p
 
 
-def _check_inside(upper: Path, d: Path, names: list[str]) -> list[str]:
-    """copytree's ignore hook: check each destination below ``d`` first; ignore nothing."""
+def _check_inside(upper: Path, d: Path, names: list[str], skip: list[str] = ()) -> list[str]:
+    """copytree's ignore hook: check each destination below ``d`` first; ignore ``skip``
+    (the names .dockerignore leaves out)."""
     for n in names:
         _inside(upper, d / n)
-    return []
+    return list(skip)
 
 
 def _under(upper: Path, target: str) -> Path:

@@ -223,7 +223,7 @@ def cmd_build(args) -> int:
         if eq or name in os.environ:
             build_args[name] = value if eq else os.environ[name]
     built = build.build(args.context, args.tag, dockerfile, squash_all=args.squash, build_args=build_args,
-                        memory=args.memory, pids=args.pids)
+                        memory=args.memory, pids=args.pids, target=args.target)
     img, steps = built.image, built.steps
     cached = sum(s.cached for s in steps)
     print(f"built {img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers"
@@ -376,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-t", "--tag", required=True, metavar="NAME")
     b.add_argument("--squash", action="store_true", help="squash everything after FROM into one layer")
     b.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    b.add_argument("--target", metavar="STAGE", help="build up to this stage of a multi-stage Dockerfile")
     b.add_argument("--memory", default="1g", help="memory limit of each RUN step (default 1g)")
     b.add_argument("--pids", type=_positive(int), default=512, help="most processes of a RUN step (default 512)")
     b.add_argument("context", metavar="CONTEXT")

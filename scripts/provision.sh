@@ -25,7 +25,7 @@ deb_packages=(
   python3 python3-venv python3-dev gcc libc6-dev make git   # the venv; lesson 07's toolchain image
   graphviz                                        # pictures in every lesson (dot)
   busybox-static                                  # the offline base image
-  skopeo umoci runc                               # the real OCI tools labkit is checked against
+  skopeo umoci runc podman                        # the real OCI tools labkit is checked against
   btrfs-progs                                     # lesson 04: btrfs snapshots
   iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
   libseccomp2                                     # containers' seccomp filter (pyseccomp loads it)

@@ -45,3 +45,40 @@ def test_copy_chown_with_names_from_the_image(busybox):
            busybox, {"f": "x", "g": "y"})
     _, r = container.run("t/sem", ["stat", "-c", "%u:%g", "/f", "/g"], rm=True, store=busybox)
     assert r.stdout.split() == ["1000:2000", "1000:1000"]
+
+
+def test_multi_stage_builds_copy_from_a_stage_or_an_image_and_stop_at_a_target(busybox):
+    df = ("FROM busybox AS build\nRUN echo compiled > /out && echo junk > /junk\n"
+          "FROM busybox AS test\nRUN echo tested > /t\n"
+          "FROM busybox\nCOPY --from=build /out /app/out\nCOPY --from=1 /t /t\nCOPY --from=busybox /bin/busybox /bb\n"
+          "CMD cat /app/out /t\n")
+    ctx = write_tree(lab.scratch("ms"), {"Dockerfile": df})
+    built = build.build(ctx, "t/ms", quiet=True, store=busybox)
+    _, r = container.run("t/ms", rm=True, store=busybox)
+    assert r.stdout == "compiled\ntested\n"
+    base = len(busybox.image("busybox").layers)
+    assert len(built.image.layers) == base + 3                    # only the last stage's layers
+    assert not [n for n in busybox.refs() if n.startswith("build-stage/")]       # the stages are gone
+    assert not list((lab.root() / "scratch").glob("stage-*"))
+    t = build.build(ctx, "t/ms-build", quiet=True, store=busybox, target="build")
+    assert len(t.image.layers) == base + 1
+    _, r = container.run("t/ms-build", ["cat", "/junk"], rm=True, store=busybox)
+    assert r.stdout == "junk\n"
+    again = build.build(ctx, "t/ms", quiet=True, store=busybox)
+    assert all(st.cached for st in again.steps if st.instruction.name in ("RUN", "COPY"))
+    with pytest.raises(build.BuildError, match="no stage 'nope'"):
+        build.build(ctx, "t/x", quiet=True, store=busybox, target="nope")
+    with pytest.raises(build.BuildError, match="--from=ghost: no earlier stage or image"):
+        build.build(ctx, "t/x", "FROM busybox\nCOPY --from=ghost /a /a\n", quiet=True, store=busybox)
+
+
+def test_dockerignore_leaves_files_out_of_copy(busybox):
+    ctx = write_tree(lab.scratch("ign"), {
+        "Dockerfile": "FROM busybox\nCOPY . /ctx\n",
+        ".dockerignore": "# comment\n*.log\nsecret/\n**/tmp\n!keep.log\n",
+        "a.txt": "a", "b.log": "b", "keep.log": "k", "secret/key": "s", "src/tmp/x": "x", "src/m.c": "m"})
+    build.build(ctx, "t/ign", quiet=True, store=busybox)
+    _, r = container.run("t/ign", ["/bin/sh", "-c", "cd /ctx && find . | sort"], rm=True, store=busybox)
+    assert r.stdout.split() == [".", "./.dockerignore", "./Dockerfile", "./a.txt", "./keep.log", "./src", "./src/m.c"]
+    with pytest.raises(build.BuildError, match="'b.log' is not in the build context"):
+        build.build(ctx, "t/ign2", "FROM busybox\nCOPY b.log /\n", quiet=True, store=busybox)
