@@ -193,7 +193,8 @@ class Container:
             d.mkdir()
         if confinement.userns:
             cfg.userns = user_namespace.allocate(lab.root() / "userns", c.dir).outside
-        cfg.volumes = [_volume(v) for v in volumes]
+        targets = {v.split(":", 1)[-1] for v in volumes}    # the image's VOLUMEs: anonymous volumes, as docker
+        cfg.volumes = [_volume(v) for v in [*volumes, *(t for t in conf.get("Volumes") or {} if t not in targets)]]
         c._write_init_layer()
         c._save()
         return c

@@ -4,7 +4,8 @@ the way the image knows them, so the runtime reads the image's /etc/passwd and /
 
 * ``name`` or ``uid``: the uid, the primary gid from passwd (gid 0 for a uid passwd lacks);
 * ``name:group`` or ``uid:gid``: the group given instead (by name from /etc/group, or a number);
-* supplementary groups: every group in /etc/group that lists the user's name;
+* supplementary groups: every group in /etc/group that lists the user's name, unless a group
+  was given ("supplementary group ids only make sense in the implicit group", runc says);
 * HOME: the home directory in passwd, "/" if the user is not there.
 """
 from __future__ import annotations
@@ -51,7 +52,6 @@ def resolve(user: str, passwd: str, group: str) -> Identity:
                 raise UserError(f"unable to find group {grp}: no matching entries in the image's /etc/group",
                                 "use a numeric gid (USER 1000:1000), or add the group in the image (RUN addgroup)")
             gid = int(g[2])
-    login = entry[0] if entry else None
-    extra = sorted({int(f[2]) for f in groups if login and len(f) >= 4 and f[2].isdigit()
-                    and login in f[3].split(",")} - {gid})
-    return Identity(uid, gid, [gid, *extra] if extra else [], entry[5] if entry and entry[5] else "/")
+    login = entry[0] if entry and not grp else None
+    extra = [int(f[2]) for f in groups if login and len(f) >= 4 and f[2].isdigit() and login in f[3].split(",")]
+    return Identity(uid, gid, extra, entry[5] if entry and entry[5] else "/")
