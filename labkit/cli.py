@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from . import lab, preflight
@@ -177,16 +178,34 @@ def cmd_image_import(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """docker run: the command's exit status is ours; SIGTERM, SIGINT and SIGHUP sent to us go
+    on to the container's PID 1 (docker's --sig-proxy), so Ctrl-C stops what runs inside."""
     from . import container
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    _, res = container.run(args.image, cmd or None, timeout=None, rm=args.rm, capture=False, hostname=args.hostname,
-                           memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
-                           name=args.name or "", privileged=args.privileged, cap_add=args.cap_add,
-                           cap_drop=args.cap_drop, security_opt=args.security_opt, userns=args.userns,
-                           entrypoint=[args.entrypoint] if args.entrypoint else None, user=args.user)
+    c = container.Container.create(args.image, cmd or None, hostname=args.hostname, memory=args.memory,
+                                   pids=args.pids, cpus=args.cpus, volumes=args.volume or [], name=args.name or "",
+                                   privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
+                                   security_opt=args.security_opt, userns=args.userns, user=args.user,
+                                   entrypoint=[args.entrypoint] if args.entrypoint else None)
+    try:
+        c.start(capture=False)
+        pid1 = c.pid1()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if pid1 else ():
+            signal.signal(sig, lambda n, _f: _signal(pid1, n))
+        res = c.wait()
+    finally:
+        if args.rm:
+            c.remove()
     if res.oom_killed or res.signal:
         print(f"labkit: {res.message}", file=sys.stderr)
     return res.exit_code
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def cmd_ps(args) -> int:

@@ -300,7 +300,8 @@ class Container:
                 os.setgroups(who.groups)
                 os.setgid(who.gid)
                 os.setuid(who.uid)
-            self._step = "loading the seccomp filter"
+            kernel.set_parent_death_signal(signal.SIGKILL)    # changing user cleared it: the
+            self._step = "loading the seccomp filter"          # container still dies with its runtime
             confine.load(conf, self._seccomp)
             self._step = f"executing {self.cfg.cmd[0]!r}"
             _exec(self.cfg.cmd, env)
@@ -412,16 +413,22 @@ class Container:
         (self.dir / "result.json").write_text(json.dumps(asdict(res)))
         return res
 
-    def pid1(self, timeout: float = 10) -> int:
+    def pid1(self, timeout: float = 10) -> int | None:
         """The host's number for the container's PID 1: the only child of the process that made
-        its PID namespace (/proc/PID/task/TID/children, proc(5)); waits until it exists."""
+        its PID namespace (/proc/PID/task/TID/children, proc(5)); waits until it exists. None
+        if the container has ended already."""
         if self.pid is None:
             raise ContainerError(f"container {self.id} is not running", "start it first")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            try:
+                kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            except FileNotFoundError:
+                kids = []
             if kids:
                 return int(kids[0])
+            if self.child.poll() is not None:
+                return None
             time.sleep(0.01)
         raise ContainerError(f"container {self.id} has no PID 1 after {timeout} s", "look at its result: c.wait()")
 

@@ -107,11 +107,12 @@ class Child:
         self.namespaces = _check_types(namespaces)
         down_r, down_w = os.pipe2(os.O_CLOEXEC)
         up_r, up_w = os.pipe2(os.O_CLOEXEC)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(down_w)
             os.close(up_r)
-            _start(Channel(down_r, up_w), target, args, self.namespaces, cgroup, stdout, stderr)
+            _start(Channel(down_r, up_w), target, args, self.namespaces, cgroup, stdout, stderr, parent)
         os.close(down_r)
         os.close(up_w)
         self.pid, self.status = pid, None
@@ -176,11 +177,20 @@ def _check_types(namespaces: Iterable[str]) -> tuple[str, ...]:
     return namespaces
 
 
-def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr) -> None:
-    """In the child: fds, cgroup, namespaces, the PID-1 fork, then the target. Never returns."""
+def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr, parent: int) -> None:
+    """In the child: fds, cgroup, namespaces, the PID-1 fork, then the target. Never returns.
+    A child dies with the process that made it (prctl(2) PR_SET_PDEATHSIG; the middle process
+    of a PID namespace gets SIGTERM and takes PID 1 with it): a killed notebook kernel or
+    `labkit run` leaves no container running."""
     global CHANNEL
     CHANNEL = ch
     code = 0
+    pid_ns = "pid" in namespaces or "time" in namespaces
+    if pid_ns:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})     # see below
+    kernel.set_parent_death_signal(signal.SIGTERM if pid_ns else signal.SIGKILL)
+    if os.getppid() not in (parent, 0):   # it died before the line above (0: a parent outside
+        os._exit(1)                       # our PID namespace, after setns: it cannot be told)
     try:
         if stdout is not None:
             os.dup2(stdout, 1)
@@ -189,10 +199,9 @@ def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr) -> Non
         if cgroup is not None:
             cgroup.add(os.getpid())
         enter(namespaces)
-        if "pid" in namespaces or "time" in namespaces:   # both apply to children only
+        if pid_ns:   # CLONE_NEWPID and CLONE_NEWTIME apply to children only
             # SIGTERM stays blocked across the fork: the middle handles it only once it knows
             # PID 1, and PID 1 only once the kernel will kill it if the middle dies
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             pid1 = os.fork()
             if pid1:
                 _wait_for_pid1(ch, pid1)

@@ -1,6 +1,12 @@
 """`labkit run` as docker run and podman run behave (issue 17): arguments after the image
 replace CMD and follow ENTRYPOINT; USER and --user resolved in the image with supplementary
 groups; HOME from the image's /etc/passwd; 127 and 126 for a command that cannot run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from labkit import build, cli, container, lab, users
@@ -66,3 +72,50 @@ def test_users_resolve_reads_passwd_and_group_as_libcontainer_does():
     assert users.resolve("5:5", passwd, group) == users.Identity(5, 5, [], "/")
     with pytest.raises(users.UserError, match="unable to find group nope"):
         users.resolve("ann:nope", passwd, group)
+
+
+def _labkit_run(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "labkit", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pred, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_labkit_run_reaches_the_container(busybox, sig):
+    """As docker run's --sig-proxy: the shell inside traps it and exits with its own status."""
+    p = _labkit_run("--rm", "busybox", "--", "/bin/sh", "-c",
+                    f"trap 'echo got {sig.name}; exit 7' {sig.name[3:]}; touch /tmp/ready; "
+                    "while true; do sleep 0.05; done")
+    assert _wait_for(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 7 and f"got {sig.name}" in out, err
+    assert container.containers() == []
+
+
+def test_a_killed_labkit_run_leaves_no_container_running(busybox):
+    """Before: SIGKILL of `labkit run` left the container's processes running."""
+    p = _labkit_run("busybox", "--", "/bin/sh", "-c", "touch /tmp/ready; exec sleep 300")
+    assert _wait_for(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
+    sleepers = lambda: [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmd(pid) == "sleep300"]
+    assert sleepers()
+    p.kill()
+    p.wait()
+    assert _wait_for(lambda: not sleepers(), 10), "the container outlived its runtime"
+    for c in container.containers():
+        c.remove()
+
+
+def _cmd(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b"").decode()
+    except OSError:
+        return ""
