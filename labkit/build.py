@@ -27,6 +27,7 @@ import stat
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import container, lab, snapshot, squash
@@ -103,6 +104,7 @@ class _State:
     history: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     args: dict = field(default_factory=dict)
+    created: str = st.EPOCH                           # the time of the last step (image-spec config.md)
     stage: str = ""                                   # FROM ... AS name
     stages: dict = field(default_factory=dict)        # finished stages: {name or index: image name}
 
@@ -159,9 +161,8 @@ class Builder:
         finally:
             for root in self._roots.values():
                 lab.remove_tree(root)
-            for name in set(s.stages.values()):
-                if name in self.store.refs():
-                    self.store.remove(name)
+            for name in set(s.stages.values()):   # the names go; the blobs stay for the build
+                self.store.remove_ref(name)           # cache, until labkit image prune
 
     def _do(self, s: _State, ins: Instruction) -> Step:
         args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name in EXPANDED else ins.args
@@ -186,6 +187,7 @@ class Builder:
             name = f"from/{tag}"
         img = self.store.image(name)
         s.base, s.layers, s.history = name, [], []
+        s.created = img.config.get("created") or st.EPOCH
         s.config = json.loads(json.dumps(img.config.get("config", {})))
         snapshot.unpack(name, self.store)
         return Step(ins)
@@ -376,7 +378,8 @@ class Builder:
 
     # --- helpers ---
     def _config_step(self, s: _State, ins: Instruction) -> Step:
-        s.history.append({"created_by": f"{ins.name} {ins.args}", "empty_layer": True})
+        s.created = _reproducible() or s.created      # a config step is as old as the step before
+        s.history.append({"created": s.created, "created_by": f"{ins.name} {ins.args}", "empty_layer": True})
         return Step(ins)
 
     def _layer_step(self, s: _State, ins: Instruction, make, extra: str) -> Step:
@@ -388,7 +391,8 @@ class Builder:
             desc = st.Descriptor(rec["mediaType"], rec["digest"], rec["size"])
             if self.store.claim_blob(desc.digest):
                 s.layers.append((desc, rec["diff_id"]))
-                s.history.append({"created_by": f"{ins.name} {ins.args}"})
+                s.created = _reproducible() or rec.get("created") or s.created   # when it was first made
+                s.history.append({"created": s.created, "created_by": f"{ins.name} {ins.args}"})
                 self._unpack(s)
                 return Step(ins, cached=True, layer=rec["diff_id"])
         snap_key = f"build/{uuid.uuid4().hex}"
@@ -400,9 +404,10 @@ class Builder:
             self.snaps.remove(snap_key)
             raise
         s.layers.append((desc, diff_id))
-        s.history.append({"created_by": f"{ins.name} {ins.args}"})
+        s.created = _reproducible() or _now()
+        s.history.append({"created": s.created, "created_by": f"{ins.name} {ins.args}"})
         self.snaps.commit(self._top_chain(s), snap_key)
-        hit.write_text(json.dumps({**desc.to_json(), "diff_id": diff_id}))
+        hit.write_text(json.dumps({**desc.to_json(), "diff_id": diff_id, "created": s.created}))
         return Step(ins, layer=diff_id)
 
     def _stack(self, s: _State) -> tuple[list[st.Descriptor], list[str]]:
@@ -483,6 +488,24 @@ def read_dockerfile(path: str | os.PathLike) -> str:
         line = data[:e.start].count(b"\n") + 1
         raise BuildError(f"{path} line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text",
                          "save the Dockerfile as UTF-8") from None
+
+
+def _now() -> str:
+    """This moment in RFC 3339, UTC, as image-spec config.md writes ``created``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _reproducible() -> str | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org; buildah and BuildKit honour it): every step
+    gets that time, so the same Dockerfile gives the same image digest anywhere. Without it a
+    layer step carries the time it was first built (kept in the build cache), and a step that
+    makes no layer the time of the step before: a fully cached rebuild is the same image."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if not sde:
+        return None
+    if not sde.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={sde!r} is not a number of seconds", "e.g. SOURCE_DATE_EPOCH=0")
+    return datetime.fromtimestamp(int(sde), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _stage_name(args: str) -> str:

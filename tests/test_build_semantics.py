@@ -82,3 +82,20 @@ def test_dockerignore_leaves_files_out_of_copy(busybox):
     assert r.stdout.split() == [".", "./.dockerignore", "./Dockerfile", "./a.txt", "./keep.log", "./src", "./src/m.c"]
     with pytest.raises(build.BuildError, match="'b.log' is not in the build context"):
         build.build(ctx, "t/ign2", "FROM busybox\nCOPY b.log /\n", quiet=True, store=busybox)
+
+
+def test_history_times_are_real_a_cached_rebuild_is_the_same_image_and_source_date_epoch_reproduces(busybox,
+                                                                                                   monkeypatch):
+    """Before: every created time was 1970-01-01."""
+    df = "FROM busybox\nRUN echo a > /a\nENV X=1\nCMD cat /a\n"
+    ctx = write_tree(lab.scratch("times"), {"Dockerfile": df})
+    one = build.build(ctx, "t/times", quiet=True, store=busybox).image
+    run_step = one.history[-3]
+    assert run_step["created_by"].startswith("RUN") and not run_step["created"].startswith("1970")
+    assert one.config["created"] == one.history[-1]["created"] == run_step["created"]
+    again = build.build(ctx, "t/times", quiet=True, store=busybox).image
+    assert again.manifest_desc.digest == one.manifest_desc.digest        # all cached: the same image
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = build.build(ctx, "t/sde-a", quiet=True, store=busybox, cache_dir=lab.scratch("cache-a")).image
+    b = build.build(ctx, "t/sde-b", quiet=True, store=busybox, cache_dir=lab.scratch("cache-b")).image
+    assert a.manifest_desc.digest == b.manifest_desc.digest and a.config["created"] == "2023-11-14T22:13:20Z"

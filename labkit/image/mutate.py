@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import formats
 from .store import CONFIG, EPOCH, MANIFEST, Descriptor, Image, Store, StoreError, check_name
 
 
@@ -20,12 +21,16 @@ def commit(name: str, layers: list[tuple[Descriptor, str]], history: list[dict],
     are merged into the base's ``config``."""
     store = store or Store()
     check_name(name)
-    cfg = dict(base.config) if base else {"architecture": "amd64", "os": "linux", "created": EPOCH,
+    here = formats.Platform.host()
+    cfg = dict(base.config) if base else {"architecture": here.architecture, "os": "linux", "created": EPOCH,
+                                          **({"variant": here.variant} if here.variant else {}),
                                           "config": {"Env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"]}}
     if config:
         cfg["config"] = {**cfg.get("config", {}), **config}
     cfg["rootfs"] = {"type": "layers", "diff_ids": (base.diff_ids if base else []) + [d for _, d in layers]}
     cfg["history"] = (base.history if base else []) + [{"created": EPOCH, **h} for h in history]
+    if history and "created" in history[-1]:
+        cfg["created"] = history[-1]["created"]       # the image is as new as its last step
     cfg_desc = store.put_json(cfg, CONFIG)
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": cfg_desc.to_json(),
                 "layers": [d.to_json() for d in (base.layers if base else [])] + [d.to_json() for d, _ in layers]}
