@@ -1,11 +1,13 @@
 """Squash time for 2..50 layers, both methods, and against what people do without a
 squash command (`docker export | docker import`: here umoci unpack of the image, then GNU
-tar of its root filesystem); and a warm-cache rebuild of a 10-instruction Dockerfile (goal:
-under 0.5 s)."""
+tar of its root filesystem); a warm-cache rebuild of a 10-instruction Dockerfile (goal:
+under 0.5 s); and that Dockerfile built by labkit and by `podman build` (buildah inside),
+cold and warm, interleaved, 5 times each."""
 import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 
 from bench import headline, with_lab
@@ -47,6 +49,56 @@ def main() -> None:
     warm = time.perf_counter() - t
     print(f"\n10-instruction Dockerfile: cold build {cold:.2f} s, warm rebuild {warm:.3f} s "
           f"({sum(x.cached for x in steps)} steps cached; goal < 0.5 s)")
+    if shutil.which("podman"):
+        build_vs_buildah(s, ctx)
+    else:
+        print("podman is not installed: no labkit build vs buildah row (provision.sh installs it)")
+
+
+PODMAN_CONF = """[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+netns = "none"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def build_vs_buildah(s: st.Store, ctx) -> None:
+    """The same Dockerfile, cold (an empty build cache; podman --no-cache) and warm (everything
+    cached), labkit and podman build interleaved, 5 rounds; min and median of each."""
+    from labkit.image import archive
+    d = tempfile.mkdtemp(prefix="bench-podman-")
+    with open(f"{d}/containers.conf", "w") as f:
+        f.write(PODMAN_CONF)
+    with open(f"{d}/storage.conf", "w") as f:
+        f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/graph"\nrunroot = "{d}/run"\n')
+    env = dict(os.environ, CONTAINERS_CONF=f"{d}/containers.conf", CONTAINERS_STORAGE_CONF=f"{d}/storage.conf")
+    pm = lambda *a: subprocess.run(["podman", *a], env=env, check=True, capture_output=True)
+    try:
+        pm("load", "-i", str(archive.save(s, "busybox", lab.root() / "bench-busybox.tar")))
+        runs = {k: [] for k in ("labkit cold", "podman cold", "labkit warm", "podman warm")}
+        build.build(ctx, "bench/warm", quiet=True, store=s, cache_dir=lab.scratch("bench-warm-cache"))
+        pm("build", "--network", "none", "-q", "-t", "bench-warm", str(ctx))
+        for i in range(5):
+            runs["labkit cold"].append(_time(lambda: build.build(ctx, f"bench/cold{i}", quiet=True, store=s,
+                                                                 cache_dir=lab.scratch(f"bench-cold-{i}"))))
+            runs["podman cold"].append(_time(lambda: pm("build", "--network", "none", "--no-cache", "-q",
+                                                        "-t", f"bench-cold{i}", str(ctx))))
+            runs["labkit warm"].append(_time(lambda: build.build(ctx, "bench/warm", quiet=True, store=s,
+                                                                 cache_dir=lab.scratch("bench-warm-cache", fresh=False))))
+            runs["podman warm"].append(_time(lambda: pm("build", "--network", "none", "-q", "-t", "bench-warm", str(ctx))))
+        print(f"\nlabkit build vs podman build (buildah), {DOCKERFILE.count(chr(10))}-instruction Dockerfile, "
+              f"5 interleaved rounds (s); load average {os.getloadavg()[0]:.2f}")
+        for k, v in runs.items():
+            print(f"  {k:<12} min {min(v):.3f}  median {statistics.median(v):.3f}")
+        for kind in ("cold", "warm"):
+            a, b = statistics.median(runs[f"labkit {kind}"]), statistics.median(runs[f"podman {kind}"])
+            headline(f"build a 10-instruction Dockerfile, {kind}", "s", a, "podman build", b)
+    finally:
+        subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def squash_vs_export(s: st.Store, n: int) -> None:

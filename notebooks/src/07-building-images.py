@@ -438,7 +438,7 @@ ex.check_run_step(my_run)
 # %%
 leak = write_tree(home / "leak", {"Dockerfile": "FROM busybox\nCOPY token /root/.token\nRUN mkdir -p /app && echo data > /app/data && rm /root/.token\n",
                                    "token": "s3cret-token\n"})
-build.build(leak, "lesson07/leaky", quiet=True);
+leaky = build.build(leak, "lesson07/leaky", quiet=True).image
 
 # %%
 my_image = None   # your answer: an image name
