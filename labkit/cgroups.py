@@ -67,6 +67,25 @@ def v2_root() -> Path | None:
     return next((m.mountpoint for m in mounts() if m.fstype == "cgroup2"), None)
 
 
+def join_like(pid: int) -> None:
+    """Move this process into every cgroup ``pid`` is in (docker exec does): each line of
+    /proc/PID/cgroup, "ID:CONTROLLERS:PATH" (cgroups(7)), names a group in the hierarchy mounted
+    with those controllers (v1) or in the unified one (v2, ID 0). Only groups labkit made."""
+    hierarchies = {}
+    for m in mounts():
+        if m.fstype == "cgroup":
+            key = ",".join(sorted(o for o in m.super_options.split(",") if o in KNOWN or o.startswith("name=")))
+            hierarchies.setdefault(key, m.mountpoint)
+        elif m.fstype == "cgroup2":
+            hierarchies.setdefault("", m.mountpoint)
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        top = hierarchies.get(",".join(sorted(ctrls.split(","))) if ctrls else "")
+        if top is None or f"/{PARENT}/" not in f"{path}/":
+            continue                       # a hierarchy we do not see, or a group that is not ours
+        (top / path.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+
+
 @dataclass(frozen=True)
 class CpuStat:
     periods: int          # enforcement periods that had runnable tasks

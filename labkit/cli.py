@@ -182,11 +182,14 @@ def cmd_run(args) -> int:
     on to the container's PID 1 (docker's --sig-proxy), so Ctrl-C stops what runs inside."""
     from . import container
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    c = container.Container.create(args.image, cmd or None, hostname=args.hostname, memory=args.memory,
-                                   pids=args.pids, cpus=args.cpus, volumes=args.volume or [], name=args.name or "",
-                                   privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
-                                   security_opt=args.security_opt, userns=args.userns, user=args.user,
-                                   entrypoint=[args.entrypoint] if args.entrypoint else None)
+    opts = dict(hostname=args.hostname, memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
+                name=args.name or "", privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
+                security_opt=args.security_opt, userns=args.userns, user=args.user,
+                entrypoint=[args.entrypoint] if args.entrypoint else None)
+    if args.detach:
+        print(container.run_detached(args.image, cmd or None, rm=args.rm, **opts).id)
+        return 0
+    c = container.Container.create(args.image, cmd or None, **opts)
     try:
         c.start(capture=False)
         pid1 = c.pid1()
@@ -213,7 +216,8 @@ def cmd_ps(args) -> int:
     print(f"{'CONTAINER':<14} {'NAME':<16} {'IMAGE':<20} {'STATUS':<12} COMMAND")
     for c in container.containers():
         done = c.dir / "result.json"
-        status = f"exited {json.loads(done.read_text())['exit_code']}" if done.exists() else "created"
+        status = (f"exited {json.loads(done.read_text())['exit_code']}" if done.exists()
+                  else "running" if c.running_pid1() else "created")
         print(f"{c.id:<14} {c.cfg.name[:16]:<16} {c.cfg.image[:20]:<20} {status:<12} {' '.join(c.cfg.cmd)[:40]}")
     return 0
 
@@ -223,6 +227,40 @@ def cmd_commit(args) -> int:
     img = container.Container.load(args.container).commit(args.name)
     print(f"{img.name}: {img.manifest_desc.digest}, {len(img.layers)} layers (the last is the container's changes)")
     return 0
+
+
+def cmd_logs(args) -> int:
+    from . import container
+    out, err = container.Container.load(args.container).logs()
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from . import container
+    container.Container.load(args.container).stop(timeout=args.time)
+    print(args.container)
+    return 0
+
+
+def cmd_kill(args) -> int:
+    from . import container
+    sig = int(args.signal) if args.signal.isdigit() else getattr(signal, "SIG" + args.signal.upper().removeprefix("SIG"), None)
+    if sig is None:
+        raise LabError(f"{args.signal!r} is not a signal", "use a name like TERM or KILL, or a number")
+    container.Container.load(args.container).kill(sig)
+    print(args.container)
+    return 0
+
+
+def cmd_exec(args) -> int:
+    from . import container
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise LabError("exec needs a command", "e.g. labkit exec CONTAINER -- ps")
+    r = container.Container.load(args.container).exec(cmd, user=args.user, capture=False, timeout=None)
+    return r.exit_code
 
 
 def cmd_rm(args) -> int:
@@ -442,6 +480,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
                      help="seccomp=unconfined, no-new-privileges=false")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background under a supervisor; print the container's id (logs, stop, kill, exec)")
     run.add_argument("--entrypoint", metavar="CMD", help="run CMD instead of the image's ENTRYPOINT (and CMD)")
     run.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or uid of the image's /etc/passwd")
     run.add_argument("--userns", choices=("host", "auto"), default="host",
@@ -450,6 +490,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     run.set_defaults(fn=cmd_run)
     sub.add_parser("ps", help="list containers").set_defaults(fn=cmd_ps)
+    lg = sub.add_parser("logs", help="what a detached container wrote: CONTAINER")
+    lg.add_argument("container", metavar="CONTAINER")
+    lg.set_defaults(fn=cmd_logs)
+    sp = sub.add_parser("stop", help="STOPSIGNAL, then SIGKILL after -t seconds: CONTAINER")
+    sp.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL (default 10)")
+    sp.add_argument("container", metavar="CONTAINER")
+    sp.set_defaults(fn=cmd_stop)
+    kl = sub.add_parser("kill", help="send a signal (KILL by default) to a container's PID 1")
+    kl.add_argument("-s", "--signal", default="KILL")
+    kl.add_argument("container", metavar="CONTAINER")
+    kl.set_defaults(fn=cmd_kill)
+    ex = sub.add_parser("exec", help="run a command in a running container: CONTAINER -- CMD...")
+    ex.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    ex.add_argument("container", metavar="CONTAINER")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    ex.set_defaults(fn=cmd_exec)
     cm = sub.add_parser("commit", help="CONTAINER NAME: the container's read-write layer as a new image")
     cm.add_argument("container")
     cm.add_argument("name")

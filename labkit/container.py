@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cgroups, confine, kernel, lab, overlay, roots, sandbox, snapshot, users
+from . import cgroups, confine, kernel, lab, overlay, procfs, roots, sandbox, snapshot, users
 from . import userns as user_namespace     # the parameter userns= is podman's option
 from .errors import KernelError, LabError
 from .image import store as st
@@ -226,8 +226,9 @@ class Container:
         raise ContainerError(f"there is no container {ident!r}", "list them with `labkit ps`")
 
     # --- running it ---
-    def start(self, capture: bool = True) -> "Container":
-        """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours."""
+    def start(self, capture: bool = True, logs: bool = False) -> "Container":
+        """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours;
+        ``logs``: write them to the container's stdout.log and stderr.log (labkit logs)."""
         conf = confine.Confinement.from_json(self.cfg.confinement)
         v1_devices = conf.devices and not conf.privileged and confine.devices_cgroup()
         self.group = cgroups.Group(f"c-{self.id}", want=("memory", "pids", "cpu") + (("devices",) if v1_devices else ()))
@@ -244,13 +245,18 @@ class Container:
         if self.cfg.cpus:
             self.group.set_cpu(self.cfg.cpus)
         self._userns_fd = user_namespace.create(self._ids) if self._ids else None
-        out = [os.pipe(), os.pipe()] if capture else None
+        if logs:
+            files = [os.open(self.dir / f"{n}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                     for n in ("stdout", "stderr")]
+            out = None
+        else:
+            out = [os.pipe(), os.pipe()] if capture else None
+            files = [out[0][1], out[1][1]] if out else [None, None]
         try:
-            self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group,
-                                       stdout=out[0][1] if out else None, stderr=out[1][1] if out else None,
-                                       note=f"container {self.id}")
+            self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group, stdout=files[0],
+                                       stderr=files[1], note=f"container {self.id}")
         finally:
-            for fd in ([out[0][1], out[1][1]] if out else []) + ([self._userns_fd] if self._ids else []):
+            for fd in [f for f in files if f is not None] + ([self._userns_fd] if self._ids else []):
                 os.close(fd)        # the child has its copies
         self.pid = self.child.pid
         self._out = (out[0][0], out[1][0]) if out else None
@@ -283,31 +289,37 @@ class Container:
                 user_namespace.enter(self._userns_fd)
             self._step = "closing inherited fds"
             sandbox.close_fds()
-            env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
-            env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
-            env["HOSTNAME"] = self.cfg.hostname
-            self._step = f"changing to the working directory {self.cfg.workdir}"
-            os.makedirs(self.cfg.workdir, exist_ok=True)
-            os.chdir(self.cfg.workdir)
-            conf = self._confinement
-            self._step = "dropping capabilities"
-            confine.confine(conf)
-            self._step = f"looking up user {self.cfg.user or 'root'}"
-            who = _identity(self.cfg.user)
-            env.setdefault("HOME", who.home)
-            if self.cfg.user:
-                self._step = f"becoming user {self.cfg.user}"
-                os.setgroups(who.groups)
-                os.setgid(who.gid)
-                os.setuid(who.uid)
-            kernel.set_parent_death_signal(signal.SIGKILL)    # changing user cleared it: the
-            self._step = "loading the seccomp filter"          # container still dies with its runtime
-            confine.load(conf, self._seccomp)
-            self._step = f"executing {self.cfg.cmd[0]!r}"
-            _exec(self.cfg.cmd, env)
+            self._become(self.cfg.cmd, self.cfg.user, self.cfg.workdir, make_workdir=True)
         except BaseException as e:
             raise ContainerError(f"container {self.id}: {self._step} failed: {e}",
                                  "check the command and the image (labkit image inspect)") from None
+
+    def _become(self, cmd: list[str], user: str, workdir: str, make_workdir: bool = False) -> None:
+        """The last steps of PID 1, and of a process ``exec`` adds: the environment, the working
+        directory, the capabilities, the user, the seccomp filter, then execve(2)."""
+        env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
+        env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+        env["HOSTNAME"] = self.cfg.hostname
+        self._step = f"changing to the working directory {workdir}"
+        if make_workdir:
+            os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        conf = self._confinement
+        self._step = "dropping capabilities"
+        confine.confine(conf)
+        self._step = f"looking up user {user or 'root'}"
+        who = _identity(user)
+        env.setdefault("HOME", who.home)
+        if user:
+            self._step = f"becoming user {user}"
+            os.setgroups(who.groups)
+            os.setgid(who.gid)
+            os.setuid(who.uid)
+        kernel.set_parent_death_signal(signal.SIGKILL)    # changing user cleared it: the
+        self._step = "loading the seccomp filter"          # process still dies with its runtime
+        confine.load(conf, self._seccomp)
+        self._step = f"executing {cmd[0]!r}"
+        _exec(cmd, env)
 
     def _build_root(self) -> None:
         """In PID 1: the overlay, the init files, the volumes, /proc, /sys, /dev, the cgroupfs
@@ -380,35 +392,17 @@ class Container:
         """Wait for the command to end; collect its output; remove the cgroup."""
         if self.pid is None:
             raise ContainerError(f"container {self.id} is not running", "start it first")
-        names = dict(zip(self._out or (), ("stdout", "stderr")))
-        bufs = {"stdout": bytearray(), "stderr": bytearray()}
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while names:
-                left = None if deadline is None else max(0, deadline - time.monotonic())
-                ready, _, _ = select.select(list(names), [], [], left)
-                if not ready:
-                    raise ContainerError(f"container {self.id} ran longer than {timeout} s",
-                                         "it was killed; pass a larger timeout")
-                for fd in ready:
-                    chunk = os.read(fd, 65536)
-                    if chunk:
-                        bufs[names[fd]] += chunk
-                    else:
-                        os.close(fd)
-                        del names[fd]
+            out, err = _collect(list(self._out or ()), timeout, f"container {self.id}")
             status = self.child.wait()
         except BaseException:
-            for fd in names:
-                os.close(fd)
             self.kill()
             raise
         code = os.waitstatus_to_exitcode(status)
         code = code if code >= 0 else 128 - code
         oom = self.group.oom_kills() > 0 if self.group and self.cfg.memory else False
         sig = signal.Signals(code - 128).name if code > 128 and code - 128 < 65 else ""
-        res = Result(self.id, code, bufs["stdout"].decode(errors="replace"),
-                     bufs["stderr"].decode(errors="replace"), oom, sig)
+        res = Result(self.id, code, out.decode(errors="replace"), err.decode(errors="replace"), oom, sig)
         self._finish()
         (self.dir / "result.json").write_text(json.dumps(asdict(res)))
         return res
@@ -432,13 +426,111 @@ class Container:
             time.sleep(0.01)
         raise ContainerError(f"container {self.id} has no PID 1 after {timeout} s", "look at its result: c.wait()")
 
-    def kill(self) -> None:
-        """SIGKILL every process of the container (through its cgroup) and reap."""
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL every process of the container (through its cgroup) and reap; a container
+        running under its own supervisor (``run(detach=True)``): send ``sig`` to its PID 1 (in
+        a PID namespace, SIGKILL of PID 1 ends every process in it)."""
         if self.group:
             self.group.kill_all()
-        self._finish()
+            self._finish()
+            return
+        pid1 = self.running_pid1()
+        if pid1 is None:
+            raise ContainerError(f"container {self.id} is not running", "see labkit ps")
+        os.kill(pid1, sig)
 
-    stop = kill     # a detached container (start() without wait()) is stopped the same way
+    def stop(self, timeout: float = 10) -> None:
+        """docker stop: the image's STOPSIGNAL (SIGTERM by default) to PID 1, then SIGKILL after
+        ``timeout`` seconds. PID 1 of a namespace ignores signals it has no handler for, which is
+        why a plain `sleep` takes the whole timeout (and why docker has --init)."""
+        pid1 = self.pid1(timeout=0.5) if self.group else self.running_pid1()
+        if pid1 is None:
+            return self.kill() if self.group else None
+        try:
+            os.kill(pid1, _stop_signal(self.cfg.image))
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.running_pid1() if not self.group else self.child.poll() is None):
+            time.sleep(0.02)
+        if self.group or self.running_pid1():
+            self.kill()
+
+    # --- a container under its own supervisor (docker run -d) ---
+    def running_pid1(self) -> int | None:
+        """PID 1 of a container started with ``run(detach=True)``, if it still runs (its start
+        time must match the one recorded: a recycled PID is not taken for it)."""
+        try:
+            state = json.loads((self.dir / "state.json").read_text())
+            if (self.dir / "result.json").exists():
+                return None
+            if procfs.stat(state["pid1"]).starttime == state["starttime"]:
+                return state["pid1"]
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def logs(self) -> tuple[str, str]:
+        """What a detached container wrote to stdout and stderr so far (docker logs)."""
+        read = lambda n: (self.dir / f"{n}.log").read_text(errors="replace") if (self.dir / f"{n}.log").exists() else ""
+        return read("stdout"), read("stderr")
+
+    def exec(self, cmd: list[str], user: str | None = None, capture: bool = True, timeout: float | None = 120) -> Result:
+        """docker exec: run ``cmd`` inside the running container: setns(2) into PID 1's
+        namespaces (its user namespace first, with --userns), join its cgroups, fork (a PID
+        namespace takes children only), then the same confinement, user and seccomp filter as
+        PID 1 had. Returns its Result; the container goes on."""
+        pid1 = self.pid1(timeout=1) if self.group else self.running_pid1()
+        if pid1 is None:
+            raise ContainerError(f"container {self.id} is not running", "start it first (labkit run -d)")
+        conf = confine.Confinement.from_json(self.cfg.confinement)
+        conf.caps = confine.caps_in_force(conf)
+        self._confinement = conf
+        self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
+        out = [os.pipe(), os.pipe()] if capture else None
+        try:
+            child = sandbox.Child(self._exec_in, pid1, cmd, user, stdout=out[0][1] if out else None,
+                                  stderr=out[1][1] if out else None, note=f"exec in {self.id}")
+        finally:
+            for fd in [out[0][1], out[1][1]] if out else []:
+                os.close(fd)
+        try:
+            try:
+                child.recv()
+            except EOFError:
+                pass
+            bufs = _collect([out[0][0], out[1][0]] if out else [], timeout, f"exec in container {self.id}")
+            code = os.waitstatus_to_exitcode(child.wait())
+        finally:
+            child.close()
+        return Result(self.id, code if code >= 0 else 128 - code, *(b.decode(errors="replace") for b in bufs))
+
+    def _exec_in(self, ch, pid1: int, cmd: list[str], user: str | None) -> None:
+        """In the exec'd process's first fork: join PID 1's cgroups and namespaces, then fork
+        the process that runs ``cmd`` (it is in the container's PID namespace) and wait for it."""
+        self._step = "joining the container"
+        try:
+            cgroups.join_like(pid1)
+            fd = os.pidfd_open(pid1)
+            try:
+                if self.cfg.userns:
+                    kernel.setns(fd, kernel.CLONE_NEWUSER)
+                kernel.setns(fd, sum(kernel.NAMESPACES[t] for t in NAMESPACES))
+            finally:
+                os.close(fd)
+            kid = os.fork()
+            if kid == 0:
+                try:
+                    sandbox.close_fds()
+                    self._become(cmd, self.cfg.user if user is None else user, self.cfg.workdir)
+                except BaseException as e:
+                    os.write(2, f"labkit exec: {self._step} failed: {e}\n".encode())
+                    os._exit(126)
+            ch.close()
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(kid, 0)[1]) & 0xFF)
+        except BaseException as e:
+            raise ContainerError(f"exec in container {self.id}: {self._step} failed: {e}",
+                                 "is the container running? (labkit ps)") from None
 
     def _finish(self) -> None:
         if self.pid:
@@ -575,6 +667,85 @@ def containers(mine: bool = False) -> list[Container]:
         if not mine or c.cfg.session == lab.session():
             out.append(c)
     return out
+
+
+def _stop_signal(image: str) -> int:
+    """The image's STOPSIGNAL ("SIGINT", "2"), SIGTERM if it has none."""
+    try:
+        text = st.Store().image(image).config.get("config", {}).get("StopSignal") or "SIGTERM"
+    except LabError:
+        text = "SIGTERM"
+    return int(text) if text.isdigit() else getattr(signal, text if text.startswith("SIG") else f"SIG{text}",
+                                                     signal.SIGTERM)
+
+
+def _collect(fds: list[int], timeout: float | None, what: str) -> list[bytes]:
+    """Read ``fds`` to their ends (select(2)); their bytes, in order."""
+    bufs = {fd: bytearray() for fd in fds}
+    left, deadline = set(fds), None if timeout is None else time.monotonic() + timeout
+    try:
+        while left:
+            wait = None if deadline is None else max(0, deadline - time.monotonic())
+            ready, _, _ = select.select(list(left), [], [], wait)
+            if not ready:
+                raise ContainerError(f"{what} ran longer than {timeout} s", "it was killed; pass a larger timeout")
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    bufs[fd] += chunk
+                else:
+                    left.discard(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return [bytes(bufs[fd]) for fd in fds] + [b""] * (2 - len(fds))
+
+
+def run_detached(image: str, cmd: list[str] | None = None, rm: bool = False, **opts) -> Container:
+    """docker run -d: the container runs under a supervisor process of its own, in a session of
+    its own (as conmon supervises podman's), so it outlives the caller; its output goes to
+    stdout.log and stderr.log (``logs()``); ``stop()``, ``kill()`` and ``exec()`` work from any
+    process. The supervisor is in the lab's ledger: ``labkit reset`` ends it."""
+    c = Container.create(image, cmd, **opts)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            entry = lab.record("process", str(os.getpid()), f"supervisor of container {c.id}")
+            c.start(capture=False, logs=True)
+            pid1 = c.pid1()
+            (c.dir / "state.json").write_text(json.dumps({"supervisor": os.getpid(), "pid1": pid1,
+                                                          "starttime": procfs.stat(pid1).starttime}))
+            os.write(w, b"ok")
+            os.close(w)
+            c.wait(timeout=None)
+            lab.forget(entry)
+            if rm:
+                c.remove()
+        except BaseException as e:      # noqa: BLE001 - told to the caller, then gone
+            try:
+                os.write(w, str(e).encode()[:4000])
+            except OSError:
+                pass
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    try:    # one read, not to the end: the container's processes inherited the pipe's write end
+        said = os.read(r, 4096) if select.select([r], [], [], 60)[0] else b"no answer in 60 s"
+    finally:
+        os.close(r)
+    if said != b"ok":
+        c.remove()
+        raise ContainerError(said.decode(errors="replace") or "the container's supervisor died",
+                             "check the command and the image (labkit image inspect)")
+    return c
 
 
 def run(image: str, cmd: list[str] | None = None, timeout: float | None = 120, rm: bool = False,

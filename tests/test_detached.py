@@ -1,0 +1,71 @@
+"""docker run -d, logs, stop, kill and exec (issue 17): a detached container runs under a
+supervisor of its own and outlives the command that started it; exec joins it with setns(2)
+and the same confinement; stop sends STOPSIGNAL then SIGKILL."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit import confine, container, lab, procfs
+
+
+def labkit(*args, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _until(pred, seconds=15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_run_detached_then_logs_exec_stop(busybox):
+    cid = labkit("run", "-d", "--name", "bg", "busybox", "--", "/bin/sh", "-c",
+                 "trap 'echo stopping; exit 5' TERM; echo started; echo oops >&2; "
+                 "while true; do sleep 0.05; done").stdout.strip()
+    c = container.Container.load(cid)
+    assert c.running_pid1() and "running" in labkit("ps").stdout          # the labkit command has exited
+    assert _until(lambda: c.logs()[0] == "started\n")
+    r = labkit("logs", "bg")
+    assert r.stdout == "started\n" and r.stderr == "oops\n"
+    r = labkit("exec", "bg", "--", "/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+               "grep -E 'Seccomp:|CapEff' /proc/self/status; exit 3", check=False)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 3 and lines[0] == cid and lines[1].startswith("/bin/sh -c trap")   # its PID 1
+    assert confine.mask(confine.caps_in_force(confine.Confinement())) in lines[2] and lines[3].split()[-1] == "2"
+    assert c.exec(["id", "-u"], user="1000").stdout == "1000\n"
+    assert labkit("stop", "-t", "5", "bg").returncode == 0
+    assert _until(lambda: (c.dir / "result.json").exists())
+    assert c.logs()[0].endswith("stopping\n") and "exited 5" in labkit("ps").stdout
+    with pytest.raises(container.ContainerError, match="is not running"):
+        c.exec(["true"])
+    labkit("rm", "bg")
+
+
+def test_stop_kills_what_ignores_the_signal_and_kill_sends_one(busybox):
+    c = container.run_detached("busybox", ["sleep", "300"])        # PID 1 ignores SIGTERM
+    t = time.monotonic()
+    c.stop(timeout=0.5)
+    assert _until(lambda: c.running_pid1() is None, 10) and time.monotonic() - t < 8
+    c.remove()
+    c = container.run_detached("busybox", ["/bin/sh", "-c", "trap 'exit 9' USR1; while true; do sleep 0.05; done"],
+                               rm=True)
+    pid1 = c.running_pid1()
+    assert pid1 and procfs.stat(pid1)
+    labkit("kill", "-s", "USR1", c.id)
+    assert _until(lambda: not c.dir.exists())                       # --rm: gone once it ended
+    assert container.containers() == []
+
+
+def test_a_detached_containers_supervisor_is_in_the_ledger_and_reset_ends_it(busybox):
+    c = container.run_detached("busybox", ["sleep", "300"])
+    assert any("supervisor of container" in e.note for e in lab.entries())
+    lab.reset()
+    assert _until(lambda: c.running_pid1() is None)
