@@ -187,14 +187,18 @@ def cmd_run(args) -> int:
                 security_opt=args.security_opt, userns=args.userns, user=args.user,
                 entrypoint=[args.entrypoint] if args.entrypoint else None)
     if args.detach:
+        if args.tty or args.interactive:
+            raise LabError("-d cannot be combined with -i or -t here", "run it with -d alone, then labkit exec")
         print(container.run_detached(args.image, cmd or None, rm=args.rm, **opts).id)
         return 0
     c = container.Container.create(args.image, cmd or None, **opts)
     try:
-        c.start(capture=False)
+        c.start(capture=False, stdin=0 if args.interactive else None, tty=args.tty)
         pid1 = c.pid1()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if pid1 else ():
             signal.signal(sig, lambda n, _f: _signal(pid1, n))
+        if args.tty:
+            c.attach(args.interactive)
         res = c.wait()
     finally:
         if args.rm:
@@ -480,6 +484,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
                      help="seccomp=unconfined, no-new-privileges=false")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (else it is /dev/null)")
+    run.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal for the command (TERM=xterm)")
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background under a supervisor; print the container's id (logs, stop, kill, exec)")
     run.add_argument("--entrypoint", metavar="CMD", help="run CMD instead of the image's ENTRYPOINT (and CMD)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import signal
 import socket
 import stat
 import subprocess
+import termios
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,9 +228,13 @@ class Container:
         raise ContainerError(f"there is no container {ident!r}", "list them with `labkit ps`")
 
     # --- running it ---
-    def start(self, capture: bool = True, logs: bool = False) -> "Container":
+    def start(self, capture: bool = True, logs: bool = False, stdin: int | None = None,
+              tty: bool = False) -> "Container":
         """Start the command. ``capture``: collect stdout/stderr for wait(); else inherit ours;
-        ``logs``: write them to the container's stdout.log and stderr.log (labkit logs)."""
+        ``logs``: write them to the container's stdout.log and stderr.log (labkit logs).
+        ``stdin``: an fd the command reads (docker run -i), /dev/null otherwise. ``tty``: a
+        pseudo-terminal (pty(7)) is its stdin, stdout, stderr and controlling terminal (docker
+        run -t); :meth:`attach` connects ours to it."""
         conf = confine.Confinement.from_json(self.cfg.confinement)
         v1_devices = conf.devices and not conf.privileged and confine.devices_cgroup()
         self.group = cgroups.Group(f"c-{self.id}", want=("memory", "pids", "cpu") + (("devices",) if v1_devices else ()))
@@ -245,20 +251,36 @@ class Container:
         if self.cfg.cpus:
             self.group.set_cpu(self.cfg.cpus)
         self._userns_fd = user_namespace.create(self._ids) if self._ids else None
-        if logs:
-            files = [os.open(self.dir / f"{n}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-                     for n in ("stdout", "stderr")]
-            out = None
+        self._tty, self.master, out = tty, None, None
+        if tty:         # PID 1 makes the pty in the container's own devpts and sends us its master
+            console, self._console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            files = [os.open(os.devnull, os.O_RDONLY), None, None]
+        elif logs:
+            files = [os.open(os.devnull, os.O_RDONLY)] + [
+                os.open(self.dir / f"{n}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) for n in ("stdout", "stderr")]
         else:
             out = [os.pipe(), os.pipe()] if capture else None
-            files = [out[0][1], out[1][1]] if out else [None, None]
+            files = [os.open(os.devnull, os.O_RDONLY), *([out[0][1], out[1][1]] if out else [None, None])]
+        if stdin is not None and not tty:
+            os.close(files[0])
+            files[0] = os.dup(stdin)
         try:
-            self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group, stdout=files[0],
-                                       stderr=files[1], note=f"container {self.id}")
+            self.child = sandbox.Child(self._pid1, namespaces=NAMESPACES, cgroup=self.group, stdin=files[0],
+                                       stdout=files[1], stderr=files[2], note=f"container {self.id}")
         finally:
-            for fd in [f for f in files if f is not None] + ([self._userns_fd] if self._ids else []):
+            for fd in {f for f in files if f is not None} | ({self._userns_fd} if self._ids else set()):
                 os.close(fd)        # the child has its copies
+            if tty:
+                self._console.close()
         self.pid = self.child.pid
+        if tty:
+            console.settimeout(30)
+            try:
+                _, fds, _, _ = socket.recv_fds(console, 1, 1)
+            except OSError:
+                fds = []
+            console.close()
+            self.master = fds[0] if fds else None
         self._out = (out[0][0], out[1][0]) if out else None
         try:
             self.child.recv()          # nothing comes back when exec succeeds: the pipe closes
@@ -287,6 +309,9 @@ class Container:
             if ids:
                 self._step = "entering the user namespace"
                 user_namespace.enter(self._userns_fd)
+            if self._tty:
+                self._step = "making the terminal"
+                _console(self._console)
             self._step = "closing inherited fds"
             sandbox.close_fds()
             self._become(self.cfg.cmd, self.cfg.user, self.cfg.workdir, make_workdir=True)
@@ -300,6 +325,8 @@ class Container:
         env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
         env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
         env["HOSTNAME"] = self.cfg.hostname
+        if getattr(self, "_tty", False):
+            env.setdefault("TERM", "xterm")             # as docker run -t sets it
         self._step = f"changing to the working directory {workdir}"
         if make_workdir:
             os.makedirs(workdir, exist_ok=True)
@@ -406,6 +433,42 @@ class Container:
         self._finish()
         (self.dir / "result.json").write_text(json.dumps(asdict(res)))
         return res
+
+    def attach(self, interactive: bool = False) -> None:
+        """Connect our terminal to the container's pty (start(tty=True)) until the container
+        closes it: what it writes goes to our stdout; with ``interactive``, what we type goes to
+        it (our terminal in raw mode meanwhile, so Ctrl-C reaches the container as a byte)."""
+        import tty as tty_
+        if self.master is None:     # PID 1 failed before it made the terminal: wait() says why
+            return
+        raw = interactive and os.isatty(0)
+        saved = termios.tcgetattr(0) if raw else None
+        if os.isatty(0):            # the container's terminal takes our window size
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+        try:
+            if raw:
+                tty_.setraw(0)
+            watch = [self.master] + ([0] if interactive else [])
+            while self.master in watch:
+                for fd in select.select(watch, [], [])[0]:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:         # EIO: the last process holding the pty exited
+                        data = b""
+                    if fd == self.master:
+                        if not data:
+                            watch.remove(fd)
+                        else:
+                            os.write(1, data)
+                    elif data:
+                        os.write(self.master, data)
+                    else:
+                        watch.remove(0)         # our stdin ended: the container's goes on
+        finally:
+            if saved is not None:
+                termios.tcsetattr(0, termios.TCSADRAIN, saved)
+            os.close(self.master)
+            self.master = None
 
     def pid1(self, timeout: float = 10) -> int | None:
         """The host's number for the container's PID 1: the only child of the process that made
@@ -614,6 +677,21 @@ def mkdirs_in_root(root: Path, path: str) -> int:
         return fd
     finally:
         os.close(rootfd)
+
+
+def _console(sock: socket.socket) -> None:
+    """In PID 1, after pivot_root: a pty from the container's own /dev/ptmx (so /dev/pts/N
+    exists inside), its master sent to the runtime (SCM_RIGHTS, unix(7)), as runc's
+    console socket does; the slave becomes stdin, stdout, stderr and the controlling terminal."""
+    master, slave = os.openpty()
+    socket.send_fds(sock, [b"m"], [master])
+    os.close(master)
+    sock.close()
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    os.close(slave)
 
 
 def _exec(argv: list[str], env: dict) -> None:

@@ -97,13 +97,13 @@ class Channel:
 class Child:
     """``target(channel, *args)`` in a forked child inside new ``namespaces``.
 
-    ``cgroup`` (a cgroups.Group) is joined before the namespaces are made; ``stdout`` and
-    ``stderr`` are fds the child's 1 and 2 become. Use it as a context manager, or call
+    ``cgroup`` (a cgroups.Group) is joined before the namespaces are made; ``stdin``, ``stdout``
+    and ``stderr`` are fds the child's 0, 1 and 2 become. Use it as a context manager, or call
     ``close()``: the child is killed (if still running) and reaped, and leaves the ledger.
     """
 
     def __init__(self, target: Callable, *args, namespaces: Iterable[str] = (), note: str = "",
-                 cgroup=None, stdout: int | None = None, stderr: int | None = None):
+                 cgroup=None, stdout: int | None = None, stderr: int | None = None, stdin: int | None = None):
         self.namespaces = _check_types(namespaces)
         down_r, down_w = os.pipe2(os.O_CLOEXEC)
         up_r, up_w = os.pipe2(os.O_CLOEXEC)
@@ -112,7 +112,7 @@ class Child:
         if pid == 0:
             os.close(down_w)
             os.close(up_r)
-            _start(Channel(down_r, up_w), target, args, self.namespaces, cgroup, stdout, stderr, parent)
+            _start(Channel(down_r, up_w), target, args, self.namespaces, cgroup, (stdin, stdout, stderr), parent)
         os.close(down_r)
         os.close(up_w)
         self.pid, self.status = pid, None
@@ -177,7 +177,7 @@ def _check_types(namespaces: Iterable[str]) -> tuple[str, ...]:
     return namespaces
 
 
-def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr, parent: int) -> None:
+def _start(ch: Channel, target, args, namespaces, cgroup, stdio: tuple, parent: int) -> None:
     """In the child: fds, cgroup, namespaces, the PID-1 fork, then the target. Never returns.
     A child dies with the process that made it (prctl(2) PR_SET_PDEATHSIG; the middle process
     of a PID namespace gets SIGTERM and takes PID 1 with it): a killed notebook kernel or
@@ -192,10 +192,9 @@ def _start(ch: Channel, target, args, namespaces, cgroup, stdout, stderr, parent
     if os.getppid() not in (parent, 0):   # it died before the line above (0: a parent outside
         os._exit(1)                       # our PID namespace, after setns: it cannot be told)
     try:
-        if stdout is not None:
-            os.dup2(stdout, 1)
-        if stderr is not None:
-            os.dup2(stderr, 2)
+        for i, fd in enumerate(stdio):          # stdin, stdout, stderr: the fds given, else ours
+            if fd is not None:
+                os.dup2(fd, i)
         if cgroup is not None:
             cgroup.add(os.getpid())
         enter(namespaces)

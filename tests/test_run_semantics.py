@@ -119,3 +119,22 @@ def _cmd(pid: str) -> str:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b"").decode()
     except OSError:
         return ""
+
+
+def test_stdin_is_null_without_i_and_ours_with_it(busybox):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", *a, "busybox", "--", "cat"],
+                                    input="hello\n", capture_output=True, text=True, timeout=60)
+    assert run().stdout == ""                           # docker run without -i: stdin is /dev/null
+    assert run("-i").stdout == "hello\n"
+
+
+def test_t_gives_the_command_a_terminal_and_term(busybox):
+    """Before: no -t at all; the command's stdout was never a terminal."""
+    r = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", "-t", "busybox", "--", "/bin/sh", "-c",
+                        "test -t 0 && test -t 1 && echo both-terminals; echo $TERM; tty"],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stdout.replace("\r", "").splitlines()
+    assert r.returncode == 0 and lines[:2] == ["both-terminals", "xterm"] and lines[2].startswith("/dev/pts/"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", "-i", "-t", "busybox", "--", "/bin/sh", "-c",
+                        "read line; echo got $line"], input="typed\n", capture_output=True, text=True, timeout=60)
+    assert "got typed" in r.stdout, r.stderr
