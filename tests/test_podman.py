@@ -4,8 +4,10 @@ the same tree seen from inside a container; podman's images pushed to labkit's r
 run in labkit, and labkit's in podman. Every difference left is listed in DELIBERATE, with why,
 and in the README."""
 import json
+import io
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 
@@ -66,7 +68,8 @@ def both(podman, tmp_path_factory):
 
 
 # the Dockerfiles: every instruction, whiteouts, an opaque directory, hard links, symlinks,
-# setuid/setgid/sticky bits, a fifo, long and non-ASCII names, ownership, multi-stage ...
+# setuid/setgid/sticky bits, a fifo, long and non-ASCII names, ownership, xattrs with a file
+# capability, multi-stage, .dockerignore ...
 CASES = {
     "run-env-cmd": ("FROM busybox\nRUN mkdir -p /app && echo hello > /app/greeting\n"
                     "ENV GREETING=hi PATH=/usr/local/bin:/bin:/usr/bin\nCMD [\"cat\", \"/app/greeting\"]\n", {}),
@@ -98,6 +101,7 @@ CASES = {
     "exit-status": ("FROM busybox\nCMD [\"/bin/sh\", \"-c\", \"echo failing; exit 3\"]\n", {}),
     "multi-stage": ("FROM busybox AS build\nRUN echo compiled > /out\nFROM busybox\nCOPY --from=build /out /app/out\n"
                     "CMD cat /app/out\n", {}),
+    "xattrs": ("FROM busybox\nADD caps.tar /\nCMD ls /caps\n", {}),      # a user xattr and a file capability
     "dockerignore": ("FROM busybox\nCOPY . /ctx\nCMD find /ctx\n",
                      {".dockerignore": "*.log\nsecret\n", "keep.txt": "k", "drop.log": "d", "secret/key": "s"}),
 }
@@ -109,6 +113,16 @@ def _context(case: str):
     if case == "copy-add":
         with tarfile.open(ctx / "layer.tar", "w") as t:
             t.add(ctx / "dir", arcname="from-tar")
+    if case == "xattrs":        # security.capability: VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE
+        cap = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0).decode("utf-8", "surrogateescape")
+        with tarfile.open(ctx / "caps.tar", "w", format=tarfile.PAX_FORMAT) as t:
+            d = tarfile.TarInfo("caps")
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            t.addfile(d)
+            f = tarfile.TarInfo("caps/bind-low-ports")
+            f.mode, f.size = 0o755, 3
+            f.pax_headers = {"SCHILY.xattr.user.comment": "hello", "SCHILY.xattr.security.capability": cap}
+            t.addfile(f, io.BytesIO(b"hi\n"))
     return ctx
 
 
@@ -131,11 +145,14 @@ def _norm(conf: dict) -> dict:
 
 
 def _layer_files(store, name: str, skip: int, buildah: bool = False) -> list[set[str]]:
+    """Each layer above the base: its paths, and for those with xattrs, path + xattrs."""
     img = store.image(name)
     out = []
     for desc, diff_id in list(zip(img.layers, img.diff_ids))[skip:]:
         with tarfile.open(store.open_layer(desc, diff_id)) as t:
-            names = {m.name.removeprefix("./").rstrip("/") for m in t.getmembers()} - {"", "."}
+            members = [(m.name.removeprefix("./").rstrip("/"), m.pax_headers) for m in t.getmembers()]
+        names = {n for n, _ in members} - {"", "."}
+        names |= {f"{n} {k}={v!r}" for n, pax in members for k, v in pax.items() if k.startswith("SCHILY.xattr.")}
         if buildah:
             names = _without_buildah_mount_points(names)
         out.append(names)
@@ -190,7 +207,10 @@ def test_the_same_dockerfile_in_labkit_and_podman(both, case):
     podman("save", "--format", "oci-archive", "-o", str(out), f"localhost/t-{case}")
     archive.load(store, out, f"pm/{case}")
     base = len(store.image("busybox").layers)
-    assert _layer_files(store, f"t/{case}", base) == _layer_files(store, f"pm/{case}", base, buildah=True)
+    mine_layers = _layer_files(store, f"t/{case}", base)
+    assert mine_layers == _layer_files(store, f"pm/{case}", base, buildah=True)
+    if case == "xattrs":
+        assert [n for n in mine_layers[-1] if "security.capability" in n or "user.comment" in n]
     # the default command: output and exit status
     _, r = container.run(f"t/{case}", rm=True, store=store)
     p = podman("run", "--rm", f"localhost/t-{case}", check=False)
