@@ -55,50 +55,37 @@ def main() -> None:
         print("podman is not installed: no labkit build vs buildah row (provision.sh installs it)")
 
 
-PODMAN_CONF = """[containers]
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
-netns = "none"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
 def build_vs_buildah(s: st.Store, ctx) -> None:
     """The same Dockerfile, cold (an empty build cache; podman --no-cache) and warm (everything
     cached), labkit and podman build interleaved, 5 rounds; min and median of each."""
-    from labkit.image import archive
-    d = tempfile.mkdtemp(prefix="bench-podman-")
-    with open(f"{d}/containers.conf", "w") as f:
-        f.write(PODMAN_CONF)
-    with open(f"{d}/storage.conf", "w") as f:
-        f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/graph"\nrunroot = "{d}/run"\n')
-    env = dict(os.environ, CONTAINERS_CONF=f"{d}/containers.conf", CONTAINERS_STORAGE_CONF=f"{d}/storage.conf")
-    pm = lambda *a: subprocess.run(["podman", *a], env=env, check=True, capture_output=True)
+    from labkit import oracle
+    root = tempfile.mkdtemp(prefix="bench-podman-")
     try:
-        pm("load", "-i", str(archive.save(s, "busybox", lab.root() / "bench-busybox.tar")))
-        runs = {k: [] for k in ("labkit cold", "podman cold", "labkit warm", "podman warm")}
-        build.build(ctx, "bench/warm", quiet=True, store=s, cache_dir=lab.scratch("bench-warm-cache"))
-        pm("build", "--network", "none", "-q", "-t", "bench-warm", str(ctx))
-        for i in range(5):
-            runs["labkit cold"].append(_time(lambda: build.build(ctx, f"bench/cold{i}", quiet=True, store=s,
-                                                                 cache_dir=lab.scratch(f"bench-cold-{i}"))))
-            runs["podman cold"].append(_time(lambda: pm("build", "--network", "none", "--no-cache", "-q",
-                                                        "-t", f"bench-cold{i}", str(ctx))))
-            runs["labkit warm"].append(_time(lambda: build.build(ctx, "bench/warm", quiet=True, store=s,
-                                                                 cache_dir=lab.scratch("bench-warm-cache", fresh=False))))
-            runs["podman warm"].append(_time(lambda: pm("build", "--network", "none", "-q", "-t", "bench-warm", str(ctx))))
-        print(f"\nlabkit build vs podman build (buildah), {DOCKERFILE.count(chr(10))}-instruction Dockerfile, "
-              f"5 interleaved rounds (s); load average {os.getloadavg()[0]:.2f}")
-        for k, v in runs.items():
-            print(f"  {k:<12} min {min(v):.3f}  median {statistics.median(v):.3f}")
-        for kind in ("cold", "warm"):
-            a, b = statistics.median(runs[f"labkit {kind}"]), statistics.median(runs[f"podman {kind}"])
-            headline(f"build a 10-instruction Dockerfile, {kind}", "s", a, "podman build", b)
+        with oracle.Podman(root) as pm:
+            pm.load(s, "busybox")
+            runs = {k: [] for k in ("labkit cold", "podman cold", "labkit warm", "podman warm")}
+            build.build(ctx, "bench/warm", quiet=True, store=s, cache_dir=lab.scratch("bench-warm-cache"))
+            pm("build", "--network", "none", "-q", "-t", "bench-warm", str(ctx))
+            warm_cache = lab.scratch("bench-warm-cache", fresh=False)
+            for i in range(5):
+                cold_cache = lab.scratch(f"bench-cold-{i}")
+                runs["labkit cold"].append(_time(lambda: build.build(ctx, f"bench/cold{i}", quiet=True, store=s,
+                                                                     cache_dir=cold_cache)))
+                runs["podman cold"].append(_time(lambda: pm("build", "--network", "none", "--no-cache", "-q",
+                                                            "-t", f"bench-cold{i}", ctx)))
+                runs["labkit warm"].append(_time(lambda: build.build(ctx, "bench/warm", quiet=True, store=s,
+                                                                     cache_dir=warm_cache)))
+                runs["podman warm"].append(_time(lambda: pm("build", "--network", "none", "-q", "-t", "bench-warm",
+                                                            ctx)))
+            print(f"\nlabkit build vs podman build (buildah), {DOCKERFILE.count(chr(10))}-instruction Dockerfile, "
+                  f"5 interleaved rounds (s); load average {os.getloadavg()[0]:.2f}")
+            for k, v in runs.items():
+                print(f"  {k:<12} min {min(v):.3f}  median {statistics.median(v):.3f}")
+            for kind in ("cold", "warm"):
+                a, b = statistics.median(runs[f"labkit {kind}"]), statistics.median(runs[f"podman {kind}"])
+                headline(f"build a 10-instruction Dockerfile, {kind}", "s", a, "podman build", b)
     finally:
-        subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True)
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def squash_vs_export(s: st.Store, n: int) -> None:

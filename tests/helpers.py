@@ -58,3 +58,14 @@ def run_lesson(nb, home=None, upto: float = 1.0, kill: bool = False) -> int:
             os.kill(client.km.provisioner.process.pid, signal.SIGKILL)
             client.km.provisioner.process.wait(timeout=60)
     return ran
+
+
+def wait_until(pred, seconds: float = 15) -> bool:
+    """Poll ``pred`` every 50 ms until it is true (True) or ``seconds`` pass (False)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from helpers import wait_until
 from labkit import confine, container, lab, procfs
 
 
@@ -17,22 +18,13 @@ def labkit(*args, check=True) -> subprocess.CompletedProcess:
     return r
 
 
-def _until(pred, seconds=15):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_run_detached_then_logs_exec_stop(busybox):
     cid = labkit("run", "-d", "--name", "bg", "busybox", "--", "/bin/sh", "-c",
                  "trap 'echo stopping; exit 5' TERM; echo started; echo oops >&2; "
                  "while true; do sleep 0.05; done").stdout.strip()
     c = container.Container.load(cid)
     assert c.running_pid1() and "running" in labkit("ps").stdout          # the labkit command has exited
-    assert _until(lambda: c.logs()[0] == "started\n")
+    assert wait_until(lambda: c.logs()[0] == "started\n")
     r = labkit("logs", "bg")
     assert r.stdout == "started\n" and r.stderr == "oops\n"
     r = labkit("exec", "bg", "--", "/bin/sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
@@ -42,7 +34,7 @@ def test_run_detached_then_logs_exec_stop(busybox):
     assert confine.mask(confine.caps_in_force(confine.Confinement())) in lines[2] and lines[3].split()[-1] == "2"
     assert c.exec(["id", "-u"], user="1000").stdout == "1000\n"
     assert labkit("stop", "-t", "5", "bg").returncode == 0
-    assert _until(lambda: (c.dir / "result.json").exists())
+    assert wait_until(lambda: (c.dir / "result.json").exists())
     assert c.logs()[0].endswith("stopping\n") and "exited 5" in labkit("ps").stdout
     with pytest.raises(container.ContainerError, match="is not running"):
         c.exec(["true"])
@@ -53,14 +45,14 @@ def test_stop_kills_what_ignores_the_signal_and_kill_sends_one(busybox):
     c = container.run_detached("busybox", ["sleep", "300"])        # PID 1 ignores SIGTERM
     t = time.monotonic()
     c.stop(timeout=0.5)
-    assert _until(lambda: c.running_pid1() is None, 10) and time.monotonic() - t < 8
+    assert wait_until(lambda: c.running_pid1() is None, 10) and time.monotonic() - t < 8
     c.remove()
     c = container.run_detached("busybox", ["/bin/sh", "-c", "trap 'exit 9' USR1; while true; do sleep 0.05; done"],
                                rm=True)
     pid1 = c.running_pid1()
     assert pid1 and procfs.stat(pid1)
     labkit("kill", "-s", "USR1", c.id)
-    assert _until(lambda: not c.dir.exists())                       # --rm: gone once it ended
+    assert wait_until(lambda: not c.dir.exists())                       # --rm: gone once it ended
     assert container.containers() == []
 
 
@@ -68,4 +60,4 @@ def test_a_detached_containers_supervisor_is_in_the_ledger_and_reset_ends_it(bus
     c = container.run_detached("busybox", ["sleep", "300"])
     assert any("supervisor of container" in e.note for e in lab.entries())
     lab.reset()
-    assert _until(lambda: c.running_pid1() is None)
+    assert wait_until(lambda: c.running_pid1() is None)

@@ -8,45 +8,23 @@ import io
 import os
 import shutil
 import struct
-import subprocess
 import tarfile
 
 import pytest
 
-from labkit import build, container, lab
+from labkit import build, container, lab, oracle
 from labkit.image import archive
 from labkit.registry import client, server
 from labkit.tree import write_tree
 
 from helpers import need
 
-CONF = """[containers]
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
-netns = "none"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory):
-    """podman with its storage, run root and configuration in a temporary directory (FACTS.md:
-    runc, cgroupfs, lower ulimits because this root lacks CAP_SYS_RESOURCE, no network)."""
+    """podman in a directory of its own (labkit/oracle.py)."""
     need(shutil.which("podman") is not None, "podman")
-    d = tmp_path_factory.mktemp("oracle")
-    (d / "containers.conf").write_text(CONF)
-    (d / "storage.conf").write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/graph"\nrunroot = "{d}/run"\n')
-    env = dict(os.environ, CONTAINERS_CONF=str(d / "containers.conf"), CONTAINERS_STORAGE_CONF=str(d / "storage.conf"))
-
-    def run(*args, check=True) -> subprocess.CompletedProcess:
-        r = subprocess.run(["podman", *args], env=env, capture_output=True, text=True, timeout=300)
-        if check and r.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: {r.stderr}")
-        return r
-    yield run
-    run("system", "reset", "--force", check=False)
+    with oracle.Podman(tmp_path_factory.mktemp("oracle")) as pm:
+        yield pm
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +38,7 @@ def both(podman, tmp_path_factory):
     os.environ["LABKIT_HOME"] = str(home)
     store = st.Store()
     base_image(store)
-    f = archive.save(store, "busybox", lab.root() / "busybox.tar")
-    podman("load", "-i", str(f))
+    podman.load(store, "busybox")
     yield store, podman
     lab.reset()
     os.environ["LABKIT_HOME"] = old

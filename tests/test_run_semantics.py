@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from helpers import wait_until
 from labkit import build, cli, container, lab, users
 from labkit.tree import write_tree
 
@@ -79,22 +79,13 @@ def _labkit_run(*args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(pred, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_to_labkit_run_reaches_the_container(busybox, sig):
     """As docker run's --sig-proxy: the shell inside traps it and exits with its own status."""
     p = _labkit_run("--rm", "busybox", "--", "/bin/sh", "-c",
                     f"trap 'echo got {sig.name}; exit 7' {sig.name[3:]}; touch /tmp/ready; "
                     "while true; do sleep 0.05; done")
-    assert _wait_for(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
+    assert wait_until(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
     p.send_signal(sig)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 7 and f"got {sig.name}" in out, err
@@ -104,12 +95,12 @@ def test_a_signal_to_labkit_run_reaches_the_container(busybox, sig):
 def test_a_killed_labkit_run_leaves_no_container_running(busybox):
     """Before: SIGKILL of `labkit run` left the container's processes running."""
     p = _labkit_run("busybox", "--", "/bin/sh", "-c", "touch /tmp/ready; exec sleep 300")
-    assert _wait_for(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
+    assert wait_until(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
     sleepers = lambda: [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmd(pid) == "sleep300"]
     assert sleepers()
     p.kill()
     p.wait()
-    assert _wait_for(lambda: not sleepers(), 10), "the container outlived its runtime"
+    assert wait_until(lambda: not sleepers(), 10), "the container outlived its runtime"
     for c in container.containers():
         c.remove()
 

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from labkit import confine, container, lab, procfs, userns
-from labkit.image import store as st
 
 
 def _sh(script: str, **opts) -> tuple[int, str]:
