@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -108,6 +109,7 @@ class Config:
     session: str = field(default_factory=lambda: lab.session())   # who made it (lab.session)
     confinement: dict = field(default_factory=dict)   # confine.Confinement: capabilities, seccomp, ...
     userns: int = 0         # --userns auto: the host uid that is root inside (0: no user namespace)
+    shifted: bool = False   # --userns on a file system without idmapped mounts: owners chowned instead
 
 
 @dataclass
@@ -244,6 +246,10 @@ class Container:
         self._confinement = conf
         self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
         self._ids = user_namespace.IdRange(self.cfg.userns) if self.cfg.userns else None
+        if self._ids and not user_namespace.can_idmap(lab.root()) and not self.cfg.shifted:
+            self.cfg.shifted = True     # the image's layers as chowned copies, the upper chowned
+            user_namespace.shift_owners(self.dir, self._ids.outside)
+            self._save()
         if self.cfg.memory:
             self.group.set_memory(self.cfg.memory)
         if self.cfg.pids:
@@ -351,12 +357,12 @@ class Container:
     def _build_root(self) -> None:
         """In PID 1: the overlay, the init files, the volumes, /proc, /sys, /dev, the cgroupfs
         and the masks, then pivot_root(2) into it (steps 3 and 4 of the module's docstring)."""
-        ids = self._ids
+        ids, lowers = self._ids, self.lowerdirs
         if ids:
             self._step = "idmapping the layers for the user namespace"
-            self._idmap_layers()
+            lowers = self._idmap_layers()
         self._step = "mounting the overlay"
-        overlay.Overlay(self.lowerdirs, self.upper, self.work, self.rootfs).mount_here()
+        overlay.Overlay(lowers, self.upper, self.work, self.rootfs).mount_here()
         for name in INIT_FILES:        # as docker does: edits go to this container's files
             self._step = f"bind-mounting /etc/{name}"
             fd = open_in_root(self.rootfs, f"etc/{name}")
@@ -369,7 +375,7 @@ class Container:
             host, ctr = spec.split(":", 1)
             fd = mkdirs_in_root(self.rootfs, ctr)
             try:        # mount(2) on /proc/self/fd/N: the directory we hold, not a path again
-                if ids:     # the volume's files keep their owners: on disk 0 is root inside
+                if ids and not self.cfg.shifted:   # the volume's files keep their owners: 0 is root inside
                     vol = user_namespace.idmapped(host, self._userns_fd)
                     kernel.move_mount(vol, target_fd=fd)
                     os.close(vol)
@@ -398,11 +404,21 @@ class Container:
         self._step = "pivot_root"
         roots.pivot_into(str(self.rootfs))
 
-    def _idmap_layers(self) -> None:
+    def _idmap_layers(self) -> list[Path]:
         """--userns: every lowerdir and the container's own directory (init layer, upper and work)
-        seen through the user namespace's map, each an idmapped mount on itself (userns.py)."""
-        for d in [p for p in self.lowerdirs if not p.is_relative_to(self.dir)] + [self.dir]:
+        seen through the user namespace's map, each an idmapped mount on itself (userns.py); the
+        lowerdirs to mount. Where the file system cannot be idmapped (``cfg.shifted``), the image's
+        layers are chowned copies kept per id range instead (the container's directory was
+        chowned by start())."""
+        image_layers = [p for p in self.lowerdirs if not p.is_relative_to(self.dir)]
+        if self.cfg.shifted:
+            cache = lab.root() / "userns" / f"{self._ids.outside}.layers"
+            copies = {p: user_namespace.shifted_copy(p, cache / hashlib.sha256(str(p).encode()).hexdigest()[:16],
+                                                     self._ids) for p in image_layers}
+            return [copies.get(p, p) for p in self.lowerdirs]
+        for d in image_layers + [self.dir]:
             user_namespace.idmap_onto(d, self._userns_fd)
+        return self.lowerdirs
 
     def _mount_in_root(self, name: str, source: str, fstype: str, flags: int, data: str | None = None) -> int:
         """Mount ``fstype`` on the directory ``name`` of the rootfs, reached through an fd resolved
@@ -609,10 +625,20 @@ class Container:
         return overlay.upper_changes(self.upper, self.lowerdirs)
 
     def commit(self, name: str, store: st.Store | None = None) -> st.Image:
-        """A new image: the container's image plus its read-write layer (only)."""
+        """A new image: the container's image plus its read-write layer (only). A --userns
+        container whose owners were chowned (``cfg.shifted``) is committed from a copy shifted
+        back, so the layer has the owners the container saw."""
         store = store or st.Store()
-        return mutate.add_layer(self.cfg.image, self.upper, name,
-                               f"labkit commit {self.cfg.name}: {' '.join(self.cfg.cmd)}", store=store)
+        why = f"labkit commit {self.cfg.name}: {' '.join(self.cfg.cmd)}"
+        if not self.cfg.shifted:
+            return mutate.add_layer(self.cfg.image, self.upper, name, why, store=store)
+        back = lab.scratch(f"commit-{self.id}")
+        subprocess.run(["cp", "-a", f"{self.upper}/.", str(back)], check=True, capture_output=True)
+        user_namespace.shift_owners(back, -self.cfg.userns)
+        try:
+            return mutate.add_layer(self.cfg.image, back, name, why, store=store)
+        finally:
+            lab.remove_tree(back)
 
     def remove(self) -> None:
         """Delete the container's directory (its volumes stay: they are not the container's)."""

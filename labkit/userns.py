@@ -28,6 +28,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
+import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +156,61 @@ def enter(userns_fd: int) -> None:
     os.setresuid(0, 0, 0)
     os.setgroups([])
     kernel.unshare(kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
+
+
+_CAN_IDMAP: dict[str, bool] = {}
+
+
+def can_idmap(path: str | os.PathLike) -> bool:
+    """Whether the file system at ``path`` takes idmapped mounts here (asked once per process)."""
+    key = str(path)
+    if key not in _CAN_IDMAP:
+        ns_fd = mnt = None
+        try:
+            ns_fd = create(IdRange(FIRST))
+            mnt = idmapped(path, ns_fd)
+            _CAN_IDMAP[key] = True
+        except LabError:
+            _CAN_IDMAP[key] = False
+        finally:
+            for fd in (mnt, ns_fd):
+                if fd is not None:
+                    os.close(fd)
+    return _CAN_IDMAP[key]
+
+
+def shift_owners(root: str | os.PathLike, delta: int) -> None:
+    """Add ``delta`` to the owner and group of every file below ``root`` (lchown(2), never
+    following a symlink); the setuid and setgid bits chown clears are set again."""
+    paths = [str(root)]
+    for d, dirs, files in os.walk(root):         # symlinks to directories are listed, not followed
+        paths += [os.path.join(d, n) for n in dirs + files]
+    for p in paths:
+        st = os.lstat(p)
+        os.chown(p, max(st.st_uid + delta, 0), max(st.st_gid + delta, 0), follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(p, stat.S_IMODE(st.st_mode))
+
+
+def shifted_copy(src: str | os.PathLike, dst: Path, ids: IdRange) -> Path:
+    """Where the kernel cannot idmap (tmpfs before Linux 6.3, old kernels): a copy of the layer
+    ``src`` whose owners are shifted into ``ids`` (uid u becomes outside + u on disk), made once
+    per range under ``dst`` (cp --reflink where the file system can share blocks). File
+    capabilities do not survive the chown."""
+    done = dst / "tree"
+    if (dst / ".complete").exists():
+        return done
+    tmp = dst.with_name(dst.name + f".partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(tmp / "tree")], check=True, capture_output=True)
+    shift_owners(tmp / "tree", ids.outside)
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(dst)
+    except OSError:             # another container of the same range made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
 
 
 def uid_map(pid: int | str = "self") -> list[IdRange]:

@@ -117,9 +117,9 @@ def test_preflight_says_whether_the_lab_root_takes_idmapped_mounts(lab_root):
     assert check.ok, check.detail
 
 
-def test_a_kernel_without_idmapped_mounts_gets_a_one_line_refusal(busybox, monkeypatch):
-    """Where the file system cannot be idmapped the container is refused with the reason, not
-    started with the image's files owned by nobody."""
+def test_a_kernel_that_refuses_idmapped_mounts_gets_chowned_copies(busybox, monkeypatch):
+    """mount_setattr(2) refused (as on tmpfs before Linux 6.3): the probe says so, and the
+    container runs on chowned copies, never with the image's files owned by nobody."""
     import errno
     from labkit import kernel
     from labkit.errors import KernelError
@@ -128,5 +128,24 @@ def test_a_kernel_without_idmapped_mounts_gets_a_one_line_refusal(busybox, monke
         raise KernelError("mount_setattr(MOUNT_ATTR_IDMAP)", errno.EINVAL, "",
                           "this file system or kernel cannot make idmapped mounts", "see mount_setattr(2)")
     monkeypatch.setattr(kernel, "mount_setattr_idmap", refuse)
-    with pytest.raises(container.ContainerError, match="idmapping the layers .* cannot make idmapped mounts"):
-        _sh("true", userns="auto")
+    assert not userns.can_idmap(lab.root())
+    c, r = container.run("busybox", ["stat", "-c", "%u", "/bin/busybox"], userns="auto", rm=True)
+    assert r.exit_code == 0 and r.stdout == "0\n" and c.cfg.shifted
+
+
+def test_where_the_kernel_cannot_idmap_the_layers_are_chowned_copies(busybox, monkeypatch):
+    """tmpfs before Linux 6.3, or an older kernel: the image's layers are copied with their
+    owners shifted into the range (once per range), the container's directory chowned; inside
+    it looks the same, and a commit has the owners the container saw."""
+    monkeypatch.setattr(userns, "_CAN_IDMAP", {str(lab.root()): False})
+    c, r = container.run("busybox", ["/bin/sh", "-c", "id -u; stat -c %u /bin/busybox; cat /proc/self/uid_map; "
+                                     "mkdir /data && chown 33:33 /data && touch /data/f"], userns="auto", store=busybox)
+    lines = r.stdout.split()
+    assert r.exit_code == 0 and lines[:2] == ["0", "0"] and int(lines[3]) == c.cfg.userns, r.stderr
+    assert c.cfg.shifted and os.stat(c.upper / "data").st_uid == c.cfg.userns + 33
+    img = c.commit("t/shifted", store=busybox)
+    with tarfile.open(busybox.blob_path(img.layers[-1].digest)) as t:
+        owners = {m.name: (m.uid, m.gid) for m in t.getmembers()}
+    assert owners["data"] == (33, 33) and owners["data/f"] == (0, 0)
+    c.remove()
+    busybox.remove(img.name)
