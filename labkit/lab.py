@@ -460,4 +460,4 @@ def reset(dry_run: bool = False) -> list[str]:
         return done
 
 
-TRANSIENT = ("scratch", "tmp", "containers")     # what reset empties (progress, store, snapshots stay)
+TRANSIENT = ("scratch", "tmp", "containers", "userns")   # what reset empties (progress, store, snapshots stay)

@@ -149,3 +149,10 @@ def test_where_the_kernel_cannot_idmap_the_layers_are_chowned_copies(busybox, mo
     assert owners["data"] == (33, 33) and owners["data/f"] == (0, 0)
     c.remove()
     busybox.remove(img.name)
+
+
+def test_reset_forgets_the_id_ranges(busybox):
+    container.Container.create("busybox", ["true"], userns="auto")
+    assert list((lab.root() / "userns").glob("1*"))
+    lab.reset()
+    assert not (lab.root() / "userns").exists()
