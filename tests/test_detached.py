@@ -3,7 +3,6 @@ supervisor of its own and outlives the command that started it; exec joins it wi
 and the same confinement; stop sends STOPSIGNAL then SIGKILL."""
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -43,9 +42,8 @@ def test_run_detached_then_logs_exec_stop(busybox):
 
 def test_stop_kills_what_ignores_the_signal_and_kill_sends_one(busybox):
     c = container.run_detached("busybox", ["sleep", "300"])        # PID 1 ignores SIGTERM
-    t = time.monotonic()
-    c.stop(timeout=0.5)
-    assert wait_until(lambda: c.running_pid1() is None, 10) and time.monotonic() - t < 8
+    c.stop(timeout=0.5)                                             # so SIGKILL ends it
+    assert wait_until(lambda: c.running_pid1() is None, 10)
     c.remove()
     c = container.run_detached("busybox", ["/bin/sh", "-c", "trap 'exit 9' USR1; while true; do sleep 0.05; done"],
                                rm=True)

@@ -4,6 +4,7 @@ the same tree seen from inside a container; podman's images pushed to labkit's r
 run in labkit, and labkit's in podman. Every difference the tests allow is marked "deliberate"
 where it is allowed, with why, and listed in the README."""
 import io
+import json
 import os
 import shutil
 import struct
@@ -16,7 +17,7 @@ from labkit.image import archive
 from labkit.registry import client, server
 from labkit.tree import write_tree
 
-from helpers import need
+from helpers import need, wait_until
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory):
@@ -241,3 +242,40 @@ def test_labkit_pushes_and_podman_pulls_and_runs_it(both, reg):
     assert p.stdout == "entry given\n"
     _, r = container.run("t/to-podman", ["given"], rm=True, store=store)
     assert r.stdout == p.stdout
+
+
+def test_stdin_exec_and_exit_statuses_as_podman(both):
+    """The same commands through labkit's CLI and podman's: stdin without and with -i, a
+    missing or non-executable command (127, 126), exec into a running container (its PID 1,
+    its hostname's namespace, the exit status), stop of a PID 1 that traps SIGTERM."""
+    import subprocess
+    import sys
+    store, podman = both
+    ctx = _context("run-env-cmd")
+    build.build(ctx, "t/cli", quiet=True, store=store)
+    podman("build", "--network", "none", "-q", "-t", "localhost/t-cli", str(ctx))
+
+    def both_run(*args, input=None):
+        lk = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", *args[:-1], "t/cli", "--", *args[-1]],
+                            input=input, capture_output=True, text=True, timeout=60)
+        pm = subprocess.run(["podman", "run", "--rm", *args[:-1], "localhost/t-cli", *args[-1]], env=podman.env,
+                            input=input, capture_output=True, text=True, timeout=60)
+        return (lk.returncode, lk.stdout), (pm.returncode, pm.stdout)
+    for args in ([["cat"]], ["-i", ["cat"]], [["no-such-command"]], [["/app/greeting"]]):
+        mine, theirs = both_run(*args, input="hello\n")
+        assert mine == theirs, (args, mine, theirs)
+    script = ["/bin/sh", "-c", "trap 'echo bye; exit 4' TERM; while true; do sleep 0.05; done"]
+    c = container.run_detached("t/cli", script, store=store)
+    podman("run", "-d", "--name", "pm-exec", "localhost/t-cli", *script)
+    probe = ["/bin/sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; exit 3"]
+    mine = c.exec(probe)
+    theirs = podman("exec", "pm-exec", *probe, check=False)
+    assert (mine.exit_code, mine.stdout) == (theirs.returncode, theirs.stdout)
+    c.stop(timeout=5)
+    podman("stop", "-t", "5", "pm-exec")
+    assert wait_until(lambda: (c.dir / "result.json").exists())
+    theirs = podman("inspect", "--format", "{{.State.ExitCode}}", "pm-exec").stdout.strip()
+    assert str(json.loads((c.dir / "result.json").read_text())["exit_code"]) == theirs == "4"
+    assert c.logs()[0] == podman("logs", "pm-exec").stdout
+    podman("rm", "pm-exec")
+    c.remove()

@@ -349,11 +349,13 @@ host_uid = procfs.status(host_pid)["Uid"].split()[0]
 r = c.wait()
 inside_uid, *uid_map = r.stdout.split()
 print("inside: uid", inside_uid, "| uid_map", " ".join(uid_map), "| on the host the same process is uid", host_uid)
-print("the file it wrote, on disk in its upper layer: owner", (c.upper / "tmp" / "by-root").stat().st_uid)
+on_disk = (c.upper / "tmp" / "by-root").stat().st_uid
+print("the file it wrote, on disk in its upper layer: owner", on_disk)
 c.remove()
 
 # %%
 assert inside_uid == "0" and uid_map[:2] == ["0", host_uid] and int(host_uid) >= 1_000_000_000
+assert on_disk == 0                   # the idmapped upper layer stores it as any layer would
 
 # %% [markdown]
 # **Try it.** Tick the defences and run the attacks again.
