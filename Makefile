@@ -6,10 +6,14 @@ IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
-.PHONY: lab test bench provision notebooks clean
+.PHONY: lab test bench provision provision-test notebooks clean
 
+# The lab's packages; provision-test adds the test tools (podman, chromium, vagrant, pytest ...).
 provision:
 	@LABKIT_VENV=$(abspath $(VENV)) scripts/provision.sh
+
+provision-test:
+	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 scripts/provision.sh
 
 # Your own copies of the notebooks live in work/ (git ignores it); the originals stay in notebooks/.
 lab: provision
@@ -23,17 +27,17 @@ lab: provision
 # left as its placeholder), then again in reverse order with each exercise's published solution
 # put in (tests/lessons_solved.py: every check must say solved), as learners come back to lessons;
 # before that second run each lesson is stopped at 60 % of its cells (its kernel killed).
-test: provision
+test: provision-test
 	$(PY) -m pytest tests notebooks tests/lessons_solved.py \
 		--nbval --nbval-sanitize-with tests/nbval-sanitize.cfg \
 		--nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider
 
-bench: provision
+bench: provision-test
 	$(PY) -m bench
 
 # Lessons are written in notebooks/src/*.py (jupytext percent format, easy to review);
 # this turns each into notebooks/NN-name.ipynb and runs it to store its outputs for nbval.
-notebooks: provision
+notebooks: provision-test
 	@for src in notebooks/src/*.py; do \
 		nb=notebooks/$$(basename $$src .py).ipynb; echo "labkit: building $$nb"; \
 		$(VENV)/bin/jupytext --quiet --to ipynb --output $$nb $$src || exit 1; \

@@ -25,14 +25,22 @@ deb_packages=(
   python3 python3-venv python3-dev gcc libc6-dev make git   # the venv; lesson 07's toolchain image
   graphviz                                        # pictures in every lesson (dot)
   busybox-static                                  # the offline base image
-  skopeo umoci runc podman                        # the real OCI tools labkit is checked against
+  skopeo umoci runc                               # the real OCI tools the lessons compare with
   btrfs-progs                                     # lesson 04: btrfs snapshots
   iproute2 util-linux attr kmod                   # ip, mount/unshare/nsenter, getfattr, modprobe
   libseccomp2                                     # containers' seccomp filter (pyseccomp loads it)
   docker-registry                                 # lesson 08: the reference registry to compare with
+)
+# Test tools, not lab tools: only with LABKIT_TEST_TOOLS=1 (`make test`, `make bench` set it), so a
+# learner's VM gets what the course needs and nothing else.
+test_packages=(
+  podman                                          # the oracle labkit's builds and runs are compared with
   chromium                                        # the real-browser test of every lesson (playwright)
   vagrant                                         # `vagrant validate` checks the Vagrantfile (no VM boots here)
 )
+if [ "${LABKIT_TEST_TOOLS:-0}" = 1 ]; then
+  deb_packages+=("${test_packages[@]}")
+fi
 missing=()
 for p in "${deb_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -59,12 +67,15 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating the virtual environment in $venv"
   /usr/bin/python3 -m venv "$venv"
 fi
-stamp="$venv/.labkit-provisioned"
+extras=lab stamp="$venv/.labkit-provisioned"
+if [ "${LABKIT_TEST_TOOLS:-0}" = 1 ]; then
+  extras=lab,test stamp="$venv/.labkit-provisioned-test"
+fi
 want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import labkit' 2>/dev/null; then
-  say "installing Python packages from pyproject.toml (lab and test extras)"
+  say "installing Python packages from pyproject.toml ($extras extras)"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$repo[lab,test]"
+  "$venv/bin/python" -m pip install -q -e "$repo[$extras]"
   echo "$want" > "$stamp"
 else
   say "Python packages: up to date with pyproject.toml"

@@ -110,3 +110,20 @@ def test_make_lab_serves_with_the_venv_on_path_and_a_valid_trust_call():
     lab = text[text.index("\nlab:"):text.index("\ntest:")]
     assert "PATH=$(abspath $(VENV))/bin:$$PATH" in lab and "jupyter lab" in lab
     assert "trust -q" not in lab and "jupyter trust" in lab
+
+
+def test_a_learners_machine_gets_no_test_tools():
+    """Issue 18: chromium, podman, vagrant and the test extra are test tools; `make lab` (and the
+    Vagrant VM, which runs provision.sh as it is) installs without them, `make test` with them."""
+    import subprocess
+    script = (REPO / "scripts" / "provision.sh").read_text()
+    code = re.sub(r"#.*", "", script)
+    lab_block = code.split("deb_packages=(", 1)[1].split(")", 1)[0]
+    test_block = code.split("test_packages=(", 1)[1].split(")", 1)[0]
+    for pkg in ("chromium", "podman", "vagrant"):
+        assert re.search(rf"\b{pkg}\b", test_block) and not re.search(rf"\b{pkg}\b", lab_block)
+    assert 'if [ "${LABKIT_TEST_TOOLS:-0}" = 1 ]' in script and '[$extras]' in script
+    dry = lambda target: subprocess.run(["make", "-n", "-C", str(REPO), target], capture_output=True,
+                                        text=True).stdout
+    assert "LABKIT_TEST_TOOLS=1" in dry("test") and "LABKIT_TEST_TOOLS=1" in dry("bench")
+    assert "LABKIT_TEST_TOOLS" not in dry("provision")
