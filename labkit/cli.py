@@ -84,10 +84,10 @@ def _store():
 
 def cmd_image_ls(args) -> int:
     print(f"{'NAME':<24} {'DIGEST':<19} {'LAYERS':>6} {'SIZE':>10}")
-    store = _store()
-    for img in store.images():
+    images, unreadable = _store().listing()
+    for img in images:
         print(f"{img.name:<24} {img.manifest_desc.digest[7:19]:<19} {len(img.layers):>6} {img.size:>10}")
-    for name, why in store.unreadable().items():
+    for name, why in unreadable.items():
         print(f"{name:<24} {'(unreadable)':<19} {'-':>6} {'-':>10}  {why}")
     return 0
 

@@ -110,6 +110,7 @@ class Config:
     confinement: dict = field(default_factory=dict)   # confine.Confinement: capabilities, seccomp, ...
     userns: int = 0         # --userns auto: the host uid that is root inside (0: no user namespace)
     shifted: bool = False   # --userns on a file system without idmapped mounts: owners chowned instead
+    stop_signal: str = "SIGTERM"    # the image's STOPSIGNAL, what stop() sends first
 
 
 @dataclass
@@ -185,6 +186,7 @@ class Container:
             else:
                 raise ContainerError(f"a container called {name!r} exists", f"remove it: labkit rm {name}")
         cfg.confinement = confinement.to_json()
+        cfg.stop_signal = conf.get("StopSignal") or "SIGTERM"
         if layers:
             lowers, upper, work = layers
             cfg.upper, cfg.work = str(upper), str(work)
@@ -526,7 +528,7 @@ class Container:
         if pid1 is None:
             return self.kill() if self.group else None
         try:
-            os.kill(pid1, _stop_signal(self.cfg.image))
+            os.kill(pid1, _signal_number(self.cfg.stop_signal))
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
@@ -773,14 +775,11 @@ def containers(mine: bool = False) -> list[Container]:
     return out
 
 
-def _stop_signal(image: str) -> int:
-    """The image's STOPSIGNAL ("SIGINT", "2"), SIGTERM if it has none."""
-    try:
-        text = st.Store().image(image).config.get("config", {}).get("StopSignal") or "SIGTERM"
-    except LabError:
-        text = "SIGTERM"
-    return int(text) if text.isdigit() else getattr(signal, text if text.startswith("SIG") else f"SIG{text}",
-                                                     signal.SIGTERM)
+def _signal_number(text: str) -> int:
+    """'SIGINT', 'INT' or '2' (STOPSIGNAL's forms) -> 2; SIGTERM for anything else."""
+    if text.isdigit():
+        return int(text)
+    return getattr(signal, text if text.startswith("SIG") else f"SIG{text}", signal.SIGTERM)
 
 
 def _collect(fds: list[int], timeout: float | None, what: str) -> list[bytes]:

@@ -103,7 +103,7 @@ def test_each_running_container_gets_its_own_range_and_a_removed_ones_is_reused(
         x.remove()
 
 
-def test_a_user_of_the_image_is_its_uid_plus_the_range(busybox):
+def test_a_user_of_the_image_keeps_its_uid_inside(busybox):
     code, out = _sh("id -u; grep Uid /proc/self/status", userns="auto", user="1000")
     assert out.split()[0] == "1000" and out.split()[2] == "1000"
 

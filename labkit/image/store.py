@@ -359,26 +359,21 @@ class Store(Layout):
         self.snapshot_root = (lab.root() / "snapshots" if path is None
                               else self.path.with_name(self.path.name + ".snapshots"))
 
-    def images(self) -> list[Image]:
-        """Every image that can be read; see :meth:`unreadable` for the names that cannot."""
-        out = []
+    def listing(self) -> tuple[list[Image], dict[str, str]]:
+        """One pass over index.json: the images that can be read, and ``{name: why}`` for the
+        names that cannot (another tool's index or artifact, a damaged blob), which ``image ls``
+        shows and ``image rm`` removes."""
+        images, unreadable = [], {}
         for n, d in sorted(self.refs().items()):
             try:
-                out.append(read_image(self, n, d))
-            except LabError:
-                pass
-        return out
-
-    def unreadable(self) -> dict[str, str]:
-        """``{name: why}`` for the names in index.json that are not readable images (another
-        tool's index or artifact, a damaged blob): listed by ``image ls``, removable by ``image rm``."""
-        out = {}
-        for n, d in sorted(self.refs().items()):
-            try:
-                read_image(self, n, d)
+                images.append(read_image(self, n, d))
             except LabError as e:
-                out[n] = e.message
-        return out
+                unreadable[n] = e.message
+        return images, unreadable
+
+    def images(self) -> list[Image]:
+        """Every image that can be read (see :meth:`listing` for the others)."""
+        return self.listing()[0]
 
     def image(self, name: str) -> Image:
         refs = self.refs()
