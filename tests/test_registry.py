@@ -100,6 +100,42 @@ def test_a_cut_upload_resumes_where_the_registry_says_it_stopped(store, reg):
     assert img.manifest_desc.digest == store.image("fat").manifest_desc.digest
 
 
+class _LateCutPatch:
+    """WSGI middleware: the cut PATCH's bytes are stored only after the client's status GET
+    was answered (a busy server whose worker for the dropped connection ran late)."""
+
+    def __init__(self, app):
+        self.app, self.status_answered, self.patches = app, threading.Event(), 0
+
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        if method == "PATCH":
+            self.patches += 1
+            if self.patches == 1:
+                self.status_answered.wait(10)
+        out = list(self.app(environ, start_response))
+        if method == "GET" and "/blobs/uploads/" in environ["PATH_INFO"]:
+            self.status_answered.set()
+            threading.Event().wait(0.5)      # the late PATCH stores its bytes meanwhile
+        return out
+
+
+def test_a_cut_upload_whose_bytes_land_after_the_status_resumes(store, lab_root):
+    """Failed once in make test (lesson 08 under load): the status GET said 0 bytes, then the
+    cut PATCH's 300,001 bytes were stored, and the next PATCH from 0 got 416 and the push
+    failed. The client now asks again on 416 and goes on from what the registry has."""
+    app = server.Registry(lab.root() / "registry")
+    with server.Server(_LateCutPatch(app), "127.0.0.1", 0) as srv:
+        trace = []
+        client.push("fat", f"{srv.address}/lab/fat:v1", trace=trace, chunk=1 << 20,
+                    transport=link.CutUpload(300_001), store=store)
+        statuses = [(e.method, e.status) for e in trace if e.what.startswith("layer 1/2")
+                    or e.what.startswith("status layer 1/2")]
+        assert ("PATCH", 416) in statuses
+        img = client.pull(f"{srv.address}/lab/fat:v1", name="back", store=store)
+    assert img.manifest_desc.digest == store.image("fat").manifest_desc.digest
+
+
 def test_corrupted_blob_is_caught(store, reg):
     client.push("fat", f"{reg.address}/lab/fat:v1", store=store)
     layer = store.image("fat").layers[-1]

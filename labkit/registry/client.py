@@ -321,7 +321,9 @@ def send_blob(s: Session, what: str, desc: st.Descriptor, loc: str, chunk: int, 
     """PATCH the blob to the upload at ``loc`` in chunks of ``chunk`` bytes; returns the last
     Location. After a cut, ask the registry what it has (GET on the upload: 204 with
     ``Range: 0-<last byte>``, distribution spec "Get Blob Upload Status") and go on from there;
-    a Range of ``0-0`` is read as nothing stored (the spec's form cannot tell 0 from 1 byte)."""
+    a Range of ``0-0`` is read as nothing stored (the spec's form cannot tell 0 from 1 byte).
+    A 416 means the registry holds other than we were told (a busy server stored the cut
+    chunk's bytes after answering the status): ask again, as after a cut."""
     offset, cuts = 0, 0
     f = store.open_blob(desc)
     try:
@@ -329,28 +331,34 @@ def send_blob(s: Session, what: str, desc: st.Descriptor, loc: str, chunk: int, 
             n = min(chunk, desc.size - offset)
             try:
                 # the chunk is streamed from the file in small pieces, never held whole
-                resp = _check(s.request("PATCH", loc, f"{what} {offset}+{n}", content=_pieces(f, n),
-                                        headers={"Content-Range": f"{offset}-{offset + n - 1}",
-                                                 "Content-Length": str(n),
-                                                 "Content-Type": "application/octet-stream"}),
-                              f"PATCH {what}", ok=(202,))
-                loc, offset = resp.headers["Location"], offset + n
+                resp = s.request("PATCH", loc, f"{what} {offset}+{n}", content=_pieces(f, n),
+                                 headers={"Content-Range": f"{offset}-{offset + n - 1}",
+                                          "Content-Length": str(n),
+                                          "Content-Type": "application/octet-stream"})
+                if resp.status_code != 416 or cuts >= retries:
+                    _check(resp, f"PATCH {what}", ok=(202,))
+                    loc, offset = resp.headers["Location"], offset + n
+                    continue
             except httpx.TransportError:
-                cuts += 1
-                if cuts > retries:
+                if cuts >= retries:
                     raise
-                status = _check(s.request("GET", loc, f"status {what}"), f"upload status of {what}", ok=(204,))
-                loc = status.headers.get("Location", loc)
-                end = int(status.headers.get("Range", "0-0").split("-")[1])
-                offset = end + 1 if end else 0
-                f.close()
-                f = store.open_blob(desc)            # read up to the offset again, so the digest
-                for _ in _pieces(f, offset):         # check at the end still sees every byte
-                    pass
+            cuts += 1
+            loc, offset = _upload_status(s, what, loc)
+            f.close()
+            f = store.open_blob(desc)            # read up to the offset again, so the digest
+            for _ in _pieces(f, offset):         # check at the end still sees every byte
+                pass
         f.read()                     # at the end: the store checks the blob's digest
     finally:
         f.close()
     return loc
+
+
+def _upload_status(s: Session, what: str, loc: str) -> tuple[str, int]:
+    """GET the upload's status: its Location and the offset of the first byte it lacks."""
+    status = _check(s.request("GET", loc, f"status {what}"), f"upload status of {what}", ok=(204,))
+    end = int(status.headers.get("Range", "0-0").split("-")[1])
+    return status.headers.get("Location", loc), end + 1 if end else 0
 
 
 def _hash_of(path: Path):

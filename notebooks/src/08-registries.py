@@ -171,7 +171,9 @@ assert sum(1 for e in trace if e.what.startswith("layer 1/5")) == 1
 # Uploads resume too. `link.CutUpload` cuts the first `PATCH` 300,001 bytes into its body. The
 # registry keeps what arrived; the client asks how much that was (`GET` on the upload's
 # Location: `204` with `Range: 0-<last byte>`) and sends the next `PATCH` from there. Only the
-# bytes that never arrived go again.
+# bytes that never arrived go again. (On a busy machine the registry may store the cut
+# chunk's bytes only after it has answered the `GET`; the next `PATCH` then starts too early,
+# is refused with `416 Range Not Satisfiable`, and the client asks again.)
 
 # %% tags=["nbval-ignore-output"]
 up = []
@@ -188,8 +190,9 @@ viz.behind(client.send_blob)
 
 # %%
 cut = next(i for i, e in enumerate(up) if e.status == -1)
-assert [(e.method, e.status) for e in up[cut:cut + 3]] == [("PATCH", -1), ("GET", 204), ("PATCH", 202)]
-start = int(up[cut + 2].what.split()[-1].split("+")[0])          # the first byte the registry lacked:
+assert [(e.method, e.status) for e in up[cut:cut + 2]] == [("PATCH", -1), ("GET", 204)]
+resumed = next(e for e in up[cut:] if (e.method, e.status) == ("PATCH", 202))
+start = int(resumed.what.split()[-1].split("+")[0])          # the first byte the registry lacked:
 assert 0 <= start <= 300_001     # 300,001 when all that was sent arrived (on a busy machine, fewer did)
 
 # %% [markdown]
