@@ -93,16 +93,32 @@ def test_a_signal_to_labkit_run_reaches_the_container(busybox, sig):
 
 
 def test_a_killed_labkit_run_leaves_no_container_running(busybox):
-    """Before: SIGKILL of `labkit run` left the container's processes running."""
+    """Before: SIGKILL of `labkit run` left the container's processes running. Only this
+    container's processes are watched (those in its cgroup): a `sleep 300` of another test or
+    lab on the machine is not ours."""
     p = _labkit_run("busybox", "--", "/bin/sh", "-c", "touch /tmp/ready; exec sleep 300")
     assert wait_until(lambda: any((c.upper / "tmp" / "ready").exists() for c in container.containers()))
-    sleepers = lambda: [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmd(pid) == "sleep300"]
-    assert sleepers()
+    ours = next(c for c in container.containers() if (c.upper / "tmp" / "ready").exists())
+    sleepers = lambda: [pid for pid in _in_cgroup(f"c-{ours.id}") if _cmd(pid) == "sleep300"]
+    assert wait_until(sleepers)
     p.kill()
     p.wait()
-    assert wait_until(lambda: not sleepers(), 10), "the container outlived its runtime"
+    assert wait_until(lambda: not _in_cgroup(f"c-{ours.id}"), 10), "the container outlived its runtime"
     for c in container.containers():
         c.remove()
+
+
+def _in_cgroup(name: str) -> list[str]:
+    """The PIDs whose cgroup (any hierarchy, /proc/PID/cgroup) ends in ``name``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            lines = open(f"/proc/{pid}/cgroup").read().splitlines()
+        except OSError:
+            continue
+        if any(line.rstrip("/").endswith("/" + name) for line in lines):
+            found.append(pid)
+    return found
 
 
 def _cmd(pid: str) -> str:
