@@ -6,7 +6,7 @@ IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
-.PHONY: lab test bench provision provision-test notebooks clean
+.PHONY: lab test bench provision provision-test notebooks clean image image-test
 
 # The lab's packages; provision-test adds the test tools (podman, chromium, vagrant, pytest ...).
 provision:
@@ -48,3 +48,17 @@ notebooks: provision-test
 
 clean:
 	$(VENV)/bin/labkit reset
+
+# The lab as a container image (Containerfile), built with podman or docker, whichever is here.
+# BASE=... another base image (debian:12 by default).
+ENGINE ?= $(shell command -v podman || command -v docker)
+IMAGE  ?= labkit
+BASE   ?= debian:12
+image:
+	@test -n "$(ENGINE)" || { echo "make image needs podman or docker (apt-get install podman)"; exit 1; }
+	$(ENGINE) build -f Containerfile --build-arg BASE=$(BASE) -t $(IMAGE) .
+
+# Not part of `make test` (about 15 minutes): a Debian 12 base made with debootstrap, the image
+# built, run privileged, preflight and every lesson under nbval inside it (e2e/test_image.py).
+image-test: provision-test
+	$(PY) -m pytest e2e/test_image.py -p no:cacheprovider -v -s

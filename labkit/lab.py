@@ -223,9 +223,13 @@ def rmtree_at(dirfd: int, name: str) -> None:
     os.rmdir(name, dir_fd=dirfd)
 
 
-def _unmount_below(p: Path) -> list[str]:
+def _unmount_below(p: Path, keep_own: bool = False) -> list[str]:
+    """Unmount what is mounted at or below ``p``, deepest first; with ``keep_own``, not a
+    mount at ``p`` itself (the lab root on a volume or disk of its own)."""
     done = []
     for m in mounts_under(p):
+        if keep_own and m.mountpoint == p:
+            continue
         try:
             kernel.umount2(str(m.mountpoint), kernel.MNT_DETACH)
             done.append(str(m.mountpoint))
@@ -439,7 +443,7 @@ def reset(dry_run: bool = False) -> list[str]:
                      for e in todo]
                     + [f"corrupt ledger file {f.name}" for f in corrupt]
                     + [f"mount {m.mountpoint} (not in the ledger)" for m in mounts_under(r)
-                       if str(m.mountpoint) not in recorded]
+                       if str(m.mountpoint) not in recorded and m.mountpoint != r]
                     + [f"dir {d}" for d in dirs])
         done = []
         for e in todo:
@@ -450,7 +454,7 @@ def reset(dry_run: bool = False) -> list[str]:
         for f in corrupt:
             f.unlink(missing_ok=True)
             done.append(f"corrupt ledger file {f.name} (what it named was taken down)")
-        done += [f"mount {m} (not in the ledger)" for m in _unmount_below(r)]
+        done += [f"mount {m} (not in the ledger)" for m in _unmount_below(r, keep_own=True)]
         for d in dirs:
             try:
                 rmtree(d)

@@ -7,6 +7,7 @@ Spaces, tabs, newlines and backslashes in paths are escaped as octal (\\040 ...)
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,3 +53,11 @@ def is_mountpoint(path: Path | str) -> bool:
     """True when something is mounted exactly at ``path``."""
     p = Path(path)
     return any(m.mountpoint == p for m in mounts())
+
+
+def mount_of(path: Path | str, pid: str | int = "self") -> Mount:
+    """The mount a path lies on: the last one (the top of any stack) at the deepest mountpoint
+    that is the path or one of its parents (mountinfo lists parents before children)."""
+    p = Path(os.path.realpath(path))
+    under = [m for m in mounts(pid) if m.mountpoint == p or m.mountpoint in p.parents]
+    return max(under, key=lambda m: len(m.mountpoint.parts))

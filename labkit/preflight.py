@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cgroups, kernel, lab, overlay
+from . import cgroups, kernel, lab, mountinfo, overlay
 from .errors import LabError
 
 
@@ -114,6 +114,7 @@ def preflight() -> Preflight:
         add(Check(f"cgroup {name}", c is not None,
                   f"v{c.version} at {c.mountpoint}" if c else "no hierarchy has it",
                   fix=f"enable the {name} controller (cgroup_enable={name} on the kernel command line)"))
+    add(lab_root_fs_check())
     add(trusted_xattr_check())
     add(idmap_check())
     for tool, (pkg, why) in TOOLS.items():
@@ -135,6 +136,16 @@ def _userns_check() -> Check:
             problems.append(f"{Path(knob).name}={v}")
     return Check("unprivileged user namespaces", not problems, ", ".join(problems) or "allowed",
                  required=False, fix="sysctl kernel.unprivileged_userns_clone=1 (only non-root learners need it)")
+
+
+def lab_root_fs_check() -> Check:
+    """The lab root must not be on an overlay: an overlay's upper and work dirs cannot lie on
+    another overlay (overlayfs.rst, "Upper and Lower"), as in a container's own root file system."""
+    m = mountinfo.mount_of(lab.root())
+    ok = m.fstype != "overlay"
+    return Check("lab root's file system", ok, f"{lab.root()} is on {m.fstype} ({m.mountpoint})",
+                 fix="the lab root is on an overlay, a container's root file system? give it a volume: "
+                     "-v labkit-home:/var/lib/labkit (README, Without a VM)")
 
 
 def trusted_xattr_check() -> Check:

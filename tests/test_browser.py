@@ -23,7 +23,9 @@ from labkit.registry import reference
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium; LABKIT_BROWSER names another Chrome or Chromium (GitHub's Ubuntu runners,
+# whose chromium is a snap, have /usr/bin/google-chrome: .github/workflows/lessons.yml)
+CHROMIUM = os.environ.get("LABKIT_BROWSER") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 LESSONS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
@@ -36,7 +38,8 @@ PICTURES = {"00": (0, 0), "01": (1, 1), "02": (1, 1), "03": (1, 0), "04": (0, 1)
 def jupyterlab():
     """JupyterLab on a free loopback port, serving copies of the lessons, with its own lab root."""
     need(os.geteuid() == 0, "root")
-    need(Path(CHROMIUM).exists(), "Debian's chromium (provision.sh installs it)")
+    need(Path(CHROMIUM).exists(), f"a browser at {CHROMIUM} (provision.sh installs Debian's chromium; "
+                                  "LABKIT_BROWSER names another)")
     home = Path(tempfile.mkdtemp(prefix="labkit-browser-"))
     work = home / "work"
     work.mkdir()

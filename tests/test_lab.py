@@ -271,3 +271,49 @@ def test_two_kernels_running_one_lesson_get_a_scratch_dir_each(lab_root):
     for bad in ["", "a/b", "..", ".claims", "x~2"]:
         with pytest.raises(lab.LabError, match="not a plain name"):
             lab.scratch(bad)
+
+
+def test_preflight_refuses_a_lab_root_on_an_overlay(lab_root):
+    """As in a container started without a volume for /var/lib/labkit (the lab image): an
+    overlay's upper dir cannot lie on another overlay, so preflight says to add a volume."""
+    from labkit import overlay, sandbox
+
+    base = lab.scratch("on-overlay")
+    for d in ("lower", "upper", "work", "merged"):
+        (base / d).mkdir()
+
+    def check():
+        overlay.Overlay([base / "lower"], base / "upper", base / "work", base / "merged").mount_here()
+        os.environ["LABKIT_HOME"] = str(base / "merged" / "lab")
+        lab._private.clear()
+        c = preflight.lab_root_fs_check()
+        return c.ok, c.detail, c.fix
+
+    ok, detail, fix = sandbox.run(check, namespaces=("mnt",))
+    assert not ok and "is on overlay" in detail and "-v labkit-home:/var/lib/labkit" in fix
+    assert preflight.lab_root_fs_check().ok           # the test's own lab root is a real fs
+
+
+def test_reset_keeps_a_volume_mounted_at_the_lab_root(lab_root):
+    """Found by `make image-test`: in the lab image /var/lib/labkit is a volume (a mount at the
+    lab root itself, as a dedicated disk would be), and the entry point's `labkit reset`
+    unmounted it, so the lab then ran on the container's overlay. Reset takes down mounts
+    below the root, never the root's own."""
+    from labkit import sandbox
+
+    volume, root = lab.scratch("volume"), lab.scratch("mounted-root")
+
+    def reset_on_a_mounted_root():
+        kernel.mount(str(volume), str(root), None, kernel.MS_BIND)
+        os.environ["LABKIT_HOME"] = str(root)
+        lab._private.clear()
+        (lab.root() / "scratch").mkdir(exist_ok=True)
+        kernel.mount("tmpfs", str(lab.root() / "scratch"), "tmpfs", 0)     # a stray mount below it
+        listed = lab.reset(dry_run=True)
+        lab.reset()
+        return listed, is_mountpoint(root), is_mountpoint(root / "scratch")
+
+    listed, root_mounted, below_mounted = sandbox.run(reset_on_a_mounted_root, namespaces=("mnt",))
+    assert f"mount {root}/scratch (not in the ledger)" in listed
+    assert not any(line.startswith(f"mount {root} ") for line in listed)
+    assert root_mounted and not below_mounted

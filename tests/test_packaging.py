@@ -127,3 +127,61 @@ def test_a_learners_machine_gets_no_test_tools():
                                         text=True).stdout
     assert "LABKIT_TEST_TOOLS=1" in dry("test") and "LABKIT_TEST_TOOLS=1" in dry("bench")
     assert "LABKIT_TEST_TOOLS" not in dry("provision")
+
+
+# --- the lab as a container image, and lesson CI for instructors' forks (issue 18) -------------
+def _jsonc(path: Path) -> dict:
+    """devcontainer.json is JSON with // comments (JSONC)."""
+    import json
+    return json.loads(re.sub(r"^\s*//.*$", "", path.read_text(), flags=re.M))
+
+
+def test_the_lab_image_keeps_the_lab_root_and_work_dir_on_volumes():
+    """Containerfile, its entry point and devcontainer.json agree: base debian:12 by default
+    (BASE overrides it), provisioned by provision.sh as `make lab` is, /var/lib/labkit and
+    /work as volumes, privileged with a private cgroup namespace, JupyterLab on 8888. (The image
+    itself is built and run by `make image-test`.)"""
+    cf = (REPO / "Containerfile").read_text()
+    assert "ARG BASE=debian:12\nFROM ${BASE}" in cf and "scripts/provision.sh" in cf
+    volumes = set(re.findall(r'"(/[^"]+)"', re.search(r"^VOLUME (.*)$", cf, re.M).group(1)))
+    assert volumes == {"/var/lib/labkit", "/work"} and "EXPOSE 8888" in cf
+    assert "LABKIT_HOME=/var/lib/labkit LABKIT_WORKDIR=/work" in cf
+    entry = REPO / "scripts" / "container-entry.sh"
+    assert entry.stat().st_mode & 0o111 and f'"/opt/labkit/{entry.relative_to(REPO)}"' in cf
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "work", "test-artifacts"} <= set(ignored)
+    dc = _jsonc(REPO / ".devcontainer" / "devcontainer.json")
+    assert (REPO / ".devcontainer" / dc["build"]["dockerfile"]).resolve() == REPO / "Containerfile"
+    assert (REPO / ".devcontainer" / dc["build"]["context"]).resolve() == REPO
+    assert dc["privileged"] is True and "--cgroupns=private" in dc["runArgs"]
+    assert {m["target"] for m in dc["mounts"] if m["type"] == "volume"} == volumes
+    assert dc["overrideCommand"] is False and 8888 in dc["forwardPorts"]
+
+
+def test_the_lesson_ci_workflow_is_valid_and_runs_make_test_as_root():
+    """The workflow for instructors' forks (GitHub's Ubuntu 24.04 runner) validates against
+    GitHub's workflow schema (check-jsonschema's vendored copy: no network) and runs what .ci/run
+    runs, as root, within CI's 90 minutes, with a browser that is not a snap."""
+    import shutil
+    import subprocess
+    import sys
+    wf = REPO / ".github" / "workflows" / "lessons.yml"
+    tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert tool, "check-jsonschema (the test extra) is missing: make provision-test"
+    r = subprocess.run([tool, "--builtin-schema", "vendor.github-workflows", str(wf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = yaml.safe_load(wf.read_text())["jobs"]["make-test"]
+    assert job["runs-on"] == "ubuntu-24.04" and job["timeout-minutes"] <= 90
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert any(r.startswith("sudo") and r.endswith("make test") for r in runs)
+    assert job["env"]["LABKIT_BROWSER"] and job["env"]["CI"] == "true"
+
+
+def test_provision_on_ubuntu_wants_the_same_tools_but_not_the_snap_chromium():
+    import subprocess
+    want = lambda os_id: subprocess.run([str(REPO / "scripts" / "provision.sh"), "--list"], check=True,
+                                        capture_output=True, text=True,
+                                        env={"PATH": "/usr/bin:/bin", "LABKIT_OS_ID": os_id,
+                                             "LABKIT_TEST_TOOLS": "1"}).stdout.split()
+    debian, ubuntu = want("debian"), want("ubuntu")
+    assert set(debian) - set(ubuntu) == {"chromium"} and "docker-registry" in ubuntu

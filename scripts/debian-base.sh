@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A Debian 12 root file system made with debootstrap(8), from the apt mirror this machine already
+# uses (read from its apt sources; no mirror is named here), kept as a tar in a cache: the base of
+# the lab's container image when no registry can give `debian:12` (make image-test).
+#
+#   scripts/debian-base.sh            print the tar's path, making it first if it is missing
+#   LABKIT_CACHE=/somewhere scripts/debian-base.sh
+set -euo pipefail
+
+cache=${LABKIT_CACHE:-/var/cache/labkit}
+tar=$cache/debian-12-rootfs.tar
+say() { printf 'debian-base: %s\n' "$*" >&2; }
+
+if [ -s "$tar" ]; then
+  echo "$tar"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  say "debootstrap makes device files and chroots: run it as root"; exit 1
+fi
+command -v debootstrap >/dev/null || { say "debootstrap is missing: apt-get install debootstrap"; exit 1; }
+
+# The mirror that serves bookworm's main component to this machine, and its security mirror.
+targets=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(TARGET_OF)')
+mirror=$(awk '$2 == "bookworm" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
+security=$(awk '$2 == "bookworm-security" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
+if [ -z "$mirror" ]; then
+  say "this machine's apt sources have no Debian 12 (bookworm) main component to bootstrap from"
+  say "add one to /etc/apt/sources.list.d, run apt-get update, and try again"
+  exit 1
+fi
+
+mkdir -p "$cache"
+root=$(mktemp -d "$cache/rootfs.XXXX")
+trap 'rm -rf "$root"' EXIT
+say "debootstrap bookworm (minbase) from $mirror into $root"
+debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >&2
+{
+  echo "deb $mirror bookworm main"
+  echo "deb $mirror bookworm-updates main"
+  [ -z "$security" ] || echo "deb $security bookworm-security main"
+} > "$root/etc/apt/sources.list"
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+tar --numeric-owner --xattrs -C "$root" -cf "$tar.part" .
+mv "$tar.part" "$tar"
+say "made $tar ($(du -h "$tar" | cut -f1))"
+echo "$tar"
