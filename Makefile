@@ -6,7 +6,7 @@ IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
-.PHONY: lab test bench provision provision-test notebooks clean image image-test
+.PHONY: lab test bench provision provision-test notebooks clean image image-test vm-test
 
 # The lab's packages; provision-test adds the test tools (podman, chromium, vagrant, pytest ...).
 provision:
@@ -60,5 +60,12 @@ image:
 
 # Not part of `make test` (about 15 minutes): a Debian 12 base made with debootstrap, the image
 # built, run privileged, preflight and every lesson under nbval inside it (e2e/test_image.py).
-image-test: provision-test
+image-test:
+	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
 	$(PY) -m pytest e2e/test_image.py -p no:cacheprovider -v -s
+
+# Not part of `make test` (about 45 minutes): the course VM booted with vagrant-libvirt under
+# QEMU's software emulation, from a box made with debootstrap (e2e/test_vm.py).
+vm-test:
+	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
+	$(PY) -m pytest e2e/test_vm.py -p no:cacheprovider -v -s

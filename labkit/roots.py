@@ -11,12 +11,11 @@ there is nothing left to walk back to. Two more doors stay open unless closed to
 * a file descriptor opened on the host before the switch still points at the host.
 
 :func:`attempt` runs one attack against one kind of root in a throwaway child and says
-whether it reached a marker file that exists only on the host.
+whether its "/" is afterwards the host's root directory again (the same device and inode).
 """
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 
 from . import kernel, lab, sandbox
@@ -46,14 +45,16 @@ def attempt(rootfs: str | os.PathLike, root: str, attack: str, pid_ns: bool = Fa
     if attack not in ATTACKS or (root not in ("chroot", "pivot_root") and enter is None):
         raise ValueError(f"root is chroot or pivot_root, attack one of {ATTACKS}")
     rootfs = lab.inside(rootfs)
-    marker = lab.root() / f"host-marker-{secrets.token_hex(4)}"
-    marker.write_text("you are on the host\n")
-    try:
-        escaped, saw = sandbox.run(_inside, str(rootfs), root, attack, str(marker), close_fds, os.getpid(), enter,
-                                   namespaces=("mnt", "pid") if pid_ns else ("mnt",))
-    finally:
-        marker.unlink()
+    escaped, saw = sandbox.run(_inside, str(rootfs), root, attack, _identity("/"), close_fds, os.getpid(), enter,
+                               namespaces=("mnt", "pid") if pid_ns else ("mnt",))
     return Attempt(root, attack, pid_ns, close_fds, escaped, saw)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """A directory's identity: its device and inode number (stat(2)). The host's root has the
+    same identity whichever way it is reached, a leaked fd or /proc/PID/root."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def pivot_into(rootfs: str) -> None:
@@ -69,11 +70,12 @@ def pivot_into(rootfs: str) -> None:
     os.rmdir("/.old-root")
 
 
-def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, host_pid: int, enter=None):
+def _inside(rootfs: str, root: str, attack: str, host_root: tuple, close_fds: bool, host_pid: int, enter=None):
+    """In the child: change the root, then attack; escaped if "/" is the host's root again."""
     leaked = os.open("/", os.O_RDONLY | os.O_DIRECTORY)      # an fd a careless runtime passes on
     if enter is not None:
         enter(rootfs)
-        if not os.path.exists("/bin/sh") or os.path.exists(marker):
+        if not os.path.exists("/bin/sh") or _identity("/") == host_root:
             return True, sorted(os.listdir("/"))[:12]            # not inside the rootfs at all
     elif root == "chroot":
         os.chroot(rootfs)
@@ -85,7 +87,7 @@ def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, h
     if close_fds:
         sandbox.close_fds()
         leaked = None
-    assert not os.path.exists(marker), "the marker must be invisible after the root change"
+    assert _identity("/") != host_root, "the root must have changed"
     try:
         if attack == "chroot-dotdot":
             os.makedirs("/.escape", exist_ok=True)
@@ -100,7 +102,7 @@ def _inside(rootfs: str, root: str, attack: str, marker: str, close_fds: bool, h
             os.chroot(".")
     except OSError:
         pass
-    return os.path.exists(marker), sorted(os.listdir("/"))[:12]
+    return _identity("/") == host_root, sorted(os.listdir("/"))[:12]
 
 
 def every_attempt(rootfs: str | os.PathLike) -> list[Attempt]:

@@ -44,8 +44,14 @@ if [ "$os_id" = ubuntu ]; then
   # docker-registry, umoci and busybox-static in universe.
   test_packages=("${test_packages[@]/chromium}")
 fi
+# The slow end-to-end checks' tools, only with LABKIT_E2E_TOOLS=1 (`make image-test`, `make vm-test`):
+# a Debian base made with debootstrap, a box booted under QEMU by vagrant-libvirt.
+e2e_packages=(debootstrap fdisk qemu-system-x86 qemu-utils libvirt-daemon-system vagrant-libvirt dnsmasq-base)
 if [ "${LABKIT_TEST_TOOLS:-0}" = 1 ]; then
   for p in "${test_packages[@]}"; do [ -z "$p" ] || deb_packages+=("$p"); done
+fi
+if [ "${LABKIT_E2E_TOOLS:-0}" = 1 ]; then
+  deb_packages+=("${e2e_packages[@]}")
 fi
 if [ "${1:-}" = --list ]; then
   printf '%s\n' "${deb_packages[@]}"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from labkit import cgroups, container, lab, ns, procfs, roots, sandbox
+from labkit import cgroups, container, kernel, lab, ns, procfs, roots, sandbox
 from labkit.tree import read_tree
 
 from helpers import need
@@ -52,6 +52,25 @@ def test_escapes(busybox):
     assert result[("pivot_root", False, False, "leaked-fd")] is True
     assert result[("pivot_root", False, True, "leaked-fd")] is False
     assert not any(v for (r, p, c, _), v in result.items() if r == "pivot_root" and p and c)
+
+
+def test_escapes_with_the_lab_root_on_a_mount_of_its_own(busybox):
+    """Found by `make image-test`: in the lab image the lab root is a volume, and the escape
+    check looked for a marker file under it; the leaked fd reaches the old root, but not the
+    volume the runtime's detach took off it, so a real escape was reported as contained.
+    Escaped now means: "/" is the host's root directory again (same device and inode)."""
+    rootfs = busybox.flatten("busybox", lab.scratch("rootfs2"))
+    volume, root = lab.scratch("volume"), lab.scratch("mounted-root")
+
+    def leaked_fd_on_a_mounted_root():
+        kernel.mount(str(volume), str(root), None, kernel.MS_BIND)
+        os.environ["LABKIT_HOME"] = str(root)
+        lab._private.clear()
+        (root / "rootfs").mkdir()
+        kernel.mount(str(rootfs), str(root / "rootfs"), None, kernel.MS_BIND)
+        return [roots.attempt(root / "rootfs", "pivot_root", "leaked-fd", close_fds=c).escaped for c in (False, True)]
+
+    assert sandbox.run(leaked_fd_on_a_mounted_root, namespaces=("mnt",)) == [True, False]
 
 
 # --- cgroups ---------------------------------------------------------------------------------

@@ -137,8 +137,9 @@ assert inside["uid"] == 0 and inside["uid_map"] == ["0", str(os.geteuid()), "1"]
 # mount namespace; after the old root is unmounted there is nothing to climb back to.
 # Two more ways out stay open unless closed: without a PID namespace, `/proc/<pid>/root` of a
 # host process is the host's root; and a file descriptor opened on the host before the switch
-# still points there. Each attack below runs in a throwaway child against a busybox root, and
-# tries to reach a marker file that exists only on the host.
+# still points there. Each attack below runs in a throwaway child against a busybox root; it
+# escaped if its "/" is then the host's root directory again (the same device and inode number
+# that `stat /` gives on the host).
 
 # %% tags=["nbval-ignore-output"]
 rootfs = store.flatten("busybox", home / "rootfs")
