@@ -20,14 +20,17 @@ def pytest_configure(config):
     os.environ["LABKIT_HOME"] = home
     os.environ["LABKIT_WORKDIR"] = os.path.join(home, "work")
     _SESSION["home"] = home
+    from labkit.mountinfo import mounts
+    _SESSION["mounts before"] = {m.mount_id for m in mounts()}   # e.g. the lab image's /var/lib/labkit volume
 
 
 def leftovers(root: str) -> list[str]:
     """What the lab made and did not take down: mounts under root, labkit cgroups, children."""
     from labkit import procfs
     from labkit.mountinfo import mounts
+    before = _SESSION.get("mounts before", set())
     found = [f"mount {m.mountpoint} ({m.fstype})" for m in mounts()
-             if str(m.mountpoint).startswith(root) or "labkit" in str(m.mountpoint)]
+             if m.mount_id not in before and (str(m.mountpoint).startswith(root) or "labkit" in str(m.mountpoint))]
     for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
         found += [f"cgroup {dirpath}/{d}" for d in dirnames if "labkit" in d]
         if dirpath.count("/") > 5:

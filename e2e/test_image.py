@@ -72,6 +72,7 @@ def lab(pm, image):
     t = time.monotonic()
     pm("run", "-d", "--name", NAME, "--privileged", "--cgroupns=private", "--network", "slirp4netns",
        "-p", f"127.0.0.1:{port}:8888", "-v", "lk-home:/var/lib/labkit", "-v", "lk-work:/work",
+       "-v", "lk-tmp:/tmp",      # the test session's own lab root goes in /tmp: a real fs, as on a host
        *hostconfig.podman_args(), "-e", f"JUPYTER_TOKEN={token}", image)
     url = f"http://127.0.0.1:{port}/api/status?token={token}"
     deadline = time.monotonic() + 120
@@ -106,11 +107,9 @@ def test_every_lesson_passes_nbval_inside(pm, lab):
     """pytest and nbval are test tools, added to the running container for this check only."""
     pm("exec", NAME, "python", "-m", "pip", "install", "-q", "pytest", "nbval", timeout=900)
     t = time.monotonic()
-    # the test session's lab root goes in TMPDIR: on the lab root's volume, not the overlay /tmp
-    r = pm("exec", "-w", "/opt/labkit", "-e", "TMPDIR=/var/lib/labkit/tmp", NAME, "sh", "-c",
-           "mkdir -p $TMPDIR && exec python -m pytest -q -p no:cacheprovider -rf notebooks --nbval "
-           "--nbval-sanitize-with tests/nbval-sanitize.cfg --nbval-current-env --nbval-cell-timeout=600",
-           check=False, timeout=3600)
+    r = pm("exec", "-w", "/opt/labkit", NAME, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+           "notebooks", "--nbval", "--nbval-sanitize-with", "tests/nbval-sanitize.cfg", "--nbval-current-env",
+           "--nbval-cell-timeout=600", check=False, timeout=3600)
     TIMINGS["nbval, every lesson"] = round(time.monotonic() - t, 1)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "nbval.txt").write_text(r.stdout + r.stderr)
@@ -127,3 +126,31 @@ def test_unprivileged_it_says_what_to_add_and_without_v_the_lab_root_is_still_a_
     assert r.returncode == 2 and "--privileged" in r.stderr, r.stderr
     r = pm("run", "--rm", "--privileged", image, "stat", "-f", "-c", "%T", "/var/lib/labkit", "/work")
     assert "overlayfs" not in r.stdout and len(r.stdout.split()) == 2, r.stdout
+
+
+DEVCONTAINER_CLI = "@devcontainers/cli@0.89.0"
+
+
+def test_the_dev_containers_cli_builds_and_starts_the_devcontainer(pm, image):
+    """.devcontainer/devcontainer.json through the Dev Containers CLI (from npm, cached), against
+    podman: `devcontainer up` builds the Containerfile and starts it with the file's privileges and
+    volumes; `devcontainer exec` runs preflight in it."""
+    prefix = Path(os.environ.get("LABKIT_CACHE", "/var/cache/labkit")) / "node"
+    cli = prefix / "node_modules" / ".bin" / "devcontainer"
+    if not cli.exists():
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                        DEVCONTAINER_CLI], check=True, timeout=600)
+    run = lambda *a: subprocess.run([str(cli), *a, "--workspace-folder", str(REPO), "--docker-path", "podman"],
+                                    env=pm.env, capture_output=True, text=True, timeout=1800)
+    t = time.monotonic()
+    up = run("up")
+    TIMINGS["devcontainer up"] = round(time.monotonic() - t, 1)
+    assert up.returncode == 0 and '"outcome":"success"' in up.stdout, up.stdout[-1500:] + up.stderr[-1500:]
+    r = run("exec", "labkit", "preflight")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = pm("ps", "-q", "--filter", f"label=devcontainer.local_folder={REPO}").stdout.split()
+    assert ids
+    inspect = json.loads(pm("inspect", ids[0]).stdout)[0]
+    assert inspect["HostConfig"]["Privileged"] and {m["Destination"] for m in inspect["Mounts"]} >= {"/var/lib/labkit", "/work"}
+    pm("rm", "-f", "-t", "0", *ids)

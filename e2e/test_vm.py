@@ -29,6 +29,7 @@ CACHE = Path(os.environ.get("LABKIT_CACHE", "/var/cache/labkit"))
 BOX = "labkit-test/debian12"
 ARTIFACTS = REPO / "test-artifacts" / "vm-test"
 RECORD = {}
+SERIAL = Path("/var/log/libvirt/qemu/labkit-vm-test-serial.log")     # where qemu may write
 
 
 def _free_port() -> int:
@@ -63,11 +64,17 @@ def vm():
     env = dict(os.environ, VAGRANT_HOME=str(CACHE / "vagrant.d"), VAGRANT_CWD=str(REPO / "e2e"),
                VAGRANT_VAGRANTFILE="Vagrantfile.test", VAGRANT_EXPERIMENTAL="dependency_provisioners",
                VAGRANT_DEFAULT_PROVIDER="libvirt", LABKIT_BOX=BOX, LABKIT_LIBVIRT_DRIVER="qemu",
-               LABKIT_PORT=str(port), LABKIT_GUEST_FILES=":".join(files))
+               LABKIT_PORT=str(port), LABKIT_GUEST_FILES=":".join(files), LABKIT_SERIAL_LOG=str(SERIAL))
     vagrant = lambda *a, timeout=600, check=True: subprocess.run(["vagrant", *a], env=env, capture_output=True,
                                                                   text=True, timeout=timeout, check=check)
-    if BOX not in vagrant("box", "list").stdout:
+    stamp = CACHE / "vagrant.d" / "labkit-test-box.added"
+    if BOX not in vagrant("box", "list").stdout or not stamp.exists() or stamp.stat().st_mtime < os.stat(box).st_mtime:
+        vagrant("box", "remove", "--force", BOX, check=False)
+        for vol in _virsh("vol-list", "default", "--name").split():    # vagrant-libvirt's copy of the old box
+            if vol.startswith(BOX.replace("/", "-VAGRANTSLASH-")):
+                _virsh("vol-delete", "--pool", "default", vol)
         vagrant("box", "add", "--name", BOX, box, timeout=1200)
+        stamp.touch()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         t = time.monotonic()
@@ -85,6 +92,9 @@ def vm():
         RECORD["left running"] = {"qemu": _running("qemu-system-x86_64"),
                                   "domains": _virsh("list", "--all", "--name").split(),
                                   "networks made": sorted(set(_virsh("net-list", "--all", "--name").split()) - nets_before)}
+        if SERIAL.exists():
+            shutil.copy(SERIAL, ARTIFACTS / "serial.log")
+            SERIAL.unlink()
         for daemon in reversed(started):
             subprocess.run(["pkill", "-x", daemon])
         (ARTIFACTS / "record.json").write_text(json.dumps(RECORD, indent=1))

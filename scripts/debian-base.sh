@@ -20,26 +20,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v debootstrap >/dev/null || { say "debootstrap is missing: apt-get install debootstrap"; exit 1; }
 
-# The mirror that serves bookworm's main component to this machine, and its security mirror.
-targets=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(TARGET_OF)')
-mirror=$(awk '$2 == "bookworm" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
-security=$(awk '$2 == "bookworm-security" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
-if [ -z "$mirror" ]; then
-  say "this machine's apt sources have no Debian 12 (bookworm) main component to bootstrap from"
-  say "add one to /etc/apt/sources.list.d, run apt-get update, and try again"
-  exit 1
-fi
+mirror=$("$(dirname "$0")/apt-mirror.sh")
 
 mkdir -p "$cache"
 root=$(mktemp -d "$cache/rootfs.XXXX")
 trap 'rm -rf "$root"' EXIT
 say "debootstrap bookworm (minbase) from $mirror into $root"
 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >&2
-{
-  echo "deb $mirror bookworm main"
-  echo "deb $mirror bookworm-updates main"
-  [ -z "$security" ] || echo "deb $security bookworm-security main"
-} > "$root/etc/apt/sources.list"
+"$(dirname "$0")/apt-mirror.sh" --sources-list > "$root/etc/apt/sources.list"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 tar --numeric-owner --xattrs -C "$root" -cf "$tar.part" .
 mv "$tar.part" "$tar"

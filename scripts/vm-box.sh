@@ -24,10 +24,7 @@ done
 key=$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub 2>/dev/null | head -1)
 [ -n "$key" ] || { say "the Vagrant insecure public key was not found: apt-get install vagrant"; exit 1; }
 
-targets=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT) $(TARGET_OF)')
-mirror=$(awk '$2 == "bookworm" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
-security=$(awk '$2 == "bookworm-security" && $3 == "main" && $4 == "deb" {print $1; exit}' <<<"$targets")
-[ -n "$mirror" ] || { say "this machine's apt sources have no Debian 12 (bookworm) main to bootstrap from"; exit 1; }
+mirror=$("$(dirname "$0")/apt-mirror.sh")
 
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/box.XXXX")
@@ -55,12 +52,9 @@ mount "${dev}p1" "$root"
 say "debootstrap bookworm from $mirror (a few minutes)"
 debootstrap --include=linux-image-amd64,grub-pc,systemd-sysv,openssh-server,sudo,ifupdown,isc-dhcp-client,rsync,ca-certificates,make,locales \
   bookworm "$root" "$mirror" >&2
-{
-  echo "deb $mirror bookworm main"
-  echo "deb $mirror bookworm-updates main"
-  [ -z "$security" ] || echo "deb $security bookworm-security main"
-} > "$root/etc/apt/sources.list"
-echo "UUID=$(blkid -s UUID -o value "${dev}p1") / ext4 errors=remount-ro 0 1" > "$root/etc/fstab"
+"$(dirname "$0")/apt-mirror.sh" --sources-list > "$root/etc/apt/sources.list"
+uuid=$(blkid -s UUID -o value "${dev}p1")
+echo "UUID=$uuid / ext4 errors=remount-ro 0 1" > "$root/etc/fstab"
 echo labkit-box > "$root/etc/hostname"
 printf 'auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n' > "$root/etc/network/interfaces"
 sed -i 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=1/; s/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="net.ifnames=0 console=tty0 console=ttyS0"/' \
@@ -78,6 +72,10 @@ grub-install --target=i386-pc "$dev"
 update-grub
 apt-get clean
 CHROOT
+# Without udev there is no /dev/disk/by-uuid, so update-grub named the loop device as the root:
+# name the file system instead (the guest's own update-grub, with udev, does this itself).
+sed -i "s|root=${dev}p1|root=UUID=$uuid|g" "$root/boot/grub/grub.cfg"
+grep -q "root=UUID=$uuid" "$root/boot/grub/grub.cfg" || { say "grub.cfg names no root file system"; exit 1; }
 install -m 600 -o 1000 -g 1000 "$key" "$root/home/vagrant/.ssh/authorized_keys"
 # Each VM makes its own host keys at first boot (Debian's regenerate service is cloud-only).
 rm -f "$root"/etc/ssh/ssh_host_*
