@@ -78,7 +78,7 @@ def vm():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         t = time.monotonic()
-        up = vagrant("up", "--provider=libvirt", timeout=45 * 60, check=False)
+        up = vagrant("up", "--provider=libvirt", timeout=90 * 60, check=False)     # TCG: slow
         RECORD["vagrant up incl. provisioning (s)"] = round(time.monotonic() - t)
         (ARTIFACTS / "vagrant-up.txt").write_text(up.stdout + up.stderr)
         assert up.returncode == 0, f"vagrant up failed (test-artifacts/vm-test/vagrant-up.txt): {up.stderr[-1500:]}"
