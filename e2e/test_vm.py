@@ -116,7 +116,10 @@ def test_preflight_passes_in_the_vm_on_pure_cgroup_v2(vm):
 
 def test_the_service_serves_jupyterlab_on_the_hosts_loopback(vm):
     vagrant, port = vm
-    assert _ssh(vagrant, "systemctl is-active labkit-lab").stdout.strip() == "active"
+    state = _ssh(vagrant, "systemctl is-active labkit-lab", check=False).stdout.strip()
+    journal = _ssh(vagrant, "sudo journalctl -u labkit-lab --no-pager -n 200", check=False)
+    (ARTIFACTS / "labkit-lab.journal.txt").write_text(journal.stdout + journal.stderr)
+    assert state == "active", f"labkit-lab is {state}: see test-artifacts/vm-test/labkit-lab.journal.txt"
     token = _ssh(vagrant, "sudo sed -n 's/^JUPYTER_TOKEN=//p' /etc/labkit/lab.env").stdout.strip()
     deadline = time.monotonic() + 300
     while True:

@@ -21,6 +21,7 @@ import errno
 import functools
 import os
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,13 +383,20 @@ def stack(base: str | os.PathLike, lowers: dict[str, dict], upper: str | None = 
 @functools.cache
 def lowerdir_plus() -> bool:
     """True when the kernel takes ``lowerdir+`` through fsconfig(2) (Linux 6.8+, and the
-    privilege to call fsopen(2)). Asked once per process."""
+    privilege to call fsopen(2)). Asked once per process, by building (never mounting) a
+    superblock of two empty lowerdirs: before 6.5 overlay used the legacy mount context, where
+    fsconfig accepts any key into its option string and only FSCONFIG_CMD_CREATE refuses it
+    (Debian 12's 6.1 said yes to the key alone, then "Cumulative options too large")."""
     try:
         fd = kernel.fsopen("overlay")
     except KernelError:
         return False
     try:
-        kernel.fsconfig(fd, "lowerdir+", "/")
+        with tempfile.TemporaryDirectory(dir=lab.root(), prefix="lowerdir-probe-") as d:
+            for name in ("a", "b"):
+                os.mkdir(os.path.join(d, name))
+                kernel.fsconfig(fd, "lowerdir+", os.path.join(d, name))
+            kernel.fsconfig_create(fd)
         return True
     except KernelError:
         return False
