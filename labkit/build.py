@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import container, lab, snapshot, squash
+from . import container, kernel, lab, snapshot, squash
 from .errors import LabError
 from .image import digest, layer, store as st
 from .image import mutate
@@ -428,8 +428,13 @@ class Builder:
 
     def _source(self, root: Path, src: str, ins: Instruction) -> Path:
         """A COPY source inside ``root`` (the context, or a stage's root file system): symlinks
-        resolved, refused if it leads out; .dockerignore'd files are not there."""
-        p = (root / src.lstrip("/")).resolve() if root != self.context else (root / src).resolve()
+        resolved, refused if it leads out; .dockerignore'd files are not there. In a stage's
+        root a symlink is resolved as if that root were "/", as docker does (an absolute
+        /usr/bin/java -> /etc/alternatives/java stays in the stage): openat2(2) RESOLVE_IN_ROOT."""
+        if root != self.context:
+            p = _in_root(root, src)
+        else:
+            p = (root / src).resolve()
         if p != root and root not in p.parents:
             raise BuildError(f"Dockerfile line {ins.line}: {src!r} is outside the build context",
                              "COPY only files inside the context directory")
@@ -582,7 +587,6 @@ def _owner(spec: str, roots: list[Path], ins: Instruction) -> tuple[int, int]:
 
 
 def _read_in_root(root: Path, rel: str) -> str:
-    from . import kernel
     top = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
         try:
@@ -654,6 +658,23 @@ def _flags(args: str, ins: Instruction) -> tuple[dict, list[str]]:
         else:
             paths.append(tok)
     return opts, paths
+
+
+def _in_root(root: Path, src: str) -> Path:
+    """``src`` looked up with ``root`` as "/" (openat2 RESOLVE_IN_ROOT, no magic links); the
+    path the kernel reached, read back from /proc/self/fd. A missing file gives root/src."""
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = kernel.openat2(rootfd, src.lstrip("/") or ".", os.O_PATH,
+                            kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS)
+    except OSError:
+        return root / src.lstrip("/")
+    finally:
+        os.close(rootfd)
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
 
 
 def _inside(upper: Path, p: Path) -> Path:

@@ -78,6 +78,11 @@ CASES = {
     "exit-status": ("FROM busybox\nCMD [\"/bin/sh\", \"-c\", \"echo failing; exit 3\"]\n", {}),
     "multi-stage": ("FROM busybox AS build\nRUN echo compiled > /out\nFROM busybox\nCOPY --from=build /out /app/out\n"
                     "CMD cat /app/out\n", {}),
+    # COPY --from resolves a stage's symlinks inside that stage, absolute ones too (docker's
+    # scoped lookup): the file /abs points at in the build stage, never the host's /real
+    "copy-from-symlink": ("FROM busybox AS build\nRUN mkdir /real && echo in-stage > /real/f && ln -s /real/f /abs "
+                          "&& ln -s /real /absdir\nFROM busybox\nCOPY --from=build /abs /got\n"
+                          "COPY --from=build /absdir/f /got2\nCMD cat /got /got2\n", {}),
     # docker-format instructions (buildah drops them from OCI images: built with --format docker)
     "shell-health-onbuild": ('FROM busybox\nSHELL ["/bin/sh", "-xc"]\nRUN echo shelled > /s\n'
                              "HEALTHCHECK --interval=30s --timeout=3s --retries=2 CMD test -e /s || exit 1\n"
