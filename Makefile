@@ -6,7 +6,7 @@ IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
-.PHONY: lab test bench provision provision-test notebooks clean image image-test vm-test
+.PHONY: lab test bench provision provision-test notebooks clean image image-test image-arm64-test vm-test
 
 # The lab's packages; provision-test adds the test tools (podman, chromium, vagrant, pytest ...).
 provision:
@@ -50,19 +50,25 @@ clean:
 	$(VENV)/bin/labkit reset
 
 # The lab as a container image (Containerfile), built with podman or docker, whichever is here.
-# BASE=... another base image (debian:12 by default).
+# BASE=... another base image (debian:12 by default); PLATFORM=linux/arm64 for Apple Silicon.
 ENGINE ?= $(shell command -v podman || command -v docker)
 IMAGE  ?= labkit
 BASE   ?= debian:12
 image:
 	@test -n "$(ENGINE)" || { echo "make image needs podman or docker (apt-get install podman)"; exit 1; }
-	$(ENGINE) build -f Containerfile --build-arg BASE=$(BASE) -t $(IMAGE) .
+	$(ENGINE) build -f Containerfile --build-arg BASE=$(BASE) $(if $(PLATFORM),--platform $(PLATFORM)) -t $(IMAGE) .
 
 # Not part of `make test` (about 15 minutes): a Debian 12 base made with debootstrap, the image
 # built, run privileged, preflight and every lesson under nbval inside it (e2e/test_image.py).
 image-test:
 	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
 	$(PY) -m pytest e2e/test_image.py -p no:cacheprovider -v -s
+
+# Not part of `make test` (about 40 minutes): the image built for arm64 (Apple Silicon) here,
+# its binaries run by qemu-user-static through binfmt_misc (e2e/test_image_arm64.py).
+image-arm64-test:
+	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
+	$(PY) -m pytest e2e/test_image_arm64.py -p no:cacheprovider -v -s
 
 # Not part of `make test` (about 45 minutes): the course VM booted with vagrant-libvirt under
 # QEMU's software emulation, from a box made with debootstrap (e2e/test_vm.py).

@@ -5,10 +5,14 @@
 #
 #   scripts/debian-base.sh            print the tar's path, making it first if it is missing
 #   LABKIT_CACHE=/somewhere scripts/debian-base.sh
+#   LABKIT_ARCH=arm64 scripts/debian-base.sh      another architecture's (its binaries run through
+#                                                 qemu-user-static: scripts/binfmt.sh registers it)
 set -euo pipefail
 
 cache=${LABKIT_CACHE:-/var/cache/labkit}
+arch=${LABKIT_ARCH:-$(dpkg --print-architecture)}
 tar=$cache/debian-12-rootfs.tar
+[ "$arch" = "$(dpkg --print-architecture)" ] || tar=$cache/debian-12-rootfs-$arch.tar
 say() { printf 'debian-base: %s\n' "$*" >&2; }
 
 if [ -s "$tar" ]; then
@@ -25,8 +29,8 @@ mirror=$("$(dirname "$0")/apt-mirror.sh")
 mkdir -p "$cache"
 root=$(mktemp -d "$cache/rootfs.XXXX")
 trap 'rm -rf "$root"' EXIT
-say "debootstrap bookworm (minbase) from $mirror into $root"
-debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >&2
+say "debootstrap bookworm (minbase, $arch) from $mirror into $root"
+debootstrap --arch="$arch" --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >&2
 "$(dirname "$0")/apt-mirror.sh" --sources-list > "$root/etc/apt/sources.list"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 tar --numeric-owner --xattrs -C "$root" -cf "$tar.part" .

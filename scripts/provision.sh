@@ -46,7 +46,7 @@ if [ "$os_id" = ubuntu ]; then
 fi
 # The slow end-to-end checks' tools, only with LABKIT_E2E_TOOLS=1 (`make image-test`, `make vm-test`):
 # a Debian base made with debootstrap, a box booted under QEMU by vagrant-libvirt.
-e2e_packages=(debootstrap fdisk qemu-system-x86 qemu-utils libvirt-daemon-system vagrant-libvirt dnsmasq-base)
+e2e_packages=(debootstrap fdisk qemu-system-x86 qemu-utils qemu-user-static libvirt-daemon-system vagrant-libvirt dnsmasq-base)
 if [ "${LABKIT_TEST_TOOLS:-0}" = 1 ]; then
   for p in "${test_packages[@]}"; do [ -z "$p" ] || deb_packages+=("$p"); done
 fi
