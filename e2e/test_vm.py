@@ -84,6 +84,11 @@ def vm():
         assert up.returncode == 0, f"vagrant up failed (test-artifacts/vm-test/vagrant-up.txt): {up.stderr[-1500:]}"
         yield vagrant, port
     finally:
+        if os.environ.get("LABKIT_VM_KEEP"):    # debugging: leave the VM up, say how to reach it
+            keep = {k: env[k] for k in env if k.startswith(("VAGRANT_", "LABKIT_"))}
+            (ARTIFACTS / "vagrant-env.sh").write_text("".join(f"export {k}='{v}'\n" for k, v in keep.items()))
+            print(f"\nvm-test: the VM is left running; . {ARTIFACTS}/vagrant-env.sh; vagrant ssh / vagrant destroy -f")
+            return
         down = vagrant("destroy", "-f", timeout=600, check=False)
         (ARTIFACTS / "vagrant-destroy.txt").write_text(down.stdout + down.stderr)
         for net in set(_virsh("net-list", "--all", "--name").split()) - nets_before:
