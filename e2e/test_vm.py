@@ -121,7 +121,8 @@ def test_preflight_passes_in_the_vm_on_pure_cgroup_v2(vm):
 
 def test_the_service_serves_jupyterlab_on_the_hosts_loopback(vm):
     vagrant, port = vm
-    state = _ssh(vagrant, "systemctl is-active labkit-lab", check=False).stdout.strip()
+    # as root: the debootstrap box has no D-Bus, through which systemctl answers other users
+    state = _ssh(vagrant, "sudo systemctl is-active labkit-lab", check=False).stdout.strip()
     journal = _ssh(vagrant, "sudo journalctl -u labkit-lab --no-pager -n 200", check=False)
     (ARTIFACTS / "labkit-lab.journal.txt").write_text(journal.stdout + journal.stderr)
     assert state == "active", f"labkit-lab is {state}: see test-artifacts/vm-test/labkit-lab.journal.txt"

@@ -70,6 +70,16 @@ def test_long_stack_with_short_names_uses_relative_paths(lab_root):
         assert ov.used_api == "mount" and len(os.listdir(ov.merged)) == 300
 
 
+def test_without_lowerdir_plus_auto_mounts_500_short_names_relatively(lab_root, monkeypatch):
+    """Debian 12's 6.1 (the course VM) has no lowerdir+: lesson 01's 500-layer stack must still
+    mount, through mount(2) with relative paths (make vm-test found it failing there)."""
+    monkeypatch.setattr(overlay, "lowerdir_plus", lambda: False)
+    ov = overlay.stack(lab.scratch("tall61"), {f"L{i:03d}": {f"file{i:03d}": ""} for i in range(500)})
+    assert len(ov.option_string()) > overlay.MAX_OPTIONS
+    with ov:
+        assert ov.used_api == "mount" and len(os.listdir(ov.merged)) == 500
+
+
 def test_more_than_500_is_refused_before_the_kernel(lab_root):
     d = lab.scratch("too")
     with pytest.raises(OverlayError, match="more than the kernel's 500"):
