@@ -96,6 +96,7 @@ def preflight() -> Preflight:
     add(Check("root", root_ok, f"euid {os.geteuid()}",
               fix="run as root (sudo -i); without root only lesson 02 runs (" +
                   ", ".join(f"{n}: {why}" for n, why in NEEDS_ROOT.items()) + ")"))
+    add(cpu_check())
     fs = Path("/proc/filesystems").read_text().split()
     add(Check("overlay filesystem", "overlay" in fs, "in /proc/filesystems" if "overlay" in fs else "absent",
               fix="modprobe overlay (kernel 3.18+ with CONFIG_OVERLAY_FS)"))
@@ -122,6 +123,24 @@ def preflight() -> Preflight:
         add(Check(f"tool {tool}", path is not None, path or f"not found ({why})",
                   fix=f"apt-get install {pkg} (scripts/provision.sh does it)"))
     return checks
+
+
+# x86-64-v2 (the psABI's microarchitecture levels): what numpy 2.4's x86_64 wheels are built
+# for; on a CPU without it the first numpy call dies of SIGILL and takes the Jupyter kernel along
+X86_64_V2 = ("cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3")
+
+
+def cpu_check(cpuinfo: str | None = None) -> Check:
+    """The CPU offers x86-64-v2 (on x86_64; other machines pass). Checked from /proc/cpuinfo's
+    flags, without importing numpy, which would crash the check itself."""
+    if os.uname().machine != "x86_64" and cpuinfo is None:
+        return Check("CPU features", True, os.uname().machine)
+    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    missing = [f for f in X86_64_V2 if f not in flags]
+    return Check("CPU features", not missing, "x86-64-v2" if not missing else "lacks " + " ".join(missing),
+                 fix="give the VM a newer CPU model (QEMU: -cpu Nehalem or -cpu host; the Vagrantfile "
+                     "does it for LABKIT_LIBVIRT_DRIVER=qemu): numpy's wheels need x86-64-v2")
 
 
 def _userns_check() -> Check:

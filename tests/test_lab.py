@@ -317,3 +317,16 @@ def test_reset_keeps_a_volume_mounted_at_the_lab_root(lab_root):
     assert f"mount {root}/scratch (not in the ledger)" in listed
     assert not any(line.startswith(f"mount {root} ") for line in listed)
     assert root_mounted and not below_mounted
+
+
+QEMU64_FLAGS = ("flags\t\t: fpu de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx "
+                "fxsr sse sse2 syscall nx lm rep_good nopl cpuid extd_apicid pni cx16 hypervisor lahf_lm svm\n")
+
+
+def test_preflight_says_when_the_cpu_lacks_x86_64_v2():
+    """make vm-test's guest had QEMU's qemu64 CPU (these flags, read in it): numpy 2.4 died of an
+    invalid opcode and took the lesson's Jupyter kernel with it. Preflight now says so first."""
+    c = preflight.cpu_check(QEMU64_FLAGS)
+    assert not c.ok and c.detail == "lacks popcnt sse4_1 sse4_2 ssse3" and "Nehalem" in c.fix
+    assert preflight.cpu_check(QEMU64_FLAGS.rstrip() + " ssse3 sse4_1 sse4_2 popcnt\n").ok
+    assert "CPU features" in [c.name for c in preflight.preflight()]

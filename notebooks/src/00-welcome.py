@@ -40,7 +40,8 @@ print("scratch dir:", home.relative_to(lab.root()))
 # %% [markdown]
 # ## 1. Preflight: does this machine have what the lab needs?
 #
-# `preflight.preflight()` checks, live: whether you are root, whether the kernel has OverlayFS, the
+# `preflight.preflight()` checks, live: whether you are root, whether the CPU runs the lab's
+# plotting libraries (numpy's wheels need x86-64-v2), whether the kernel has OverlayFS, the
 # new mount API, every namespace type and the cgroup controllers (and which cgroup version each
 # one runs), whether the lab root keeps `trusted.*` extended attributes (OverlayFS stores its
 # whiteout and opaque marks there), and the tools the later lessons compare labkit with.
