@@ -365,7 +365,7 @@ def _eight_layers(store) -> tuple[str, list[str]]:
 
 # --- lesson 05: defences against attacks from inside -------------------------------------------
 def defences(store=None, image: str = "busybox") -> w.VBox:
-    """Tick the defences, press Run: the attacks of confine.ATTACKS run in containers with only
+    """Tick the defences, press Run: the attacks of confine.attacks() run in containers with only
     those, against a disposable disk made for this run, and the table says which got through."""
     from . import confine, lab
     boxes = {"caps": w.Checkbox(value=True, description="docker's 14 capabilities", indent=False),
@@ -385,7 +385,7 @@ def defences(store=None, image: str = "busybox") -> w.VBox:
         with confine.DisposableDisk(lab.root() / "tmp" / f"disposable-disk-{os.getpid()}.img") as disk:
             rung = confine.try_attacks(image, conf, disk, store=store)
         cells = "".join(f"<td style='color:{'#c62828' if rung.escaped[a] else '#2e7d32'}'>"
-                        f"{a}: {'ESCAPED' if rung.escaped[a] else 'refused'}</td>" for a in confine.ATTACKS)
+                        f"{a}: {'ESCAPED' if rung.escaped[a] else 'refused'}</td>" for a in rung.escaped)
         table.value = (f"<table><tr>{cells}</tr></table><code>CapEff {rung.status.get('CapEff')} · Seccomp "
                        f"{rung.status.get('Seccomp')} · NoNewPrivs {rung.status.get('NoNewPrivs')}</code>")
 

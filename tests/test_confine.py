@@ -1,6 +1,7 @@
 """Containers that contain (issue 16): Docker's default confinement for `labkit run`,
 `container.run` and build RUN steps; the attacks that worked before each fail; runc's default
 spec and podman/docker's numbers (FACTS.md) as the oracle; --privileged and the options."""
+import dataclasses
 import json
 import subprocess
 
@@ -138,3 +139,16 @@ def test_the_container_reads_its_own_limits_in_a_read_only_cgroupfs(busybox):
     code, out = _sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; "
                     "touch /sys/fs/cgroup/x", memory="64m")
     assert "67108864" in out and "Read-only file system" in out
+
+
+def test_the_cgroup_v1_mount_attack_is_left_out_on_a_pure_cgroup_v2_host(monkeypatch):
+    """make vm-test's Debian 12 guest (pure v2): `mount -t cgroup -o memory` is refused there
+    even --privileged (v2 holds the controller), so lesson 05's first row could not 'escape' on
+    every column. There is no release_agent to reach: the column is not offered."""
+    from labkit import cgroups
+    real = cgroups.controllers()
+    v2 = {name: dataclasses.replace(c, version=2) for name, c in real.items()}
+    monkeypatch.setattr(cgroups, "controllers", lambda: v2)
+    assert "cgroupfs" not in confine.attacks() and "raw disk" in confine.attacks()
+    monkeypatch.setattr(cgroups, "controllers", lambda: {name: dataclasses.replace(c, version=1) for name, c in real.items()})
+    assert list(confine.attacks()) == list(confine.ATTACKS)
