@@ -433,6 +433,9 @@ class Builder:
         /usr/bin/java -> /etc/alternatives/java stays in the stage): openat2(2) RESOLVE_IN_ROOT."""
         if root != self.context:
             p = _in_root(root, src)
+            if p is None:          # never fall back to a host lookup: a symlink would lead out
+                raise BuildError(f"Dockerfile line {ins.line}: {src!r} is not in that stage's files",
+                                 "check the file name")
         else:
             p = (root / src).resolve()
         if p != root and root not in p.parents:
@@ -660,15 +663,15 @@ def _flags(args: str, ins: Instruction) -> tuple[dict, list[str]]:
     return opts, paths
 
 
-def _in_root(root: Path, src: str) -> Path:
+def _in_root(root: Path, src: str) -> Path | None:
     """``src`` looked up with ``root`` as "/" (openat2 RESOLVE_IN_ROOT, no magic links); the
-    path the kernel reached, read back from /proc/self/fd. A missing file gives root/src."""
+    path the kernel reached, read back from /proc/self/fd; None if it is not there."""
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
         fd = kernel.openat2(rootfd, src.lstrip("/") or ".", os.O_PATH,
                             kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS)
     except OSError:
-        return root / src.lstrip("/")
+        return None
     finally:
         os.close(rootfd)
     try:

@@ -1,6 +1,8 @@
 """`labkit build` as buildah and docker build read a Dockerfile (issue 17): which instructions
 substitute $VAR, SHELL, STOPSIGNAL, HEALTHCHECK, VOLUME and ONBUILD in the config, COPY
 --chown with names from the image."""
+import os
+
 import pytest
 
 from labkit import build, container, lab
@@ -70,6 +72,18 @@ def test_multi_stage_builds_copy_from_a_stage_or_an_image_and_stop_at_a_target(b
         build.build(ctx, "t/x", quiet=True, store=busybox, target="nope")
     with pytest.raises(build.BuildError, match="--from=ghost: no earlier stage or image"):
         build.build(ctx, "t/x", "FROM busybox\nCOPY --from=ghost /a /a\n", quiet=True, store=busybox)
+
+
+def test_copy_from_never_follows_a_stage_symlink_to_the_host(busybox):
+    """/hostetc -> /etc in the stage: /hostetc/os-release is the stage's /etc/os-release, which
+    busybox lacks, so the build stops; the host's /etc/os-release (which exists) is never read.
+    (A first version looked the missing path up again on the host, through the symlink.)"""
+    assert os.path.exists("/etc/os-release")
+    df = ("FROM busybox AS s\nRUN ln -s /etc /hostetc && rm -f /etc/os-release\n"
+          "FROM busybox\nCOPY --from=s /hostetc/os-release /leak\n")
+    ctx = write_tree(lab.scratch("leak"), {"Dockerfile": df})
+    with pytest.raises(build.BuildError, match="not in that stage's files"):
+        build.build(ctx, "t/leak", quiet=True, store=busybox)
 
 
 def test_dockerignore_leaves_files_out_of_copy(busybox):
