@@ -314,6 +314,7 @@ rows = dict(rungs)
 first, default = rows["--privileged: none"], rows["+ devices cgroup: docker's default"]
 with_admin, userns_row = rows["docker's default, --cap-add SYS_ADMIN"], rows["--privileged --userns auto"]
 assert all(first.escaped.values()) and first.status["Seccomp"] == "0"
+assert ("cgroupfs" in first.escaped) == (cgroups.controllers()["memory"].version == 1)   # v1 hosts only
 assert not any(default.escaped.values())
 assert default.status == {"CapEff": confine.mask(confine.caps_in_force(confine.Confinement())), "Seccomp": "2",
                           "NoNewPrivs": "1"}                    # 00000000a80425fb: docker's 14 (13 on cgroup v2)
