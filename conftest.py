@@ -22,6 +22,16 @@ def pytest_configure(config):
     _SESSION["home"] = home
     from labkit.mountinfo import mounts
     _SESSION["mounts before"] = {m.mount_id for m in mounts()}   # e.g. the lab image's /var/lib/labkit volume
+    _SESSION["cgroups before"] = set(_labkit_cgroups())     # e.g. the VM's labkit-lab.service (systemd's)
+
+
+def _labkit_cgroups() -> list[str]:
+    found = []
+    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
+        found += [f"cgroup {dirpath}/{d}" for d in dirnames if "labkit" in d]
+        if dirpath.count("/") > 5:
+            dirnames.clear()
+    return found
 
 
 def leftovers(root: str) -> list[str]:
@@ -31,10 +41,7 @@ def leftovers(root: str) -> list[str]:
     before = _SESSION.get("mounts before", set())
     found = [f"mount {m.mountpoint} ({m.fstype})" for m in mounts()
              if m.mount_id not in before and (str(m.mountpoint).startswith(root) or "labkit" in str(m.mountpoint))]
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        found += [f"cgroup {dirpath}/{d}" for d in dirnames if "labkit" in d]
-        if dirpath.count("/") > 5:
-            dirnames.clear()
+    found += [c for c in _labkit_cgroups() if c not in _SESSION.get("cgroups before", set())]
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         f = backing.read_text().strip()
         if f.startswith(root) or "labkit" in f or f.startswith("/tmp/pytest-of-"):
