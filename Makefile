@@ -6,7 +6,8 @@ IP       ?= 127.0.0.1
 LABKIT_WORKDIR ?= $(CURDIR)/work
 export LABKIT_WORKDIR
 
-.PHONY: lab test bench provision provision-test notebooks clean image image-test image-arm64-test vm-test
+.PHONY: lab test bench provision provision-test notebooks clean image image-test image-arm64-test vm-test \
+	class class-stop class-status class-provision class-test site
 
 # The lab's packages; provision-test adds the test tools (podman, chromium, vagrant, pytest ...).
 provision:
@@ -75,3 +76,47 @@ image-arm64-test:
 vm-test:
 	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
 	$(PY) -m pytest e2e/test_vm.py -p no:cacheprovider -v -s
+
+# A class on one server (class/README.md): JupyterHub here, one privileged lab container per
+# student through podman's Docker API (CLASS_ENGINE=docker for a docker daemon). Settings are
+# CLASS_* variables (CLASS_PORT=8000, CLASS_MEM=2G, CLASS_CPUS=1, CLASS_IDLE_TIMEOUT=3600 ...).
+CLASS_PY := class/.venv/bin/python
+class-provision: provision
+	@command -v podman >/dev/null || command -v docker >/dev/null || apt-get install -y -q podman
+	@command -v npm >/dev/null || apt-get install -y -q npm
+	@test -x $(CLASS_PY) || python3 -m venv class/.venv
+	@$(CLASS_PY) -m pip install -q -r class/requirements.txt
+	@test -x class/node_modules/.bin/configurable-http-proxy || npm ci --prefix class --silent
+
+class: class-provision
+	@$(CLASS_PY) class/classctl.py start
+
+class-status:
+	@$(CLASS_PY) class/classctl.py status
+
+# Stops the hub and every student's server, removes the class's containers, volumes (each
+# student's /work is first saved to $(CLASS_ROOT)/handin/) and network, and stops the engine.
+class-stop:
+	@$(CLASS_PY) class/classctl.py stop
+
+# Not part of `make test` (about 15 minutes): three students at once through a real hub
+# (e2e/test_class.py), the class's limits, culler and cleanup, and class/z2jh-values.yaml.
+class-test: class-provision
+	@LABKIT_VENV=$(abspath $(VENV)) LABKIT_TEST_TOOLS=1 LABKIT_E2E_TOOLS=1 scripts/provision.sh
+	$(CLASS_PY) -m pip install -q pytest
+	$(CLASS_PY) -m pytest e2e/test_class_files.py -p no:cacheprovider -v
+	$(PY) -m pytest e2e/test_class.py -p no:cacheprovider -v -s
+
+# The lessons as a static web site with their stored outputs (Jupyter Book 1, in site/.venv),
+# in site/_build/html; then every internal link, picture and folded solution is checked.
+SITE_PY := site/.venv/bin/python
+site:
+	@test -x $(SITE_PY) || python3 -m venv site/.venv
+	@$(SITE_PY) -m pip install -q -r site/requirements.txt
+	@rm -rf site/_build && mkdir -p site/_build/src
+	@cp site/_config.yml site/_toc.yml site/intro.md notebooks/*.ipynb site/_build/src/
+	@site/.venv/bin/jupyter-book build -W -n --keep-going site/_build/src >site/_build/build.log 2>&1 \
+		|| { tail -20 site/_build/build.log; echo "make site: the book did not build (site/_build/build.log)"; exit 1; }
+	@mv site/_build/src/_build/html site/_build/html
+	@$(SITE_PY) site/check_site.py site/_build/html notebooks
+	@echo "make site: the site is in site/_build/html (open index.html, or publish the folder)"
