@@ -67,6 +67,35 @@ def v2_root() -> Path | None:
     return next((m.mountpoint for m in mounts() if m.fstype == "cgroup2"), None)
 
 
+def memory_room() -> int:
+    """Bytes this process may still take before the kernel reclaims hard or kills: the least of
+    MemAvailable (proc(5), /proc/meminfo) and, for its own memory cgroup and every ancestor
+    (limits are hierarchical: cgroups(7)), limit minus usage: memory.max - memory.current on v2,
+    memory.limit_in_bytes - memory.usage_in_bytes on v1. A class container's 2 GiB limit shows
+    here although the machine has far more."""
+    room = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable:"))
+    c = controllers().get("memory")
+    if c is None:
+        return room
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if (c.version == 2 and names == "") or (c.version == 1 and "memory" in names.split(",")):
+            group = c.mountpoint / path.lstrip("/")
+            limit, usage = (("memory.max", "memory.current") if c.version == 2
+                            else ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+            for d in (group, *group.parents):
+                try:
+                    text = (d / limit).read_text().strip()
+                    if text != "max":
+                        room = min(room, int(text) - int((d / usage).read_text()))
+                except (OSError, ValueError):
+                    pass
+                if d == c.mountpoint:
+                    break
+    return max(room, 0)
+
+
 def join_like(pid: int) -> None:
     """Move this process into every cgroup ``pid`` is in (docker exec does): each line of
     /proc/PID/cgroup, "ID:CONTROLLERS:PATH" (cgroups(7)), names a group in the hierarchy mounted

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from . import procfs, sandbox
+from . import cgroups, procfs, sandbox
 from .errors import LabError
 
 PAGE = mmap.PAGESIZE
@@ -357,6 +357,17 @@ class SpawnCost:
     mib: int
     fork_s: float
     posix_spawn_s: float
+
+
+SPAWN_SIZES = (1, 64, 256, 1024, 2048, 4096)     # MiB
+
+
+def spawn_sizes(sizes: tuple[int, ...] = SPAWN_SIZES) -> list[int]:
+    """The ``sizes`` (MiB) that spawn_cost can touch here: each at most half of what this lab
+    may still use (cgroups.memory_room), so that a small VM or a class container's memory limit
+    does not get the experiment killed. Always the smallest size."""
+    room = cgroups.memory_room() >> 20
+    return [m for m in sizes if m == sizes[0] or m <= room // 2]
 
 
 def spawn_cost(mib: int, repeat: int = 5) -> SpawnCost:

@@ -222,3 +222,21 @@ def _five(buf):
 
 def _two(buf):
     buf.write([0, 1])
+
+
+def _room(ch):
+    from labkit import cgroups
+    ch.send((cgroups.memory_room(), cow.spawn_sizes()))
+
+
+def test_spawn_sizes_stay_within_a_memory_limit(lab_root):
+    """Issue 19: in a class container limited to 2 GiB, lesson 02 touched 4 GiB before forking
+    and its child was OOM-killed. Sizes now stop at half of what the lab's cgroup still allows."""
+    from labkit import cgroups
+    with cgroups.Group("t-room") as g:
+        g.set_memory(256 << 20)
+        with sandbox.Child(_room, cgroup=g) as child:
+            room, sizes = child.recv(timeout=60)
+    assert 128 << 20 < room <= 256 << 20
+    assert sizes == [1, 64]
+    assert cgroups.memory_room() > 256 << 20 and cow.spawn_sizes()[0] == 1

@@ -22,7 +22,7 @@
 
 # %%
 import os
-from labkit import lab, cow, viz, widgets
+from labkit import lab, cgroups, cow, viz, widgets
 from labkit.exercises import hint, l02_cow as ex
 
 home = lab.scratch("02-cow-fork")
@@ -174,10 +174,13 @@ assert by["child exited"].parent_private == 65536 and by["child exited"].parent_
 # so its cost grows with the memory the parent has touched. `posix_spawn()` (glibc builds it on
 # `clone(CLONE_VM | CLONE_VFORK)`, like `vfork()`) shares the parent's memory outright until
 # the child calls exec, and copies nothing at all. Each size below runs in a throwaway process,
-# so this notebook does not grow by gigabytes.
+# so this notebook does not grow by gigabytes. The sizes go up to 4 GiB, but only as far as half
+# of the memory this lab may still use: on a class server your container has a memory limit
+# (2 GiB unless your instructor chose another), and a bigger size would get the child killed.
 
 # %% tags=["nbval-ignore-output"]
-sizes = [1, 64, 256, 1024, 2048, 4096]
+print(f"this lab may still use {cgroups.memory_room() >> 20} MiB")
+sizes = cow.spawn_sizes()
 costs = [cow.spawn_cost(m) for m in sizes]
 for c in costs:
     print(f"{c.mib:>5} MiB: fork {c.fork_s * 1e3:7.2f} ms, posix_spawn {c.posix_spawn_s * 1e3:5.2f} ms")
