@@ -81,9 +81,11 @@ vm-test:
 # student through podman's Docker API (CLASS_ENGINE=docker for a docker daemon). Settings are
 # CLASS_* variables (CLASS_PORT=8000, CLASS_MEM=2G, CLASS_CPUS=1, CLASS_IDLE_TIMEOUT=3600 ...).
 CLASS_PY := class/.venv/bin/python
-class-provision: provision
-	@command -v podman >/dev/null || command -v docker >/dev/null || apt-get install -y -q podman
+# The hub server needs no lab venv of its own: the lab runs in the containers.
+class-provision:
+	@command -v podman >/dev/null || command -v docker >/dev/null || apt-get install -y -q podman runc
 	@command -v npm >/dev/null || apt-get install -y -q npm
+	@python3 -c 'import ensurepip' 2>/dev/null || apt-get install -y -q python3-venv
 	@test -x $(CLASS_PY) || python3 -m venv class/.venv
 	@$(CLASS_PY) -m pip install -q -r class/requirements.txt
 	@test -x class/node_modules/.bin/configurable-http-proxy || npm ci --prefix class --silent

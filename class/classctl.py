@@ -182,8 +182,8 @@ def start(s: Settings) -> None:
                    PATH=f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}")
         _daemon(s, "hub", [str(venv_bin / "jupyterhub"), "-f", str(HERE / "jupyterhub_config.py")], env)
     _wait("JupyterHub", lambda: _answers(f"{s.url}/hub/health"), 120, s.root / "hub.log")
-    print(f"class: JupyterHub on {s.url}/ (students sign up at {s.url}/hub/signup); "
-          f"`make class-stop` ends the class", flush=True)
+    print(f"class: JupyterHub on {s.url}/ ; log in as {os.environ.get('CLASS_ADMIN', 'instructor')} now: "
+          f"the first password given to a name becomes its password. `make class-stop` ends the class", flush=True)
 
 
 def students(s: Settings) -> list[dict]:
@@ -246,8 +246,8 @@ def stop(s: Settings) -> None:
     if s.engine == "podman":
         _stop_process(s.root / "podman.pid")
         (s.root / "podman.sock").unlink(missing_ok=True)
-    for f in ("jupyterhub.sqlite", "jupyterhub_cookie_secret"):
-        (s.root / f).unlink(missing_ok=True)
+    for f in (*s.root.glob("jupyterhub.sqlite*"), s.root / "jupyterhub_cookie_secret", *s.root.glob("passwords.dbm*")):
+        f.unlink(missing_ok=True)
     print(f"class: stopped; students' work dirs are in {s.root / 'handin'}" if s.engine == "podman"
           else "class: stopped", flush=True)
 

@@ -22,11 +22,13 @@ c.JupyterHub.ip = env("CLASS_IP", "0.0.0.0")
 c.JupyterHub.port = int(env("CLASS_PORT", "8000"))
 # The containers reach the hub's API on the class network's gateway, which is this host. The
 # bridge gets that address only when its first container starts, so the hub listens on every
-# address (port 8081: keep it closed to the outside in the server's firewall, class/README.md)
+# address (CLASS_HUB_PORT, 8081: keep it closed to the outside in the server's firewall, class/README.md)
 # and the proxy reaches it on loopback.
 c.JupyterHub.hub_ip = "0.0.0.0"
+c.JupyterHub.hub_port = int(env("CLASS_HUB_PORT", "8081"))
 c.JupyterHub.hub_connect_ip = "127.0.0.1"
-c.Spawner.hub_connect_url = "http://{}:8081".format(env("CLASS_HUB_IP", "127.0.0.1"))
+c.Spawner.hub_connect_url = "http://{}:{}".format(env("CLASS_HUB_IP", "127.0.0.1"), c.JupyterHub.hub_port)
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{}".format(env("CLASS_PROXY_API_PORT", "8001"))
 c.JupyterHub.db_url = "sqlite:///" + os.path.join(env("CLASS_ROOT", "."), "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = os.path.join(env("CLASS_ROOT", "."), "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.command = [env("CLASS_PROXY", "configurable-http-proxy")]
@@ -34,24 +36,29 @@ c.ConfigurableHTTPProxy.pid_file = os.path.join(env("CLASS_ROOT", "."), "jupyter
 c.JupyterHub.cleanup_servers = True      # stopping the hub stops (and so removes) every container
 
 # --- who may log in --------------------------------------------------------------------------
+# The class roster: CLASS_USERS (names separated by commas) or CLASS_ROSTER (a file, one name a
+# line); the instructor can add more at /hub/admin. Nobody else gets an account.
 admin = env("CLASS_ADMIN", "instructor")
+roster = set(filter(None, env("CLASS_USERS", "").split(",")))
+if env("CLASS_ROSTER"):
+    roster |= {line.strip() for line in open(env("CLASS_ROSTER")) if line.strip() and not line.startswith("#")}
 c.Authenticator.admin_users = {admin}
-if env("CLASS_AUTH", "native") == "dummy":
-    # Tests only: any name listed in CLASS_USERS logs in with the shared CLASS_PASSWORD.
+c.Authenticator.allowed_users = roster
+c.Authenticator.allow_all = False
+if env("CLASS_AUTH", "firstuse") == "dummy":
+    # Tests only: every name on the roster logs in with the shared CLASS_PASSWORD.
     c.JupyterHub.authenticator_class = "dummy"
     c.DummyAuthenticator.password = env("CLASS_PASSWORD")
-    c.Authenticator.allowed_users = set(filter(None, env("CLASS_USERS", "").split(",")))
 else:
-    # Students sign up at /hub/signup with a password of their own (stored as a bcrypt hash);
-    # the instructor signs up first under CLASS_ADMIN and authorizes them at /hub/authorize, or
-    # sets CLASS_OPEN_SIGNUP=1 for a room where everyone present is a student.
-    c.JupyterHub.authenticator_class = "native"
-    c.NativeAuthenticator.open_signup = env("CLASS_OPEN_SIGNUP", "0") == "1"
-    c.NativeAuthenticator.minimum_password_length = 8
-    c.NativeAuthenticator.check_common_password = True
-    c.Authenticator.allow_all = True     # whoever NativeAuthenticator authorized
-    c.JupyterHub.template_paths = [
-        os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates")]
+    # FirstUseAuthenticator: the password given at a name's first login becomes its password
+    # (stored as a bcrypt hash in CLASS_ROOT/passwords.dbm). So the instructor logs in first,
+    # right after `make class`, and each student on the roster at the start of the class.
+    # (NativeAuthenticator 1.3.0, with sign-up pages, fails at every login on JupyterHub 6: its
+    # login handler still uses the statsd client that JupyterHub 6.0 removed. class/README.md.)
+    c.JupyterHub.authenticator_class = "firstuseauthenticator.FirstUseAuthenticator"
+    c.FirstUseAuthenticator.create_users = False       # only names on the roster
+    c.FirstUseAuthenticator.min_password_length = 8
+    c.FirstUseAuthenticator.dbm_path = os.path.join(env("CLASS_ROOT", "."), "passwords.dbm")
 
 # --- one lab container per student -----------------------------------------------------------
 c.JupyterHub.spawner_class = "docker"
@@ -82,6 +89,11 @@ c.JupyterHub.load_roles = [{
     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
     "services": ["idle-culler"],
 }]
+# The culler judges a server by its last activity, which the hub learns every
+# CLASS_ACTIVITY_INTERVAL seconds (JupyterHub's default 300) from the proxy and from the server.
+interval = int(env("CLASS_ACTIVITY_INTERVAL", "300"))
+c.JupyterHub.last_activity_interval = interval
+c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}
 c.JupyterHub.services = [{
     "name": "idle-culler",
     "command": [sys.executable, "-m", "jupyterhub_idle_culler",

@@ -1,5 +1,8 @@
-"""The class's files for more than one server, checked without a cluster or a cloud (part of
-`make class-test`, run with class/.venv's Python, which has kubespawner and PyYAML).
+"""The class's files, checked without a cluster or a cloud (part of `make class-test`, run with
+class/.venv's Python, which has JupyterHub, kubespawner and PyYAML).
+
+The hub's own authenticator (FirstUseAuthenticator with a roster) logs the instructor and a
+student in at a real hub started from class/jupyterhub_config.py, and keeps everyone else out.
 
 class/z2jh-values.yaml, checked as far as it can be without a Kubernetes cluster: it loads
 as YAML; every option it gives KubeSpawner (hub.config.KubeSpawner) exists in the installed
@@ -58,6 +61,20 @@ async def _made(extra: dict | None):
     return values, options, spawner, ApiClient().sanitize_for_serialization(pod)
 
 
+def test_every_hub_config_section_names_real_options():
+    """hub.config's sections are traitlets configuration of these classes (the chart passes them on)."""
+    import firstuseauthenticator
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+    classes = {"JupyterHub": JupyterHub, "Authenticator": Authenticator, "KubeSpawner": kubespawner.KubeSpawner,
+               "FirstUseAuthenticator": firstuseauthenticator.FirstUseAuthenticator}
+    config = yaml.safe_load(VALUES.read_text())["hub"]["config"]
+    assert set(config) <= set(classes)
+    for section, options in config.items():
+        assert sorted(set(options) - set(classes[section].class_trait_names(config=True))) == [], section
+    assert config["JupyterHub"]["authenticator_class"] == "firstuseauthenticator.FirstUseAuthenticator"
+
+
 def test_every_kubespawner_option_exists_and_takes_its_value():
     values, options, spawner, _ = _spawner()
     known = kubespawner.KubeSpawner.class_trait_names(config=True)
@@ -108,3 +125,66 @@ def test_cloud_init_user_data_provisions_as_the_vagrant_box_does():
     assert sorted(set(re.findall(r"CHANGE-ME[-\w]*", text))) == [
         "CHANGE-ME", "CHANGE-ME-a-token-for-this-student", "CHANGE-ME-the-students-ssh-public-key",
         "CHANGE-ME-the-url-of-your-copy-of-this-repository"]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """The class's hub with its real authenticator (FirstUseAuthenticator) and the roster "dana",
+    no engine behind it: logging in never spawns a server."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import httpx
+    here = VALUES.parent
+    port = _free_port()
+    env = dict(os.environ, CLASS_ROOT=str(tmp_path), CLASS_IP="127.0.0.1", CLASS_USERS="dana",
+               CLASS_PORT=str(port), CLASS_HUB_PORT=str(_free_port()), CLASS_PROXY_API_PORT=str(_free_port()),
+               CLASS_PROXY=str(here / "node_modules/.bin/configurable-http-proxy"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("CLASS_AUTH", None)
+    log = open(tmp_path / "hub.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(here / "jupyterhub_config.py")],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/hub/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "hub.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert "Traceback" not in (tmp_path / "hub.log").read_text(), (tmp_path / "hub.log").read_text()[-3000:]
+
+
+def test_first_login_sets_the_password_and_only_the_roster_gets_in(hub):
+    import httpx
+
+    def login(name, password):
+        with httpx.Client(base_url=hub, timeout=30) as c:
+            page = c.get("/hub/login")
+            xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+            r = c.post("/hub/login", data={"username": name, "password": password, "_xsrf": xsrf})
+            assert r.status_code in (200, 302, 403), (r.status_code, r.text[:300])
+            return r.status_code == 302
+
+    assert login("instructor", "instructor-Lab-2026")          # the instructor first, right after make class
+    assert not login("instructor", "someone-elses-guess")       # from then on only with that password
+    assert not login("dana", "short")                           # 8 characters at least
+    assert login("dana", "dana-Lab-2026")                       # on the roster: her first login sets it
+    assert not login("dana", "wrong-password-1")
+    assert login("dana", "dana-Lab-2026")
+    assert not login("mallory", "mallory-Lab-2026")             # not on the roster: no account
