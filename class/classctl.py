@@ -188,10 +188,17 @@ def start(s: Settings) -> None:
 
 def students(s: Settings) -> list[dict]:
     """The class's containers: name, user, state."""
-    out = engine(s, "ps", "-a", "--filter", f"label=labkit.class=student", "--format", "json", check=False).stdout
-    rows = json.loads(out or "[]") if s.engine == "podman" else [json.loads(l) for l in out.splitlines() if l]
-    return [{"name": (r["Names"][0] if isinstance(r["Names"], list) else r["Names"]),
-             "state": r.get("State"), "user": (r.get("Labels") or {}).get("labkit.class.user")} for r in rows]
+    fmt = "json" if s.engine == "podman" else "{{json .}}"       # docker 20.10: one JSON object a line
+    out = engine(s, "ps", "-a", "--filter", "label=labkit.class=student", "--format", fmt, check=False).stdout
+    rows = json.loads(out or "[]") if s.engine == "podman" else [json.loads(line) for line in out.splitlines() if line]
+    found = []
+    for r in rows:
+        labels = r.get("Labels") or {}
+        if isinstance(labels, str):                                # docker: "a=b,c=d"
+            labels = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+        found.append({"name": r["Names"][0] if isinstance(r["Names"], list) else r["Names"],
+                      "state": r.get("State"), "user": labels.get("labkit.class.user")})
+    return found
 
 
 def status(s: Settings) -> None:
@@ -258,7 +265,12 @@ def main(argv: list[str]) -> int:
         print("usage: classctl.py start|status|stop (settings: CLASS_* variables, class/README.md)", file=sys.stderr)
         return 2
     try:
-        actions[argv[0]](Settings())
+        settings = Settings()
+    except ValueError as e:
+        print(f"class: CLASS_PORT must be a port number ({e}); unset it for 8000", file=sys.stderr)
+        return 2
+    try:
+        actions[argv[0]](settings)
     except ClassError as e:
         print(f"class: {e}", file=sys.stderr)
         return 1
