@@ -179,7 +179,8 @@ assert by["child exited"].parent_private == 65536 and by["child exited"].parent_
 # (2 GiB unless your instructor chose another), and a bigger size would get the child killed.
 
 # %% tags=["nbval-ignore-output"]
-print(f"this lab may still use {cgroups.memory_room() >> 20} MiB")
+room = cgroups.memory_room() >> 20
+print(f"this lab may still use {room} MiB")
 sizes = cow.spawn_sizes()
 costs = [cow.spawn_cost(m) for m in sizes]
 for c in costs:
@@ -187,6 +188,7 @@ for c in costs:
 fig = viz.spawn_plot(costs)
 
 # %%
+assert sizes[0] == 1 and all(m <= room // 2 for m in sizes[1:])    # never more than half the room
 assert costs[-1].fork_s > 3 * costs[-1].posix_spawn_s
 assert costs[-1].fork_s > costs[0].fork_s
 
