@@ -21,6 +21,7 @@ DiffID. So a committed snapshot named by a ChainID always holds exactly that lay
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -158,12 +159,17 @@ class Snapshotter:
         if info.kind != "active":
             raise SnapshotError(f"{key!r} is {info.kind}, not active", "only an active snapshot can be committed")
         src = self.dir(key)
-        if not self.exists(name):
-            target = self.root / "committed" / self._id(name)
-            if os.path.lexists(target):            # left by a crash before it was recorded
-                lab.remove_tree(target)
-            (src / "fs").rename(target)
-            self._save(Info(name, info.parent, "committed", time.time()))
+        # One committer at a time: two lessons unpacking the same layer both reach here, and
+        # between the rename and the record the other would take the fresh dir for a crash's
+        # leftover and delete it, under the first one's overlay mount.
+        with open(self.root / ".commit.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.exists(name):
+                target = self.root / "committed" / self._id(name)
+                if os.path.lexists(target):            # left by a crash before it was recorded
+                    lab.remove_tree(target)
+                (src / "fs").rename(target)
+                self._save(Info(name, info.parent, "committed", time.time()))
         lab.remove_tree(src)
         self._meta(key).unlink()
         return self.stat(name)

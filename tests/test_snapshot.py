@@ -82,3 +82,35 @@ def test_commit_is_atomic_and_a_crash_leftover_is_replaced(lab_root):
     assert os.listdir(sn.dir("x")) == ["whole"]
     with pytest.raises(SnapshotError, match="no snapshot"):
         sn.stat("work")
+
+
+def test_two_committers_of_one_chain_id_never_delete_each_others_dir(lab_root, monkeypatch):
+    """make test (lessons 03 and 07 at once in one lab root): both unpacked busybox; between one
+    commit's rename and its record the other took the fresh dir for a crash's leftover and
+    deleted it, and lesson 03's overlay lost /etc/passwd. Here a second process commits the same
+    name in exactly that window; the first one's dir must survive (failed before: 'second')."""
+    import time
+    sn = Snapshotter(lab.scratch("race") / "snaps")
+    for key in ("first", "second"):
+        (sn.prepare(key).upperdir / "who").write_text(key)
+    real_save, paused = Snapshotter._save, []
+
+    def save_after_the_other_tried(self, info):
+        if info.key == "sha256:x" and not paused:
+            paused.append(os.fork())
+            if paused[0] == 0:                   # the other committer, a process of its own:
+                for fd in os.listdir("/proc/self/fd"):   # not holding the parent's lock by fork
+                    if os.path.realpath(f"/proc/self/fd/{fd}").endswith(".commit.lock"):
+                        os.close(int(fd))
+                try:
+                    Snapshotter(sn.root, sweep=False).commit("sha256:x", "second")
+                finally:
+                    os._exit(0)
+            time.sleep(1)                        # without the lock it deletes and renames now
+        return real_save(self, info)
+
+    monkeypatch.setattr(Snapshotter, "_save", save_after_the_other_tried)
+    sn.commit("sha256:x", "first")
+    os.waitpid(paused[0], 0)
+    assert (sn.dir("sha256:x") / "who").read_text() == "first"
+    assert not sn.exists("second") and os.listdir(sn.root / "active") == []
