@@ -10,8 +10,8 @@ import subprocess
 import tempfile
 import time
 
-from bench import headline, with_lab
-from labkit import build, lab, squash
+from bench import Timing, headline, interleaved, load, with_lab
+from labkit import build, lab, snapshot, squash
 from labkit.image import store as st
 from labkit.image import mutate
 from labkit.image.base import base_image
@@ -78,35 +78,37 @@ def build_vs_buildah(s: st.Store, ctx) -> None:
                 runs["podman warm"].append(_time(lambda: pm("build", "--network", "none", "-q", "-t", "bench-warm",
                                                             ctx)))
             print(f"\nlabkit build vs podman build (buildah), {DOCKERFILE.count(chr(10))}-instruction Dockerfile, "
-                  f"5 interleaved rounds (s); load average {os.getloadavg()[0]:.2f}")
+                  f"5 interleaved rounds (s); {load()}")
             for k, v in runs.items():
                 print(f"  {k:<12} min {min(v):.3f}  median {statistics.median(v):.3f}")
             for kind in ("cold", "warm"):
-                a, b = statistics.median(runs[f"labkit {kind}"]), statistics.median(runs[f"podman {kind}"])
+                a, b = Timing(tuple(runs[f"labkit {kind}"])), Timing(tuple(runs[f"podman {kind}"]))
                 headline(f"build a 10-instruction Dockerfile, {kind}", "s", a, "podman build", b)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def squash_vs_export(s: st.Store, n: int) -> None:
-    """labkit's squash (diff) of ``n`` layers onto busybox vs unpack-and-tar the whole image."""
+    """labkit's squash (diff) of ``n`` layers onto busybox vs unpack-and-tar the whole image,
+    interleaved. The image's layers are unpacked once before (as after any `labkit run`): both
+    routes then start from what they keep, labkit from its snapshots, umoci from the layout."""
     prev = "busybox"
     for i in range(n):
         d = write_tree(lab.scratch(f"bench-sq{i}"), {f"d{i}/f{j}": 4096 for j in range(20)})
         prev = mutate.add_layer(prev, d, f"bench/sq{i}", f"layer {i}", store=s).name
     w = lab.scratch("bench-export")
     layout = s.save(w / "layout", "v1", prev)
-
-    def ours():
-        squash.squash(prev, "busybox", "bench/squashed", store=s)
+    snapshot.unpack(prev, s)
 
     def theirs():
-        shutil.rmtree(w / "bundle", ignore_errors=True)
         subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(w / "bundle")], check=True,
                        capture_output=True)
         subprocess.run(["tar", "-cf", str(w / "rootfs.tar"), "-C", str(w / "bundle" / "rootfs"), "."], check=True)
-    a, b = (statistics.median(_time(f) for _ in range(5)) for f in (ours, theirs))
-    print(f"squash {n} layers: labkit {a:.3f} s, umoci unpack + tar -c (export/import) {b:.3f} s, {a / b:.2f}x")
+    r = interleaved({"labkit": lambda: squash.squash(prev, "busybox", "bench/squashed", store=s), "umoci": theirs},
+                    before=lambda _: shutil.rmtree(w / "bundle", ignore_errors=True))
+    a, b = r["labkit"], r["umoci"]
+    print(f"squash {n} layers: labkit {a}, umoci unpack + tar -c (export/import) {b} (s), "
+          f"{a.median / b.median:.2f}x; {load()}")
     headline(f"squash {n} layers onto the base", "s", a, "umoci unpack + tar", b)
 
 

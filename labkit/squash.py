@@ -5,8 +5,10 @@ Two ways, both in the seed:
 (a) **merge**: apply the layers one by one, oldest first, into one changeset by the union
     rules (a newer file replaces an older one, a whiteout removes what came before, an
     opaque directory empties it). Work grows with the number of layers.
-(b) **diff**: flatten the final image and the base, and compare the two trees: whatever
-    differs is the new layer. Work is independent of the number of layers.
+(b) **diff**: look at the final image and the base as whole root filesystems and compare
+    the two trees: whatever differs is the new layer. Work is independent of the number of
+    layers. Nothing is copied to look: each tree is a read-only overlay mount of the image's
+    unpacked layers (:func:`view`, the snapshotter's committed snapshots as lowerdirs).
 
 Both end in :func:`canonical`, which writes the smallest changeset for the result (no opaque
 marks, whiteouts only for paths the base has, nothing the base already has byte for byte),
@@ -19,9 +21,12 @@ import filecmp
 import os
 import shutil
 import stat
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from . import lab, overlay
+from . import lab, overlay, snapshot
 from .image import layer, store as st
 from .image import mutate
 
@@ -35,17 +40,35 @@ def merge(s: st.Store, name: str, base: str, out: Path) -> Path:
     return out
 
 
+@contextmanager
+def view(s: st.Store, name: str, where: Path) -> Iterator[Path]:
+    """Image ``name``'s root filesystem, read-only, mounted at ``where``: an overlay whose
+    lowerdirs are the image's committed snapshots (unpacked once, kept by the snapshotter).
+    Without an upper dir the kernel wants two lowerdirs at least ("at least 2 lowerdir are
+    needed while upperdir nonexistent"), so a one-layer image gets an empty one below it."""
+    lowers = snapshot.unpack(name, s)
+    if len(lowers) == 1:
+        lowers.append(lab.fresh_dir(where.with_name(where.name + "-empty")))
+    with overlay.Overlay(lowers, None, None, where):
+        yield where
+
+
 def diff(s: st.Store, name: str, base: str, out: Path, work: Path) -> Path:
-    """(b) Compare the flattened ``name`` with the flattened ``base``; the difference is ``out``."""
+    """(b) Compare ``name``'s root filesystem with ``base``'s; the difference is ``out``."""
     _base_len(s, name, base)
-    final = s.flatten(name, lab.fresh_dir(work / "final"))
-    old = s.flatten(base, lab.fresh_dir(work / "base"))
+    with view(s, name, work / "final") as final, view(s, base, work / "base") as old:
+        return difference(final, old, out)
+
+
+def difference(final: Path, old: Path, out: Path) -> Path:
+    """The changeset (overlay form) that turns the tree ``old`` into ``final``: entries of
+    ``final`` that ``old`` lacks or has otherwise, whiteouts for what only ``old`` has."""
     out = lab.fresh_dir(out)
     for dirpath, dirnames, filenames in os.walk(final):
         dirnames.sort()
         for nm in sorted(dirnames + filenames):
             rel = Path(dirpath, nm).relative_to(final)
-            if not _same(final / rel, old / rel):
+            if not _same(final / rel, old / rel, shared=True):
                 _copy_entry(final, rel, out)
     for dirpath, dirnames, filenames in os.walk(old):
         for nm in dirnames + filenames:
@@ -58,7 +81,7 @@ def diff(s: st.Store, name: str, base: str, out: Path, work: Path) -> Path:
 
 
 def canonical(cs: Path, base_tree: Path) -> Path:
-    """Reduce the changeset ``cs`` (overlay form) against the flattened base to its smallest form."""
+    """Reduce the changeset ``cs`` (overlay form) against the base's root filesystem to its smallest form."""
     for dirpath, dirnames, _ in os.walk(cs):          # 1. opaque dir -> whiteouts for base children
         d = Path(dirpath)
         if overlay.xattr(d, "trusted.overlay.opaque") == b"y":
@@ -86,11 +109,17 @@ def canonical(cs: Path, base_tree: Path) -> Path:
 def squash(name: str, base: str, new_name: str, method: str = "diff", *, store: st.Store | None = None) -> st.Image:
     """A new image: ``base``'s layers plus one layer for everything ``name`` added on top."""
     s = store or st.Store()
-    work = lab.fresh_dir(lab.root() / "tmp" / f"squash-{method}")
+    _base_len(s, name, base)
+    # a directory of its own: two notebooks may squash in one lab root at once
+    work = lab.fresh_dir(lab.root() / "tmp" / f"squash-{method}-{uuid.uuid4().hex[:12]}")
     try:
-        cs = (diff(s, name, base, work / "cs", work) if method == "diff" else merge(s, name, base, work / "cs"))
-        base_tree = work / "base" if method == "diff" else s.flatten(base, lab.fresh_dir(work / "base"))
-        canonical(cs, base_tree)
+        with view(s, base, work / "base") as base_tree:
+            if method == "diff":
+                with view(s, name, work / "final") as final:
+                    cs = difference(final, base_tree, work / "cs")
+            else:
+                cs = merge(s, name, base, work / "cs")
+            canonical(cs, base_tree)
         desc, diff_id = s.add_layer_dir(cs)
         img, b = s.image(name), s.image(base)
         config = img.config.get("config", {})
@@ -111,8 +140,13 @@ def _base_len(s: st.Store, name: str, base: str) -> int:
     return n
 
 
-def _same(a: Path, b: Path, content: bool = True) -> bool:
-    """Same type, mode and owner (and, for files, bytes; for symlinks, target)."""
+def _same(a: Path, b: Path, content: bool = True, shared: bool = False) -> bool:
+    """Same type, mode and owner (and, for files, bytes; for symlinks, target).
+
+    ``shared``: ``a`` and ``b`` are seen through overlays whose lowerdirs all lie on one file
+    system, where a non-directory reports its real inode's number (overlayfs.rst, "Inode
+    properties"): the same st_ino there is the same file of the same snapshot, so its bytes
+    need no reading (a base's 400 busybox links are not compared a megabyte at a time)."""
     if not os.path.lexists(b):
         return False
     sa, sb = os.lstat(a), os.lstat(b)
@@ -121,6 +155,8 @@ def _same(a: Path, b: Path, content: bool = True) -> bool:
     if stat.S_ISLNK(sa.st_mode):
         return os.readlink(a) == os.readlink(b)
     if stat.S_ISREG(sa.st_mode):
+        if shared and (sa.st_ino, sa.st_size, sa.st_mtime_ns) == (sb.st_ino, sb.st_size, sb.st_mtime_ns):
+            return True
         return not content or (sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False))
     if stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
         return sa.st_rdev == sb.st_rdev
@@ -155,7 +191,7 @@ def measure(layers: int, files: int = 20, base: str = "busybox", *, store: st.St
     """Time both methods on a synthetic stack: ``layers`` layers of ``files`` small files
     each, every layer also rewriting and deleting some of the previous one's. Timed: each
     method's own step alone, as the seed compares them ((a) :func:`merge` applies the layers;
-    (b) :func:`diff` flattens both images and compares); not the canonical form or the layer
+    (b) :func:`diff` mounts both images' root filesystems and compares); not the canonical form or the layer
     written after it, which both share. The digests come from a full :func:`squash` each."""
     s = store or st.Store()
     import time

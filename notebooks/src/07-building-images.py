@@ -31,7 +31,7 @@
 
 # %%
 import os, time, tarfile
-from labkit import lab, build, snapshot, squash, container, viz, widgets
+from labkit import lab, build, mountinfo, snapshot, squash, container, viz, widgets
 from labkit.image import waste
 from labkit.image.store import Store
 from labkit.image.base import base_image
@@ -188,8 +188,9 @@ assert read_tree(store.flatten("lesson07/compressed", home / "c1")) == read_tree
 # ## 5. Two ways to squash
 #
 # The seed weighs two algorithms: (a) merge the layers one by one by the union rules (newest
-# wins, whiteouts and opaque directories applied), or (b) flatten the final image and the base
-# and take their difference. Both describe the same final tree; labkit writes both results in
+# wins, whiteouts and opaque directories applied), or (b) take the difference between the
+# final image's root filesystem and the base's. labkit copies neither tree to compare them:
+# each is a read-only overlay mount of the image's unpacked layers (`squash.view`). Both describe the same final tree; labkit writes both results in
 # one canonical form (the smallest changeset: no entry for what did not change, one whiteout
 # per deleted path), so with reproducible tars they give **the same layer, byte for byte**.
 # (Docker's merge did not canonicalise, so its result could differ in form.)
@@ -205,8 +206,24 @@ assert a.layers[-1].digest == b.layers[-1].digest
 assert read_tree(store.flatten("lesson07/sq-merge", home / "s1")) == read_tree(store.flatten("lesson07/app", home / "s2"))
 
 # %% [markdown]
+# The trees (b) compares are real mounts: `squash.view` mounts an image's root filesystem for
+# the length of a `with` block, an overlay with the image's snapshots as lowerdirs and no upper
+# dir, so the kernel makes it read-only (`ro` in its superblock options).
+
+# %% tags=["nbval-ignore-output"]
+with squash.view(store, "lesson07/app", home / "app-view") as root_:
+    seen = mountinfo.mount_of(root_)
+    print(seen.fstype, "at", seen.mountpoint, "| superblock:", seen.super_options.split(",")[0],
+          "| lowerdirs:", seen.super_options.count(":") + 1, "| /app:", sorted(os.listdir(root_ / "app")))
+    can_write = os.access(root_ / "app", os.W_OK)
+
+# %%
+assert seen.fstype == "overlay" and seen.mountpoint == root_ and seen.super_options.startswith("ro,")
+assert not can_write and not mountinfo.is_mountpoint(root_)
+
+# %% [markdown]
 # Their cost differs: (a) does work for every layer, (b) for the size of the final tree (it
-# flattens the final image and the base, then compares them). Here for 2 to 24 layers of 20
+# mounts the final image and the base, then compares them). Here for 2 to 24 layers of 20
 # files each (every layer also rewrites and deletes some files of the one before); each method's
 # own step is timed alone, without the canonical clean-up and the layer writing both share:
 
