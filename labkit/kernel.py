@@ -148,6 +148,22 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
 PR_SET_PDEATHSIG = 1
 
 
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1     # include/uapi/linux/sockios.h, if.h
+_IFREQ = "16sH22x"                                           # struct ifreq: name, then ifr_flags
+
+
+def link_up(name: str) -> None:
+    """Set IFF_UP on the network interface ``name`` of this network namespace, what
+    `ip link set NAME up` does, with two ioctls on any socket (netdevice(7): SIOCGIFFLAGS,
+    SIOCSIFFLAGS) instead of a process."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        _, flags = struct.unpack(_IFREQ, fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack(_IFREQ, name.encode(), 0)))
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(_IFREQ, name.encode(), flags | IFF_UP))
+
+
 def set_parent_death_signal(sig: int) -> None:
     """prctl(2) PR_SET_PDEATHSIG: the kernel sends ``sig`` to us when our parent exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

@@ -194,6 +194,15 @@ def test_run_is_isolated(busybox):
     assert lab.entries() == [] and not os.path.exists(f"/sys/fs/cgroup/memory/labkit/c-{c.id}")
 
 
+def test_loopback_is_up_and_answers(busybox):
+    """As under runc and podman (network none): lo is up, so 127.0.0.1 works inside. labkit sets
+    IFF_UP with an ioctl (kernel.link_up) where it used to run `ip link set lo up`."""
+    _, r = container.run("busybox", ["/bin/sh", "-c", "cat /sys/class/net/lo/flags; ping -c1 -W1 127.0.0.1 >/dev/null && echo ok"])
+    assert r.exit_code == 0, r.stderr
+    flags, ok = r.stdout.split()
+    assert int(flags, 16) & 0x1 and ok == "ok"
+
+
 def test_exit_status_output_and_exec_errors(busybox):
     _, r = container.run("busybox", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
     assert (r.exit_code, r.stdout, r.stderr) == (7, "out\n", "err\n")
