@@ -2,19 +2,18 @@
 
 Both run the same busybox rootfs: labkit from its store (overlay of the image layers), runc
 and crun from the bundle umoci unpacks from the same image. Each is timed as a whole
-command, from exec to exit, median of REPEAT runs. crun refuses this lab machine's hybrid
+command, from exec to exit, REPEAT runs each, taking turns. crun refuses this lab machine's hybrid
 cgroup layout unless the unified hierarchy is hidden in its mount namespace; where it
 fails, the row says so.
 """
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
 
-from bench import headline, with_lab
+from bench import headline, interleaved, load, with_lab
 from labkit import lab
 from labkit.image import store as st
 from labkit.image.base import base_image
@@ -22,15 +21,14 @@ from labkit.image.base import base_image
 REPEAT = 20
 
 
-def _time(argv, **kw) -> float | None:
-    runs = []
-    for i in range(REPEAT):
-        t = time.perf_counter()
-        r = subprocess.run([a.replace("{i}", str(i)) for a in argv], capture_output=True, **kw)
-        runs.append(time.perf_counter() - t)
-        if r.returncode:
-            return None
-    return statistics.median(runs)
+def _command(argv: list[str]):
+    """A contender that runs ``argv`` ({i} numbered per run, for runc's container ids)."""
+    count = iter(range(10 ** 6))
+
+    def run():
+        i = next(count)
+        subprocess.run([a.replace("{i}", str(i)) for a in argv], check=True, capture_output=True)
+    return run
 
 
 @with_lab
@@ -44,35 +42,27 @@ def main() -> None:
     spec = json.loads((w / "bundle" / "config.json").read_text())
     spec["process"]["args"], spec["process"]["terminal"] = ["/bin/true"], False
     (w / "bundle" / "config.json").write_text(json.dumps(spec))
-    labkit = [sys.executable, "-m", "labkit", "run", "--rm", "busybox", "--", "/bin/true"]
-    rows = [("labkit run --rm busybox -- true", _time(labkit)),
-            ("runc run", _time(["runc", "--root", str(w / "runc"), "run", "--bundle", str(w / "bundle"),
-                                "labkit-bench-{i}"]))]
-    if shutil.which("crun"):
-        rows.append(("crun run", _time(["crun", "--root", str(w / "crun"), "run", "--bundle", str(w / "bundle"),
-                                        "labkit-bench-{i}"])))
     from labkit import container
-
-    def in_process():
-        container.run("busybox", ["/bin/true"], rm=True)
-    in_process()
-    runs = []
-    for _ in range(REPEAT):
-        t = time.perf_counter()
-        in_process()
-        runs.append(time.perf_counter() - t)
-    rows.insert(1, ("labkit container.run (in-process)", statistics.median(runs)))
-    base = rows[2][1]
-    print(f"\ncontainer start to exit, median of {REPEAT} (ms)  [{os.uname().release}, {os.cpu_count()} cpus]")
-    for name, t in rows:
-        shown = f"{t * 1e3:8.1f}" if t else "  failed"
-        ratio = f"{t / base:6.2f}x" if t and base else "     -"
-        print(f"{name:<34} {shown} {ratio}")
-    print("(labkit's time includes starting its Python interpreter, ~60 ms of it)")
-    for name, t in rows[:2]:
-        if t and base:
-            headline("container start to exit: " + name.split(" busybox")[0].split(" (")[0], "ms", t * 1e3,
-                     "runc run", base * 1e3)
+    contenders = {
+        "labkit run --rm busybox -- true": _command([str(Path(sys.executable).with_name("labkit")), "run", "--rm",
+                                                     "busybox", "--", "/bin/true"]),
+        "labkit container.run (in-process)": lambda: container.run("busybox", ["/bin/true"], rm=True),
+        "runc run": _command(["runc", "--root", str(w / "runc"), "run", "--bundle", str(w / "bundle"),
+                              "labkit-bench-{i}"])}
+    if shutil.which("crun"):
+        contenders["crun run"] = _command(["crun", "--root", str(w / "crun"), "run", "--bundle", str(w / "bundle"),
+                                           "labkit-bench-c{i}"])
+    container.run("busybox", ["/bin/true"], rm=True)      # the snapshots unpacked, the modules imported
+    r = {k: t.scaled(1e3) for k, t in interleaved(contenders, repeat=REPEAT).items()}
+    base = r["runc run"]
+    print(f"\ncontainer start to exit (ms), interleaved, {REPEAT} runs each; {load()}")
+    print(f"{'':<36} {'min':>7} {'median':>7} {'median/runc':>12}")
+    for name, t in r.items():
+        print(f"{name:<36} {t.min:>7.1f} {t.median:>7.1f} {t.median / base.median:>11.2f}x")
+    print("(the `labkit` command's time includes starting Python and importing labkit)")
+    for name in list(r)[:2]:
+        headline("container start to exit: " + name.split(" busybox")[0].split(" (")[0], "ms", r[name],
+                 "runc run", base)
 
 
 if __name__ == "__main__":

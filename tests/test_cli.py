@@ -169,3 +169,19 @@ def test_registry_serve_prints_every_request(lab_root):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_command_builds_only_its_own_options_and_exits_without_the_interpreters_shutdown(busybox, lab_root):
+    """`labkit run` builds only the run subparser and ends with os._exit after releasing what it
+    made (issue 20): the exit status still passes through, output is flushed, nothing is left in
+    the ledger, and a bad command or flag still gets argparse's one line and status 2."""
+    from labkit import cli, lab
+    run = cli.parser("run")
+    assert run._subparsers._group_actions[0].choices.keys() == {"run"}
+    assert "image" in cli.parser("no-such-command")._subparsers._group_actions[0].choices
+    r = labkit("run", "--rm", "busybox", "--", "/bin/sh", "-c", "echo out; exit 3", home=lab_root)
+    assert (r.returncode, r.stdout) == (3, "out\n") and lab.entries() == []
+    r = labkit("nosuch", home=lab_root)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "'run'" in r.stderr
+    r = labkit("run", "--bogus", "busybox", home=lab_root)
+    assert r.returncode == 2 and "--bogus" in r.stderr and len(r.stderr.strip().splitlines()) == 1
