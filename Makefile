@@ -19,7 +19,6 @@ provision-test:
 # Your own copies of the notebooks live in work/ (git ignores it); the originals stay in notebooks/.
 lab: provision
 	@$(VENV)/bin/labkit notebook sync
-	@$(VENV)/bin/jupyter trust $(LABKIT_WORKDIR)/*.ipynb >/dev/null
 	@echo "labkit: JupyterLab on http://$(IP):$(PORT)/ (the URL with the token follows)"
 	@PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/jupyter lab --allow-root --no-browser --ip=$(IP) \
 		--port=$(PORT) --ServerApp.root_dir=$(LABKIT_WORKDIR)
