@@ -83,6 +83,7 @@ class Headline:
 
 
 SUMMARY: list[Headline] = []
+NOTES: list[str] = []      # lines printed under the table: measures with no real tool to set beside
 
 
 def headline(what: str, unit: str, labkit: "Timing | float", tool: str, theirs: "Timing | float") -> None:
@@ -92,6 +93,8 @@ def headline(what: str, unit: str, labkit: "Timing | float", tool: str, theirs: 
 
 
 def summary_table() -> str:
+    if not SUMMARY:
+        return ""
     w = max(len(h.what) for h in SUMMARY)
     t = max(len(h.tool) for h in SUMMARY)
     lines = [f"{'':<{w}}  {'unit':<4} {'labkit min':>10} {'median':>9}  {'against':<{t}} {'min':>9} {'median':>9}"
