@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,10 @@ def podman_args() -> list[str]:
     for k, v in pip_env().items():
         args += ["--env", f"{k}={v}"]
     return args
+
+
+def free_port() -> int:
+    """A TCP port free on this host's loopback now (the kernel picks it: bind to port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

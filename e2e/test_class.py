@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -35,12 +34,6 @@ ARTIFACTS = REPO / "test-artifacts" / "class-test"
 RECORD = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _host_state() -> dict:
     """What a class could leave on the host: links, firewall chains, mounts, processes."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -53,7 +46,7 @@ def _host_state() -> dict:
 @pytest.fixture(scope="module")
 def klass():
     root = Path(os.environ.get("LABKIT_CLASS_TEST_ROOT", "/var/tmp")) / f"class-test-{os.getpid()}"
-    os.environ.update(CLASS_ROOT=str(root), CLASS_IP="127.0.0.1", CLASS_PORT=str(_free_port()),
+    os.environ.update(CLASS_ROOT=str(root), CLASS_IP="127.0.0.1", CLASS_PORT=str(hostconfig.free_port()),
                       CLASS_AUTH="dummy", CLASS_PASSWORD=PASSWORD, CLASS_USERS=",".join(STUDENTS),
                       CLASS_MEM="2G", CLASS_CPUS="1", CLASS_IDLE_TIMEOUT="120", CLASS_CULL_EVERY="10",
                       CLASS_ACTIVITY_INTERVAL="10",

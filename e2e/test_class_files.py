@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import hostconfig  # noqa: E402  (e2e/, on sys.path as the tests' directory)
+
 # KubeSpawner loads a client configuration when it is made (the path is read when
 # kubernetes_asyncio is imported); this one names no real cluster and is never contacted: the
 # manifests are built offline.
@@ -127,13 +129,6 @@ def test_cloud_init_user_data_provisions_as_the_vagrant_box_does():
         "CHANGE-ME-the-url-of-your-copy-of-this-repository"]
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def hub(tmp_path):
     """The class's hub with its real authenticator (FirstUseAuthenticator) and the roster "dana",
@@ -144,9 +139,9 @@ def hub(tmp_path):
     import time
     import httpx
     here = VALUES.parent
-    port = _free_port()
+    port = hostconfig.free_port()
     env = dict(os.environ, CLASS_ROOT=str(tmp_path), CLASS_IP="127.0.0.1", CLASS_USERS="dana",
-               CLASS_PORT=str(port), CLASS_HUB_PORT=str(_free_port()), CLASS_PROXY_API_PORT=str(_free_port()),
+               CLASS_PORT=str(port), CLASS_HUB_PORT=str(hostconfig.free_port()), CLASS_PROXY_API_PORT=str(hostconfig.free_port()),
                CLASS_PROXY=str(here / "node_modules/.bin/configurable-http-proxy"),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("CLASS_AUTH", None)

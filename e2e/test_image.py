@@ -11,7 +11,6 @@ podman runs with its storage under a directory of its own (labkit.oracle), all r
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -60,15 +59,9 @@ def image(pm):
     return "localhost/labkit"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(pm, image):
-    port, token = _free_port(), secrets.token_hex(8)
+    port, token = hostconfig.free_port(), secrets.token_hex(8)
     t = time.monotonic()
     pm("run", "-d", "--name", NAME, "--privileged", "--cgroupns=private", "--network", "slirp4netns",
        "-p", f"127.0.0.1:{port}:8888", "-v", "lk-home:/var/lib/labkit", "-v", "lk-work:/work",

@@ -12,7 +12,6 @@ destroy` leaves no qemu process, domain or libvirt network behind.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,12 +29,6 @@ BOX = "labkit-test/debian12"
 ARTIFACTS = REPO / "test-artifacts" / "vm-test"
 RECORD = {}
 SERIAL = Path("/var/log/libvirt/qemu/labkit-vm-test-serial.log")     # where qemu may write
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _running(name: str) -> bool:
@@ -59,7 +52,7 @@ def vm():
     t = time.monotonic()
     box = subprocess.run([str(REPO / "scripts" / "vm-box.sh")], check=True, capture_output=True, text=True).stdout.strip()
     RECORD["box made or cached (s)"] = round(time.monotonic() - t)
-    port = _free_port()
+    port = hostconfig.free_port()
     files = [str(p) for p in hostconfig.pip_files() if p.is_file()]
     env = dict(os.environ, VAGRANT_HOME=str(CACHE / "vagrant.d"), VAGRANT_CWD=str(REPO / "e2e"),
                VAGRANT_VAGRANTFILE="Vagrantfile.test", VAGRANT_EXPERIMENTAL="dependency_provisioners",

@@ -67,6 +67,24 @@ def v2_root() -> Path | None:
     return next((m.mountpoint for m in mounts() if m.fstype == "cgroup2"), None)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """One line of /proc/PID/cgroup, "ID:CONTROLLERS:PATH" (cgroups(7)): the group the process
+    is in, in the hierarchy with those controllers (v1), or in the unified one (v2: ID 0, none)."""
+    hierarchy_id: int
+    controllers: tuple[str, ...]
+    path: str
+
+
+def membership(pid: int | str = "self") -> list[Membership]:
+    """Every cgroup process ``pid`` is in, one per hierarchy (/proc/PID/cgroup)."""
+    out = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hid, names, path = line.split(":", 2)
+        out.append(Membership(int(hid), tuple(names.split(",")) if names else (), path))
+    return out
+
+
 def memory_room() -> int:
     """Bytes this process may still take before the kernel reclaims hard or kills: the least of
     MemAvailable (proc(5), /proc/meminfo) and, for its own memory cgroup and every ancestor
@@ -78,10 +96,9 @@ def memory_room() -> int:
     c = controllers().get("memory")
     if c is None:
         return room
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, names, path = line.split(":", 2)
-        if (c.version == 2 and names == "") or (c.version == 1 and "memory" in names.split(",")):
-            group = c.mountpoint / path.lstrip("/")
+    for m in membership():
+        if (c.version == 2 and not m.controllers) or (c.version == 1 and "memory" in m.controllers):
+            group = c.mountpoint / m.path.lstrip("/")
             limit, usage = (("memory.max", "memory.current") if c.version == 2
                             else ("memory.limit_in_bytes", "memory.usage_in_bytes"))
             for d in (group, *group.parents):
@@ -97,9 +114,9 @@ def memory_room() -> int:
 
 
 def join_like(pid: int) -> None:
-    """Move this process into every cgroup ``pid`` is in (docker exec does): each line of
-    /proc/PID/cgroup, "ID:CONTROLLERS:PATH" (cgroups(7)), names a group in the hierarchy mounted
-    with those controllers (v1) or in the unified one (v2, ID 0). Only groups labkit made."""
+    """Move this process into every cgroup ``pid`` is in (docker exec does): each
+    :func:`membership` names a group in the hierarchy mounted with those controllers (v1) or
+    in the unified one (v2). Only groups labkit made."""
     hierarchies = {}
     for m in mounts():
         if m.fstype == "cgroup":
@@ -107,12 +124,11 @@ def join_like(pid: int) -> None:
             hierarchies.setdefault(key, m.mountpoint)
         elif m.fstype == "cgroup2":
             hierarchies.setdefault("", m.mountpoint)
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        top = hierarchies.get(",".join(sorted(ctrls.split(","))) if ctrls else "")
-        if top is None or f"/{PARENT}/" not in f"{path}/":
+    for m in membership(pid):
+        top = hierarchies.get(",".join(sorted(m.controllers)))
+        if top is None or f"/{PARENT}/" not in f"{m.path}/":
             continue                       # a hierarchy we do not see, or a group that is not ours
-        (top / path.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        (top / m.path.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
 
 
 @dataclass(frozen=True)

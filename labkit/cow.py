@@ -362,11 +362,11 @@ class SpawnCost:
 SPAWN_SIZES = (1, 64, 256, 1024, 2048, 4096)     # MiB
 
 
-def spawn_sizes(sizes: tuple[int, ...] = SPAWN_SIZES) -> list[int]:
-    """The ``sizes`` (MiB) that spawn_cost can touch here: each at most half of what this lab
-    may still use (cgroups.memory_room), so that a small VM or a class container's memory limit
-    does not get the experiment killed. Always the smallest size."""
-    room = cgroups.memory_room() >> 20
+def spawn_sizes(sizes: tuple[int, ...] = SPAWN_SIZES, room: int | None = None) -> list[int]:
+    """The ``sizes`` (MiB) that spawn_cost can touch here: each at most half of ``room`` (MiB;
+    by default what this lab may still use, cgroups.memory_room), so that a small VM or a class
+    container's memory limit does not get the experiment killed. Always the smallest size."""
+    room = cgroups.memory_room() >> 20 if room is None else room
     return [m for m in sizes if m == sizes[0] or m <= room // 2]
 
 

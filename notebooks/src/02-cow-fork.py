@@ -181,7 +181,7 @@ assert by["child exited"].parent_private == 65536 and by["child exited"].parent_
 # %% tags=["nbval-ignore-output"]
 room = cgroups.memory_room() >> 20
 print(f"this lab may still use {room} MiB")
-sizes = cow.spawn_sizes()
+sizes = cow.spawn_sizes(room=room)
 costs = [cow.spawn_cost(m) for m in sizes]
 for c in costs:
     print(f"{c.mib:>5} MiB: fork {c.fork_s * 1e3:7.2f} ms, posix_spawn {c.posix_spawn_s * 1e3:5.2f} ms")
