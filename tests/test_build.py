@@ -217,6 +217,29 @@ def test_squash_reads_the_images_through_overlay_views_not_copies(busybox, monke
         busybox.remove_ref(name)
 
 
+def test_squash_writes_its_changeset_on_a_tmpfs_when_it_fits_and_on_disk_otherwise(busybox, monkeypatch):
+    """The changeset is scratch (written, tarred, deleted): on a tmpfs when the layers it
+    replaces fit in a quarter of the lab's memory room, else on the lab root's disk. Both
+    give the same layer, and neither leaves a mount."""
+    from labkit import cgroups, kernel
+    d = lab.scratch("scratch")
+    mutate.add_layer("busybox", write_tree(d / "l0", {"etc/a": "a", "etc/b": "b"}), "scr/l0", "l0", store=busybox)
+    mutate.add_layer("scr/l0", write_tree(d / "l1", {"etc/b": "bb", "srv/c": "c"}), "scr/l1", "l1", store=busybox)
+    kinds, mount = [], kernel.mount
+    monkeypatch.setattr(kernel, "mount", lambda src, target, fstype, *a: (kinds.append(fstype),
+                                                                          mount(src, target, fstype, *a))[1])
+    digests = []
+    for room in (None, 0):
+        if room is not None:
+            monkeypatch.setattr(cgroups, "memory_room", lambda: room)
+        kinds.clear()
+        digests.append(squash.squash("scr/l1", "busybox", "scr/sq", store=busybox).layers[-1].digest)
+        assert ("tmpfs" in kinds) == (room is None) and not mountinfo.mounts_under(lab.root())
+    assert digests[0] == digests[1]
+    for name in ("scr/sq", "scr/l1", "scr/l0"):
+        busybox.remove_ref(name)
+
+
 def test_exercises(busybox):
     from labkit.exercises import l07_build as ex
     bad = "FROM busybox\nCOPY app.py /app/\nRUN echo slow > /slow\n"
