@@ -11,11 +11,12 @@ import os
 import signal
 import sys
 
-from . import lab, preflight
+from . import lab
 from .errors import LabError
 
 
 def cmd_preflight(args) -> int:
+    from . import preflight
     report = preflight.preflight()
     print(report)
     if not report.ok:
