@@ -62,14 +62,16 @@ def diff(s: st.Store, name: str, base: str, out: Path, work: Path) -> Path:
 
 def difference(final: Path, old: Path, out: Path) -> Path:
     """The changeset (overlay form) that turns the tree ``old`` into ``final``: entries of
-    ``final`` that ``old`` lacks or has otherwise, whiteouts for what only ``old`` has."""
+    ``final`` that ``old`` lacks or has otherwise, whiteouts for what only ``old`` has. Names
+    of one file (hard links, link(2)) stay links of one copy, as the layer tar had them."""
     out = _empty(out)
+    copies: dict[tuple[int, int], Path] = {}
     for dirpath, dirnames, filenames in os.walk(final):
         dirnames.sort()
         for nm in sorted(dirnames + filenames):
             rel = Path(dirpath, nm).relative_to(final)
             if not _same(final / rel, old / rel, shared=True):
-                _copy_entry(final, rel, out)
+                _copy_entry(final, rel, out, copies=copies)
     for dirpath, dirnames, filenames in os.walk(old):
         for nm in dirnames + filenames:
             rel = Path(dirpath, nm).relative_to(old)
@@ -200,11 +202,20 @@ def _ensure_parents(src_top: Path, rel: Path, out: Path) -> None:
             _copy_entry(src_top, parent, out, parents=False)
 
 
-def _copy_entry(src_top: Path, rel: Path, out: Path, parents: bool = True) -> None:
+def _copy_entry(src_top: Path, rel: Path, out: Path, parents: bool = True,
+                copies: dict[tuple[int, int], Path] | None = None) -> None:
+    """Copy one entry of ``src_top`` to ``out`` (type, bytes, owner, mode). ``copies``: the
+    regular files with more than one name copied so far, by (st_dev, st_ino); another name of
+    one of them becomes a hard link to its copy, not a second copy."""
     if parents:
         _ensure_parents(src_top, rel, out)
     src, dst = src_top / rel, out / rel
     st_ = os.lstat(src)
+    if copies is not None and stat.S_ISREG(st_.st_mode) and st_.st_nlink > 1:
+        first = copies.setdefault((st_.st_dev, st_.st_ino), dst)
+        if first != dst:
+            os.link(first, dst)
+            return
     if stat.S_ISDIR(st_.st_mode):
         dst.mkdir(exist_ok=True)
     elif stat.S_ISLNK(st_.st_mode):

@@ -311,3 +311,27 @@ def test_add_never_writes_through_a_symlink_its_own_tar_planted(busybox, tmp_pat
     build.build(ctx, "lab/evil2", "FROM busybox\nADD evil.tar /dst/\nCOPY tree /dst/\n", quiet=True)
     assert host.read_text() == "precious\n"
     assert read_tree(busybox.flatten("lab/evil2", lab.scratch("evil2")))["dst/x.txt"] == "overwritten!\n"
+
+
+def test_squash_keeps_hard_links_and_both_methods_agree(busybox):
+    """A hard link made by a step stays one link in the squashed layer (as in the image before
+    squashing, and as `podman build --squash` keeps it): one file's bytes, a link entry for the
+    other name. Merge kept the link and diff copied the file twice, so their digests differed."""
+    d = lab.scratch("links")
+    up = write_tree(d / "l0", {"opt/data": "x" * 4096})
+    os.link(up / "opt" / "data", up / "opt" / "alias")
+    mutate.add_layer("busybox", up, "links/l0", "l0", store=busybox)
+    mutate.add_layer("links/l0", write_tree(d / "l1", {"opt/more": "y"}), "links/l1", "l1", store=busybox)
+    digests = []
+    for method in ("merge", "diff"):
+        img = squash.squash("links/l1", "busybox", f"links/{method}", method, store=busybox)
+        members = {m.name: m for m in tarfile.open(busybox.open_layer(img.layers[-1]))}
+        regular = [n for n in ("opt/data", "opt/alias") if members[n].isreg()]
+        linked = [n for n in ("opt/data", "opt/alias") if members[n].islnk()]
+        assert len(regular) == 1 and len(linked) == 1 and members[linked[0]].linkname == regular[0], method
+        tree = busybox.flatten(f"links/{method}", lab.scratch(f"flat-{method}"))
+        assert os.stat(tree / "opt" / "data").st_ino == os.stat(tree / "opt" / "alias").st_ino, method
+        digests.append(img.layers[-1].digest)
+    assert digests[0] == digests[1]
+    for name in ("links/merge", "links/diff", "links/l1", "links/l0"):
+        busybox.remove_ref(name)
