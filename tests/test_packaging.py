@@ -115,6 +115,8 @@ def test_make_lab_serves_with_the_venv_on_path_and_signs_nothing_itself(lab_root
     text = (REPO / "Makefile").read_text()
     lab = text[text.index("\nlab:"):text.index("\ntest:")]
     assert "PATH=$(abspath $(VENV))/bin:$$PATH" in lab and "jupyter lab" in lab and "trust" not in lab
+    # nor does a class's student server (what DockerSpawner runs) before each start
+    assert "jupyter trust" not in (REPO / "class" / "singleuser.sh").read_text()
     monkeypatch.setenv("LABKIT_WORKDIR", str(tmp_path))
     copies = exercises.sync_notebooks()
     assert len(copies) >= 10
