@@ -368,44 +368,29 @@ def cmd_pull(args) -> int:
     return 0
 
 
-class _Commands:
-    """``add_subparsers()``, building only the command named ``only`` (all when None). argparse
-    spends about half a millisecond on each subparser, most of it looking up translations
-    (gettext), and `labkit run` should not pay 17 ms for the thirty it does not use."""
-
-    def __init__(self, sub, only: str | None):
-        self.sub, self.only, self.names = sub, only, set()
-
-    def add_parser(self, name: str, **kw):
-        self.names.add(name)
-        return self.sub.add_parser(name, **kw) if self.only in (None, name) else _Unused()
+# --- the command line: one function per command adds its arguments -----------------------------
+def _args_preflight(p) -> None:
+    p.set_defaults(fn=cmd_preflight)
 
 
-class _Unused:
-    """A subparser that is not built: every call on it is accepted and does nothing."""
-
-    def __getattr__(self, _name):
-        return lambda *a, **kw: self
+def _args_reset(p) -> None:
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(fn=cmd_reset)
 
 
-def parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line; with ``only``, just that command's options (the whole parser when
-    ``only`` is no command: its error lists them all)."""
-    p = _Parser(prog="labkit", description="Container images from the kernel up.")
-    sub = _Commands(p.add_subparsers(dest="command", required=True), only)
-    sub.add_parser("preflight", help="check kernel features, privileges and tools").set_defaults(fn=cmd_preflight)
-    r = sub.add_parser("reset", help="unmount and remove everything the lab made")
-    r.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    r.set_defaults(fn=cmd_reset)
-    sub.add_parser("progress", help="your exercises and their state").set_defaults(fn=cmd_progress)
-    nb = sub.add_parser("notebook", help="your copies of the lesson notebooks")
-    nb.add_argument("action", choices=["sync", "reset"],
-                    help="sync: copy new lessons to your work dir; reset NAME: restore the original")
-    nb.add_argument("name", nargs="?", help="with reset: the lesson, e.g. 01-overlayfs")
-    nb.set_defaults(fn=cmd_notebook)
+def _args_progress(p) -> None:
+    p.set_defaults(fn=cmd_progress)
 
-    layer = sub.add_parser("layer", help="turn an upper dir into an OCI layer tar, or apply one")
-    lsub = layer.add_subparsers(dest="action", required=True)
+
+def _args_notebook(p) -> None:
+    p.add_argument("action", choices=["sync", "reset"],
+                   help="sync: copy new lessons to your work dir; reset NAME: restore the original")
+    p.add_argument("name", nargs="?", help="with reset: the lesson, e.g. 01-overlayfs")
+    p.set_defaults(fn=cmd_notebook)
+
+
+def _args_layer(p) -> None:
+    lsub = p.add_subparsers(dest="action", required=True)
     c = lsub.add_parser("create", help="UPPERDIR -o L.tar")
     c.add_argument("source", metavar="UPPERDIR")
     c.add_argument("-o", "--output", required=True, metavar="L.tar", help="under the lab root")
@@ -414,10 +399,11 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     a.add_argument("source", metavar="L.tar")
     a.add_argument("output", metavar="DIR", help="under the lab root")
     a.add_argument("--overlay", action="store_true", help="keep whiteouts as char devices (an overlay lowerdir)")
-    layer.set_defaults(fn=cmd_layer)
+    p.set_defaults(fn=cmd_layer)
 
-    image = sub.add_parser("image", help="the image store (an OCI layout under the lab root)")
-    isub = image.add_subparsers(dest="action", required=True)
+
+def _args_image(p) -> None:
+    isub = p.add_subparsers(dest="action", required=True)
     isub.add_parser("ls", help="list images").set_defaults(fn=cmd_image_ls)
     for action, fn in (("history", cmd_image_history), ("inspect", cmd_image_inspect), ("rm", cmd_image_rm)):
         one = isub.add_parser(action, help=f"{action} NAME")
@@ -455,19 +441,21 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     sq.add_argument("--method", choices=["diff", "merge"], default="diff")
     sq.set_defaults(fn=cmd_image_squash)
 
-    b = sub.add_parser("build", help="build an image from a Dockerfile: -f Dockerfile -t NAME [--squash] CONTEXT")
-    b.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
-    b.add_argument("-t", "--tag", required=True, metavar="NAME")
-    b.add_argument("--squash", action="store_true", help="squash everything after FROM into one layer")
-    b.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
-    b.add_argument("--target", metavar="STAGE", help="build up to this stage of a multi-stage Dockerfile")
-    b.add_argument("--memory", default="1g", help="memory limit of each RUN step (default 1g)")
-    b.add_argument("--pids", type=_positive(int), default=512, help="most processes of a RUN step (default 512)")
-    b.add_argument("context", metavar="CONTEXT")
-    b.set_defaults(fn=cmd_build)
 
-    reg = sub.add_parser("registry", help="registry serve --addr 127.0.0.1:PORT --root DIR [--auth USERS]")
-    rsub = reg.add_subparsers(dest="action", required=True)
+def _args_build(p) -> None:
+    p.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    p.add_argument("-t", "--tag", required=True, metavar="NAME")
+    p.add_argument("--squash", action="store_true", help="squash everything after FROM into one layer")
+    p.add_argument("--build-arg", action="append", metavar="NAME=VALUE")
+    p.add_argument("--target", metavar="STAGE", help="build up to this stage of a multi-stage Dockerfile")
+    p.add_argument("--memory", default="1g", help="memory limit of each RUN step (default 1g)")
+    p.add_argument("--pids", type=_positive(int), default=512, help="most processes of a RUN step (default 512)")
+    p.add_argument("context", metavar="CONTEXT")
+    p.set_defaults(fn=cmd_build)
+
+
+def _args_registry(p) -> None:
+    rsub = p.add_subparsers(dest="action", required=True)
     rs = rsub.add_parser("serve")
     rs.add_argument("--addr", default="127.0.0.1:5000", type=_address, help="HOST:PORT to listen on")
     rs.add_argument("--root", required=True, help="where blobs and manifests are stored")
@@ -476,73 +464,132 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     rs.add_argument("--grant", action="append", metavar="USER=PATTERN",
                     help="with --auth: let USER push and delete in repositories matching PATTERN "
                          "(everyone may already push under their own name, USER/...)")
-    reg.set_defaults(fn=cmd_registry)
-    for verb in ("push", "pull"):
-        v = sub.add_parser(verb, help=f"{verb} an image: " + ("NAME HOST:PORT/REPO:TAG" if verb == "push"
-                                                              else "HOST:PORT/REPO:TAG [-t NAME] [--parallel N]"))
-        if verb == "push":
-            v.add_argument("name", metavar="NAME")
-        v.add_argument("ref", metavar="HOST:PORT/REPO:TAG")
-        if verb == "pull":
-            v.add_argument("-t", "--tag", metavar="NAME")
-            v.add_argument("--parallel", type=int, default=4, help="layers at once; 1 is the v1-style serial pull")
-            v.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-            v.add_argument("--platform", metavar="OS/ARCH", help="which image of an index (default: this machine's)")
-        v.add_argument("--user")
-        v.add_argument("--password")
-        v.set_defaults(fn=cmd_push if verb == "push" else cmd_pull)
+    p.set_defaults(fn=cmd_registry)
 
-    run = sub.add_parser("run", help="run a command in a container: IMAGE -- CMD...")
-    run.add_argument("--memory", help="memory limit, e.g. 64m")
-    run.add_argument("--pids", type=_positive(int), help="most processes at once")
-    run.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
-    run.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
-                     help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
-    run.add_argument("--hostname")
-    run.add_argument("--name", help="a name to commit or remove it by")
-    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    run.add_argument("--privileged", action="store_true",
-                     help="every capability, no seccomp filter, /proc and /sys writable, all devices")
-    run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
-    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
-    run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
-                     help="seccomp=unconfined, no-new-privileges=false")
-    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (else it is /dev/null)")
-    run.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal for the command (TERM=xterm)")
-    run.add_argument("-d", "--detach", action="store_true",
-                     help="run in the background under a supervisor; print the container's id (logs, stop, kill, exec)")
-    run.add_argument("--entrypoint", metavar="CMD", help="run CMD instead of the image's ENTRYPOINT (and CMD)")
-    run.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or uid of the image's /etc/passwd")
-    run.add_argument("--userns", choices=("host", "auto"), default="host",
-                     help="auto: root inside is an unprivileged host uid, as podman run --userns=auto")
-    run.add_argument("image", metavar="IMAGE")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
-    run.set_defaults(fn=cmd_run)
-    sub.add_parser("ps", help="list containers").set_defaults(fn=cmd_ps)
-    lg = sub.add_parser("logs", help="what a detached container wrote: CONTAINER")
-    lg.add_argument("container", metavar="CONTAINER")
-    lg.set_defaults(fn=cmd_logs)
-    sp = sub.add_parser("stop", help="STOPSIGNAL, then SIGKILL after -t seconds: CONTAINER")
-    sp.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL (default 10)")
-    sp.add_argument("container", metavar="CONTAINER")
-    sp.set_defaults(fn=cmd_stop)
-    kl = sub.add_parser("kill", help="send a signal (KILL by default) to a container's PID 1")
-    kl.add_argument("-s", "--signal", default="KILL")
-    kl.add_argument("container", metavar="CONTAINER")
-    kl.set_defaults(fn=cmd_kill)
-    ex = sub.add_parser("exec", help="run a command in a running container: CONTAINER -- CMD...")
-    ex.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    ex.add_argument("container", metavar="CONTAINER")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
-    ex.set_defaults(fn=cmd_exec)
-    cm = sub.add_parser("commit", help="CONTAINER NAME: the container's read-write layer as a new image")
-    cm.add_argument("container")
-    cm.add_argument("name")
-    cm.set_defaults(fn=cmd_commit)
-    rm = sub.add_parser("rm", help="remove containers (their volumes stay)")
-    rm.add_argument("containers", nargs="+")
-    rm.set_defaults(fn=cmd_rm)
-    return p if only is None or only in sub.names else parser()
+
+def _args_push(p) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("ref", metavar="HOST:PORT/REPO:TAG")
+    _args_login(p)
+    p.set_defaults(fn=cmd_push)
+
+
+def _args_pull(p) -> None:
+    p.add_argument("ref", metavar="HOST:PORT/REPO:TAG")
+    p.add_argument("-t", "--tag", metavar="NAME")
+    p.add_argument("--parallel", type=int, default=4, help="layers at once; 1 is the v1-style serial pull")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--platform", metavar="OS/ARCH", help="which image of an index (default: this machine's)")
+    _args_login(p)
+    p.set_defaults(fn=cmd_pull)
+
+
+def _args_login(p) -> None:
+    p.add_argument("--user")
+    p.add_argument("--password")
+
+
+def _args_run(p) -> None:
+    p.add_argument("--memory", help="memory limit, e.g. 64m")
+    p.add_argument("--pids", type=_positive(int), help="most processes at once")
+    p.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
+    p.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
+                   help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
+    p.add_argument("--hostname")
+    p.add_argument("--name", help="a name to commit or remove it by")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--privileged", action="store_true",
+                   help="every capability, no seccomp filter, /proc and /sys writable, all devices")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
+    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined, no-new-privileges=false")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (else it is /dev/null)")
+    p.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal for the command (TERM=xterm)")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background under a supervisor; print the container's id (logs, stop, kill, exec)")
+    p.add_argument("--entrypoint", metavar="CMD", help="run CMD instead of the image's ENTRYPOINT (and CMD)")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or uid of the image's /etc/passwd")
+    p.add_argument("--userns", choices=("host", "auto"), default="host",
+                   help="auto: root inside is an unprivileged host uid, as podman run --userns=auto")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(fn=cmd_run)
+
+
+def _args_ps(p) -> None:
+    p.set_defaults(fn=cmd_ps)
+
+
+def _args_logs(p) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(fn=cmd_logs)
+
+
+def _args_stop(p) -> None:
+    p.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL (default 10)")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(fn=cmd_stop)
+
+
+def _args_kill(p) -> None:
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(fn=cmd_kill)
+
+
+def _args_exec(p) -> None:
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(fn=cmd_exec)
+
+
+def _args_commit(p) -> None:
+    p.add_argument("container")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_commit)
+
+
+def _args_rm(p) -> None:
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(fn=cmd_rm)
+
+
+# name: (what `labkit --help` says, the function that adds the command's arguments)
+COMMANDS = {
+    "preflight": ("check kernel features, privileges and tools", _args_preflight),
+    "reset": ("unmount and remove everything the lab made", _args_reset),
+    "progress": ("your exercises and their state", _args_progress),
+    "notebook": ("your copies of the lesson notebooks", _args_notebook),
+    "layer": ("turn an upper dir into an OCI layer tar, or apply one", _args_layer),
+    "image": ("the image store (an OCI layout under the lab root)", _args_image),
+    "build": ("build an image from a Dockerfile: -f Dockerfile -t NAME [--squash] CONTEXT", _args_build),
+    "registry": ("registry serve --addr 127.0.0.1:PORT --root DIR [--auth USERS]", _args_registry),
+    "push": ("push an image: NAME HOST:PORT/REPO:TAG", _args_push),
+    "pull": ("pull an image: HOST:PORT/REPO:TAG [-t NAME] [--parallel N]", _args_pull),
+    "run": ("run a command in a container: IMAGE -- CMD...", _args_run),
+    "ps": ("list containers", _args_ps),
+    "logs": ("what a detached container wrote: CONTAINER", _args_logs),
+    "stop": ("STOPSIGNAL, then SIGKILL after -t seconds: CONTAINER", _args_stop),
+    "kill": ("send a signal (KILL by default) to a container's PID 1", _args_kill),
+    "exec": ("run a command in a running container: CONTAINER -- CMD...", _args_exec),
+    "commit": ("CONTAINER NAME: the container's read-write layer as a new image", _args_commit),
+    "rm": ("remove containers (their volumes stay)", _args_rm),
+}
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. With ``only`` (a command's name), just that command's arguments:
+    argparse spends about half a millisecond on each subparser (mostly gettext), and
+    `labkit run` should not pay for the seventeen it does not use. Any other ``only`` gets
+    the whole parser, so that its error lists every command."""
+    p = _Parser(prog="labkit", description="Container images from the kernel up.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help_, add_arguments) in COMMANDS.items():
+        if only not in COMMANDS or only == name:
+            add_arguments(sub.add_parser(name, help=help_))
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

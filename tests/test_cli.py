@@ -178,6 +178,7 @@ def test_the_command_builds_only_its_own_options_and_exits_without_the_interpret
     from labkit import cli, lab
     run = cli.parser("run")
     assert run._subparsers._group_actions[0].choices.keys() == {"run"}
+    assert cli.parser("image")._subparsers._group_actions[0].choices.keys() == {"image"}
     assert "image" in cli.parser("no-such-command")._subparsers._group_actions[0].choices
     r = labkit("run", "--rm", "busybox", "--", "/bin/sh", "-c", "echo out; exit 3", home=lab_root)
     assert (r.returncode, r.stdout) == (3, "out\n") and lab.entries() == []
