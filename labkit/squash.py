@@ -29,6 +29,7 @@ from typing import Iterator
 from . import cgroups, kernel, lab, overlay, snapshot
 from .image import layer, store as st
 from .image import mutate
+from .tree import du
 
 
 def merge(s: st.Store, name: str, base: str, out: Path) -> Path:
@@ -146,14 +147,18 @@ def _empty(d: Path) -> Path:
 def _scratch(s: st.Store, name: str, base: str, where: Path) -> Iterator[Path]:
     """Where the changeset is written: it lives for one squash (written, tarred, deleted), so
     it goes on a tmpfs when it fits in a quarter of the memory this lab may use (cgroups
-    memory_room), else on the lab root's disk. It is never larger than the layers it replaces
-    (their tars' sizes bound it). On this course's VM disk a file created costs ~0.3 ms: for
-    10 small layers that was most of a squash."""
+    memory_room), else on the lab root's disk. It is never larger than what the layers it
+    replaces hold unpacked: their snapshots' disk use bounds it (not their blobs' sizes: a
+    gzip layer of zeros is a thousandth of what it holds). On this course's VM disk a file
+    created costs ~0.3 ms: for 10 small layers that was most of a squash."""
     # layer.apply keeps MIN_FREE spare on the file system it writes to; a tmpfs takes memory
     # only for what is written, not for its size
-    need = sum(d.size for d in s.image(name).layers[_base_len(s, name, base):]) + layer.MIN_FREE + (16 << 20)
+    above = len(s.image(name).layers) - _base_len(s, name, base)
+    bound = du(*snapshot.unpack(name, s)[:above]) + (16 << 20)
+    need = bound + layer.MIN_FREE
     where.mkdir(parents=True, exist_ok=True)
     if need > cgroups.memory_room() // 4:
+        layer.ensure_space(where, bound, f"squashing {name} onto {base}")
         yield where
         return
     entry = lab.record("mount", where, f"squash: a tmpfs of {need >> 20} MiB for the changeset")

@@ -335,3 +335,42 @@ def test_squash_keeps_hard_links_and_both_methods_agree(busybox):
     assert digests[0] == digests[1]
     for name in ("links/merge", "links/diff", "links/l1", "links/l0"):
         busybox.remove_ref(name)
+
+
+def test_squash_sizes_its_tmpfs_by_the_uncompressed_layers(busybox):
+    """The changeset's tmpfs was sized by the layer blobs' sizes; a gzip layer of 96 MiB of
+    zeros is 0.1 MiB, so the tmpfs (48 MiB) filled up and the diff squash failed with ENOSPC.
+    Bounded by what the layers hold uncompressed, both methods squash it."""
+    import gzip
+    d = lab.scratch("zeros")
+    (d / "l0" / "srv").mkdir(parents=True)
+    with open(d / "l0" / "srv" / "zeros", "wb") as f:
+        f.write(bytes(96 << 20))
+    desc, diff_id = busybox.add_layer_dir(d / "l0")
+    raw = busybox.blob_path(desc.digest)
+    gz = busybox.put_bytes(gzip.compress(raw.read_bytes(), compresslevel=1, mtime=0), st.LAYER_GZIP)
+    mutate.commit("zeros/l0", [(gz, diff_id)], [{"created_by": "zeros"}], base=busybox.image("busybox"), store=busybox)
+    mutate.add_layer("zeros/l0", write_tree(d / "l1", {"srv/note": "n"}), "zeros/l1", "l1", store=busybox)
+    assert gz.size < 1 << 20
+    digests = {squash.squash("zeros/l1", "busybox", f"zeros/{m}", m, store=busybox).layers[-1].digest
+               for m in ("diff", "merge")}
+    assert len(digests) == 1 and not mountinfo.mounts_under(lab.root())
+    for name in ("zeros/diff", "zeros/merge", "zeros/l1", "zeros/l0"):
+        busybox.remove_ref(name)
+
+
+def test_squash_without_room_on_disk_says_so_before_writing(busybox, monkeypatch):
+    """Too big for a tmpfs and for the lab root's disk: one LayerError naming the squash and the
+    space, before anything is written, and nothing left mounted or half-made."""
+    from labkit import cgroups
+    from labkit.image import layer
+    d = lab.scratch("full")
+    mutate.add_layer("busybox", write_tree(d / "l0", {"srv/a": "a" * 100000}), "full/l0", "l0", store=busybox)
+    monkeypatch.setattr(cgroups, "memory_room", lambda: 0)
+    monkeypatch.setattr(layer, "_free", lambda where: 40 << 20)
+    for method in ("diff", "merge"):
+        with pytest.raises(layer.LayerError, match="squashing full/l0 onto busybox needs .* MiB are free"):
+            squash.squash("full/l0", "busybox", "full/sq", method, store=busybox)
+    assert "full/sq" not in busybox.refs() and not mountinfo.mounts_under(lab.root())
+    assert not list((lab.root() / "tmp").glob("squash-*"))
+    busybox.remove_ref("full/l0")
