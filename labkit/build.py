@@ -5,7 +5,7 @@ Each instruction runs on a snapshot (snapshot.py) prepared on top of the previou
 * ``RUN`` runs the command in a real container (container.py) whose read-write layer *is*
   the snapshot's upper dir, so the new layer is exactly what the command changed;
 * ``COPY``/``ADD`` copy files from the build context into the upper dir (ADD also unpacks a
-  local tar), with ``--chown`` and the files' modes;
+  local tar, plain or compressed), with ``--chown`` and the files' modes;
 * ``ENV``, ``WORKDIR``, ``USER``, ``CMD``, ``ENTRYPOINT``, ``EXPOSE``, ``LABEL``, ``ARG``
   change only the config: a history entry with ``empty_layer``;
 * seed 004's two extra instructions: ``TAG name`` names the image as it stands, and
@@ -17,11 +17,11 @@ Errors name the Dockerfile line.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import container, kernel, lab, snapshot, squash
 from .errors import LabError
-from .image import digest, layer, store as st
+from .image import digest, formats, layer, store as st
 from .image import mutate
 from .image.base import base_image
 
@@ -40,9 +40,10 @@ INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "
                 "EXPOSE", "LABEL", "ARG", "SHELL", "STOPSIGNAL", "HEALTHCHECK", "VOLUME", "ONBUILD",
                 "TAG", "COMPRESS")
 # the Dockerfile reference, "Environment replacement": $VAR is replaced in these; RUN, CMD,
-# ENTRYPOINT, SHELL and HEALTHCHECK keep it for the shell in the container, at run time
-EXPANDED = ("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ONBUILD",
-            "TAG", "COMPRESS")
+# ENTRYPOINT, SHELL and HEALTHCHECK keep it for the shell in the container, at run time.
+# ADD, COPY, ENV and LABEL are split into words first, then each word is expanded (_words):
+# ENV B=$A keeps A's spaces in B
+EXPANDED = ("EXPOSE", "FROM", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ONBUILD", "TAG", "COMPRESS")
 
 
 class BuildError(LabError):
@@ -107,6 +108,7 @@ class _State:
     created: str = st.EPOCH                           # the time of the last step (image-spec config.md)
     stage: str = ""                                   # FROM ... AS name
     stages: dict = field(default_factory=dict)        # finished stages: {name or index: image name}
+    values: dict = field(default_factory=dict)        # ARG and ENV values before this instruction
 
 
 RUN_MEMORY = "1g"      # a RUN step's default limits (docker build has none; a fork bomb made
@@ -165,7 +167,8 @@ class Builder:
                 self.store.remove_ref(name)           # cache, until labkit image prune
 
     def _do(self, s: _State, ins: Instruction) -> Step:
-        args = _expand(ins.args, {**s.args, **_env(s.config)}) if ins.name in EXPANDED else ins.args
+        s.values = {**s.args, **_env(s.config)}         # what $VAR means in this instruction
+        args = _expand(ins.args, s.values) if ins.name in EXPANDED else ins.args
         if ins.name != "FROM" and not s.base and ins.name != "ARG":
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} before FROM", "put FROM first")
         handler = getattr(self, f"_{ins.name.lower()}")
@@ -214,7 +217,7 @@ class Builder:
         return self._layer_step(s, ins, make, extra="")
 
     def _copy(self, s: _State, ins: Instruction, args: str, add: bool = False) -> Step:
-        opts, paths = _flags(args, ins)
+        opts, paths = _flags(_words(args, s.values, ins))
         if len(paths) < 2:
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} needs a source and a destination",
                              f"write it like {ins.name} app.py /app/")
@@ -223,7 +226,7 @@ class Builder:
             root, ignore = self._stage_root(s, opts["from"], ins), []
         else:
             root, ignore = self.context, self._ignore
-        files = [self._source(root, src, ins) for src in sources]
+        files = [self._source(root, one, ins) for src in sources for one in self._matches(root, src, ignore, ins)]
         content = hashlib.sha256(self._root_ids.get(root, "").encode())     # a stage: its image's digest
         for f in files:
             for p in sorted([f, *f.rglob("*")] if f.is_dir() else [f]):
@@ -239,8 +242,13 @@ class Builder:
             workdir = s.config.get("WorkingDir") or "/"
             target = dest if dest.startswith("/") else os.path.join(workdir, dest)
             for f in files:
-                if add and f.is_file() and _is_tar(f):
-                    layer.apply(f, _under(upper, target))
+                tar = _archive(f) if add and f.is_file() else None
+                if tar:
+                    try:
+                        layer.apply(tar, _under(upper, target))
+                    finally:
+                        if tar != f:
+                            tar.unlink()
                     continue
                 rel = target.strip("/")
                 into = (dest.endswith(("/", "/.")) or dest in (".", "./") or len(files) > 1 or f.is_dir()
@@ -267,10 +275,13 @@ class Builder:
 
     # config-only instructions
     def _env(self, s, ins, args):
+        """ENV K=V [K2=V2 ...], every $VAR as it was before this line; or the old form ENV K V...,
+        whose value is the rest of the line."""
         env = dict(e.split("=", 1) for e in s.config.get("Env", []) if "=" in e)
-        pairs = _split(args, ins)
-        if len(pairs) >= 2 and "=" not in pairs[0]:
-            pairs = [f"{pairs[0]}={' '.join(pairs[1:])}"]
+        pairs = _words(args, s.values, ins)
+        old_form = re.match(r"\s*([^\s=]+)\s+(\S.*)", args, re.S)
+        if len(pairs) >= 2 and "=" not in pairs[0] and old_form:
+            pairs = [f"{pairs[0]}={_words(old_form.group(2).strip(), s.values, ins, split=False)[0]}"]
         for p in pairs:
             k, _, v = p.partition("=")
             env[k] = v
@@ -349,7 +360,7 @@ class Builder:
 
     def _label(self, s, ins, args):
         labels = s.config.setdefault("Labels", {})
-        for p in _split(args, ins):
+        for p in _words(args, s.values, ins):
             k, _, v = p.partition("=")
             labels[k] = v
         return self._config_step(s, ins)
@@ -446,6 +457,18 @@ class Builder:
             raise BuildError(f"Dockerfile line {ins.line}: {src!r} is not in {where}",
                              "check the file name (and .dockerignore)")
         return p
+
+    def _matches(self, root: Path, src: str, ignore, ins: Instruction) -> list[str]:
+        """A COPY source with wildcards (* ? [...], as Go's filepath.Match that docker uses: `*`
+        stops at `/` and matches dot files too) as the paths it matches (:func:`_glob`); any
+        other source as it is. A pattern that matches nothing is an error, as in docker."""
+        if not any(c in src for c in "*?["):
+            return [src]
+        found = [m for m in _glob(root, src) if not _ignored(root / m, root, ignore)]
+        if not found:
+            raise BuildError(f"Dockerfile line {ins.line}: no file matches {src!r}",
+                             "check the pattern (and .dockerignore)")
+        return found
 
     @property
     def _ignore(self) -> list[tuple[bool, re.Pattern]]:
@@ -638,23 +661,92 @@ def _env(config: dict) -> dict:
     return dict(e.split("=", 1) for e in config.get("Env", []) if "=" in e)
 
 
+# $NAME, ${NAME}, ${NAME:-word} (word if NAME is unset or empty), ${NAME:+word} (word if it is set)
+_VARIABLE = re.compile(r"\$(?:(\w+)|\{(\w+)(?::([-+])((?:[^}\\]|\\.)*))?\})")
+
+
+def _substitute(m: re.Match, values: dict) -> str:
+    name = m.group(1) or m.group(2)
+    value = str(values.get(name, ""))       # unknown names become empty, as in docker
+    if m.group(3) == "-":
+        return value or _expand(m.group(4), values)
+    if m.group(3) == "+":
+        return _expand(m.group(4), values) if value else ""
+    return value
+
+
 def _expand(text: str, values: dict) -> str:
-    """$VAR and ${VAR} from ARG and ENV values (unknown names become empty, as in Docker)."""
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: str(values.get(m.group(1) or m.group(2), "")), text)
+    """The Dockerfile reference's environment replacement in ``text``, from ARG and ENV
+    values: $VAR, ${VAR}, ${VAR:-word}, ${VAR:+word}; \\$ is a literal $."""
+    return re.sub(r"\\\$|" + _VARIABLE.pattern, lambda m: "$" if m.group(0) == "\\$" else _substitute(m, values), text)
 
 
-def _split(args: str, ins: Instruction) -> list[str]:
-    """Words as the shell would split them (shlex); an unclosed quote names the line."""
-    try:
-        return shlex.split(args)
-    except ValueError as e:
-        raise BuildError(f"Dockerfile line {ins.line}: {ins.name} {args[:50]}: {str(e).lower()}",
-                         "close the quote (or escape it with \\)") from None
+def _words(text: str, values: dict, ins: Instruction, split: bool = True) -> list[str]:
+    """``text`` as words, each expanded, by the Dockerfile's shell-word rules (moby's shell
+    lexer): blanks separate words; '...' is literal; "..." and bare text replace variables
+    (:func:`_expand`); a backslash escapes the next character (in "...", only $, " and \\).
+    ``split=False``: one word, blanks kept (ENV's old form K V...)."""
+    words, word, quote, started, i = [], [], None, False, 0
+    while i < len(text):
+        c = text[i]
+        if quote == "'":
+            if c == "'":
+                quote = None
+            else:
+                word.append(c)
+        elif c == "\\" and i + 1 < len(text) and (quote is None or text[i + 1] in '$"\\'):
+            word.append(text[i + 1])
+            i += 1
+        elif c == "$" and (m := _VARIABLE.match(text, i)):
+            word.append(_substitute(m, values))
+            i = m.end()
+            continue
+        elif quote == '"':
+            if c == '"':
+                quote = None
+            else:
+                word.append(c)
+        elif c in "'\"":
+            quote, started = c, True
+        elif c.isspace() and split:
+            if word or started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(c)
+        i += 1
+    if quote:
+        raise BuildError(f"Dockerfile line {ins.line}: {ins.name} {text[:50]}: no closing quotation",
+                         "close the quote (or escape it with \\)")
+    if word or started or not split:
+        words.append("".join(word))
+    return words
 
 
-def _flags(args: str, ins: Instruction) -> tuple[dict, list[str]]:
+def _glob(root: Path, pattern: str) -> list[str]:
+    """The paths below ``root`` that ``pattern`` matches, one component at a time (fnmatch(3)
+    rules per name), sorted. Each directory listed is reached inside the root (:func:`_in_root`,
+    openat2 RESOLVE_IN_ROOT): a stage's absolute symlink /cfg -> /etc/apt lists the stage's
+    /etc/apt, never the host's."""
+    found = [""]
+    for part in pattern.strip("/").split("/"):
+        matched = []
+        for rel in found:
+            d = _in_root(root, rel) if rel else root
+            if d is None or not d.is_dir():
+                continue
+            if any(c in part for c in "*?["):
+                matched += [os.path.join(rel, n) for n in sorted(os.listdir(d)) if fnmatch.fnmatchcase(n, part)]
+            elif os.path.lexists(d / part):
+                matched.append(os.path.join(rel, part))
+        found = matched
+    return found
+
+
+def _flags(words: list[str]) -> tuple[dict, list[str]]:
+    """``--name=value`` options, then the other words (COPY and ADD's sources and destination)."""
     opts, paths = {}, []
-    for tok in _split(args, ins):
+    for tok in words:
         if tok.startswith("--") and "=" in tok:
             k, _, v = tok[2:].partition("=")
             opts[k] = v
@@ -704,12 +796,30 @@ def _under(upper: Path, target: str) -> Path:
     return p
 
 
-def _is_tar(p: Path) -> bool:
+def _archive(f: Path) -> Path | None:
+    """ADD's rule (the Dockerfile reference): a local tar archive, plain or compressed (gzip,
+    bzip2, xz, and zstd as moby and buildah read it), is unpacked at the destination; any
+    other file (a gzip of a text file, say) is copied as it is. Returns the plain tar to apply
+    (a decompressed copy in the lab's tmp, which the caller deletes), or None."""
     import tarfile
+    with open(f, "rb") as r:
+        kind = formats.archive_compression(r.read(6))
+    if kind == "none":
+        return f if tarfile.is_tarfile(f) else None
+    out = lab.root() / "tmp" / f"add-{uuid.uuid4().hex}.tar"
+    out.parent.mkdir(exist_ok=True)
     try:
-        return p.suffix not in (".gz", ".xz", ".bz2") and tarfile.is_tarfile(p)
-    except OSError:
-        return False
+        with open(f, "rb") as r, formats.decompressed(r, kind) as src, open(out, "wb") as dst:
+            st.decompress(src, dst, out.parent, f"ADD {f.name} ({kind})")
+        if tarfile.is_tarfile(out):
+            return out
+    except LabError:
+        out.unlink(missing_ok=True)
+        raise
+    except Exception:       # not a whole stream of that kind (EOFError, OSError, ZstdError ...)
+        pass
+    out.unlink(missing_ok=True)
+    return None
 
 
 # --- the seed's "online compile": a build image made from the host's own toolchain ----------

@@ -374,3 +374,34 @@ def test_squash_without_room_on_disk_says_so_before_writing(busybox, monkeypatch
     assert "full/sq" not in busybox.refs() and not mountinfo.mounts_under(lab.root())
     assert not list((lab.root() / "tmp").glob("squash-*"))
     busybox.remove_ref("full/l0")
+
+
+def test_add_unpacks_compressed_archives_and_guards_the_disk(busybox, monkeypatch):
+    """ADD unpacks a local tar compressed with gzip, bzip2 or xz (docker's rule; it copied them
+    as they were), copies a compressed file that is no tar as it is, and a compressed archive
+    that would inflate past the disk's spare room stops with one error naming the line and file."""
+    import bz2, gzip, io, lzma
+    from labkit.image import layer
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        info = tarfile.TarInfo("pkg/zeros")
+        info.size = 20 << 20
+        t.addfile(info, io.BytesIO(bytes(info.size)))
+    ctx = lab.scratch("add-z")
+    (ctx / "a.tar.gz").write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    (ctx / "b.tbz").write_bytes(bz2.compress(raw.getvalue()))
+    (ctx / "c.txz").write_bytes(lzma.compress(raw.getvalue()))
+    (ctx / "note.gz").write_bytes(gzip.compress(b"just text\n", mtime=0))
+    (ctx / "Dockerfile").write_text("FROM busybox\nADD a.tar.gz /a/\nADD b.tbz /b/\nADD c.txz /c/\nADD note.gz /n/\n")
+    build.build(ctx, "lab/add-z", quiet=True, store=busybox)
+    tree = busybox.flatten("lab/add-z", lab.scratch("add-z-flat"))
+    for d in "abc":
+        assert (tree / d / "pkg" / "zeros").stat().st_size == 20 << 20
+    assert gzip.decompress((tree / "n" / "note.gz").read_bytes()) == b"just text\n"
+    assert not list((lab.root() / "tmp").glob("add-*"))
+    monkeypatch.setattr(layer, "_free", lambda where: 40 << 20)
+    (ctx / "Dockerfile").write_text("FROM busybox\nADD a.tar.gz /again/\n")
+    with pytest.raises(build.BuildError, match=r"line 2 \(ADD\): ADD a.tar.gz \(gzip\) needs 16 MiB but only 40"):
+        build.build(ctx, "lab/add-z2", quiet=True, store=busybox)
+    assert not list((lab.root() / "tmp").glob("add-*")) and "lab/add-z2" not in busybox.refs()
+    busybox.remove_ref("lab/add-z")

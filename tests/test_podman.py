@@ -88,6 +88,26 @@ CASES = {
                              "HEALTHCHECK --interval=30s --timeout=3s --retries=2 CMD test -e /s || exit 1\n"
                              "ONBUILD RUN echo child\nCMD cat /s\n", {}),
     "xattrs": ("FROM busybox\nADD caps.tar /\nCMD ls /caps\n", {}),      # a user xattr and a file capability
+    "add-compressed": ("FROM busybox\nADD pkg.tar.gz /opt/\nADD plain.txt.gz /opt/\nCMD find /opt\n", {}),
+    "dockerignore-negate": ("FROM busybox\nCOPY . /ctx\nCMD find /ctx\n",
+                        {".dockerignore": "**/*.log\n!keep.log\ndocs\n", "a.log": "a", "keep.log": "k", "sub/b.log": "b",
+                         "docs/x": "x", "src/main.c": "m"}),
+    # ${VAR:-word} and ${VAR:+word}; one ENV line sees the values from before it; a value's
+    # blanks survive ENV G=$B; ENV's old form K V... keeps the rest of the line
+    "env-forms": ("FROM busybox\nENV A 1  2 3\nENV B=\"x y\" C=${B:-none}\nARG D\nENV E=${D:-dflt}/${UNSET:+set}\n"
+                  "ENV G=$B H='$B' I=\\$B\nLABEL l=$B\n"
+                  "WORKDIR /w\nWORKDIR sub\nWORKDIR $C\nRUN pwd > /pwd\nCMD cat /pwd; echo \"$A|$B|$C|$E|$G|$H|$I\"\n", {}),
+    # wildcards in COPY --from look in the stage's directories, through its symlinks, never the host's
+    # (the host's /etc has *.conf files; the stage's only one)
+    "copy-from-glob": ("FROM busybox AS build\nRUN echo stage > /etc/only-in-stage.conf && ln -s /etc /cfg\n"
+                       "FROM busybox\nCOPY --from=build /cfg/*.conf /got/\nCMD find /got\n", {}),
+    "arg-before-from": ("ARG TAG=busybox\nFROM $TAG\nARG TAG\nRUN echo \"tag=$TAG\" > /t\nCMD cat /t\n", {}),
+    "copy-wildcard": ("FROM busybox\nCOPY *.txt /w/\nCOPY d* /dd/\nCMD find /w /dd\n",
+                        {"a.txt": "a", "b.txt": "b", "c.md": "c", "d1/x": "x", "d2": "y"}),
+    "run-exec-form": ("FROM busybox\nRUN [\"/bin/sh\", \"-c\", \"echo exec > /e\"]\nENTRYPOINT echo shell-ep\nCMD [\"ignored\"]\n", {}),
+    "user-group": ("FROM busybox\nRUN echo 'app:x:1500:1600::/home/app:/bin/sh' >> /etc/passwd && echo 'grp:x:1600:' >> /etc/group\n"
+                     "USER app:grp\nCMD id -u; id -g\n", {}),
+    "copy-symlink": ("FROM busybox\nCOPY lnk /l\nCOPY dir /d\nCMD ls -l /l /d\n", {"target.txt": "t", "dir/f": "f"}),
     "dockerignore": ("FROM busybox\nCOPY . /ctx\nCMD find /ctx\n",
                      {".dockerignore": "*.log\nsecret\n", "keep.txt": "k", "drop.log": "d", "secret/key": "s"}),
 }
@@ -99,6 +119,18 @@ def _context(case: str):
     if case == "copy-add":
         with tarfile.open(ctx / "layer.tar", "w") as t:
             t.add(ctx / "dir", arcname="from-tar")
+    if case == "add-compressed":
+        import gzip as gz
+        with tarfile.open(ctx / "pkg.tar.gz", "w:gz") as t:
+            (ctx / "pkgsrc").mkdir()
+            (ctx / "pkgsrc" / "bin").write_text("b")
+            t.add(ctx / "pkgsrc", arcname="pkg")
+        import shutil as sh
+        sh.rmtree(ctx / "pkgsrc")
+        (ctx / "plain.txt.gz").write_bytes(gz.compress(b"plain", mtime=0))
+    if case == "copy-symlink":
+        os.symlink("target.txt", ctx / "lnk")
+        os.symlink("f", ctx / "dir" / "lf")
     if case == "xattrs":        # security.capability: VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE
         cap = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0).decode("utf-8", "surrogateescape")
         with tarfile.open(ctx / "caps.tar", "w", format=tarfile.PAX_FORMAT) as t:

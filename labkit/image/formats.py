@@ -54,10 +54,27 @@ def compression(head: bytes) -> str:
     return "none"
 
 
+def archive_compression(head: bytes) -> str:
+    """:func:`compression` plus 'bzip2' and 'xz', which a Dockerfile's ADD also unpacks (moby's
+    DetectCompression): never used for layers, whose blobs are gzip, zstd or plain."""
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return compression(head)
+
+
 def decompressed(f: BinaryIO, kind: str) -> BinaryIO:
-    """A reader of ``f``'s uncompressed bytes (``kind`` from :func:`compression`)."""
+    """A reader of ``f``'s uncompressed bytes (``kind`` from :func:`compression` or
+    :func:`archive_compression`)."""
     if kind == "gzip":
         return gzip.GzipFile(fileobj=f, mode="rb")
+    if kind == "bzip2":
+        import bz2
+        return bz2.BZ2File(f, mode="rb")
+    if kind == "xz":
+        import lzma
+        return lzma.LZMAFile(f, mode="rb")
     if kind == "zstd":
         import zstandard
         return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)

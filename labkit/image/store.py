@@ -334,13 +334,13 @@ def read_image(layout: Layout, name: str, desc: Descriptor) -> Image:
 GUARD_EVERY = 16 << 20
 
 
-def _decompress(src, dst, where: Path, desc: Descriptor, kind: str = "gzip") -> None:
+def decompress(src, dst, where: Path, what: str) -> None:
     """Copy a decompressing stream, checking the free space every 16 MiB: a gzip bomb (a few
-    KiB that inflate to terabytes) stops with an error naming the layer, not a full disk."""
+    KiB that inflate to terabytes) stops with an error naming ``what``, not a full disk."""
     since = GUARD_EVERY
     while chunk := src.read(digest.CHUNK):
         if since >= GUARD_EVERY:
-            layer.ensure_space(where, GUARD_EVERY, f"layer {desc.digest[:19]} ({kind}, {desc.size} bytes)")
+            layer.ensure_space(where, GUARD_EVERY, what)
             since = 0
         dst.write(chunk)
         since += len(chunk)
@@ -460,7 +460,7 @@ class Store(Layout):
         try:
             with self.open_blob(desc) as r, formats.decompressed(r, kind) as src, open(tmp, "wb") as f, \
                     digest.HashingWriter(f) as dst:
-                _decompress(src, dst, out.parent, desc, kind)
+                decompress(src, dst, out.parent, f"layer {desc.digest[:19]} ({kind}, {desc.size} bytes)")
             if diff_id and dst.digest != diff_id:
                 raise _diff_id_mismatch(desc, diff_id, dst.digest)
             out.with_suffix(".diffid").write_text(dst.digest)
