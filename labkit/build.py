@@ -65,8 +65,8 @@ def parse(text: str) -> list[Instruction]:
     out, buf, start = [], "", 0
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if not buf and (not line or line.startswith("#")):
-            continue
+        if not line or line.startswith("#"):
+            continue        # inside a continuation too: docker removes comment lines first
         if not buf:
             start = n
         if line.endswith("\\"):
@@ -184,6 +184,10 @@ class Builder:
         s.stage = _stage_name(args)
         name = args.split()[0] if args else ""
         name = s.stages.get(name, name)      # FROM an earlier stage
+        if name == st.SCRATCH:                  # the empty image: no layers; PATH as docker's and buildah's
+            s.base, s.layers, s.history, s.created = st.SCRATCH, [], [], st.EPOCH
+            s.config = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+            return Step(ins)
         if name.startswith("oci:"):
             path, _, tag = name[4:].rpartition(":")
             self.store.load(path, tag, f"from/{tag}")
@@ -200,7 +204,8 @@ class Builder:
         env = list(s.config.get("Env", [])) + [f"{k}={v}" for k, v in s.args.items()]
 
         def make(upper: Path, lowers, work):
-            c = container.Container.create(s.base, cmd, hostname="buildkit", layers=(lowers, upper, work),
+            c = container.Container.create("" if s.base == st.SCRATCH else s.base, cmd, hostname="buildkit",
+                                           layers=(lowers, upper, work),
                                            entrypoint=[],       # RUN does not go through ENTRYPOINT
                                            env=env, workdir=s.config.get("WorkingDir") or "/",
                                            user=s.config.get("User") or None, store=self.store,
@@ -366,8 +371,10 @@ class Builder:
         return self._config_step(s, ins)
 
     def _arg(self, s, ins, args):
-        k, _, v = args.partition("=")
-        s.args.setdefault(k.strip(), v.strip())
+        """ARG NAME[=default] ...: a --build-arg value wins; a default may use $VAR."""
+        for word in _words(args, s.values, ins):
+            k, _, v = word.partition("=")
+            s.args.setdefault(k, v)
         return self._config_step(s, ins) if s.base else Step(ins)
 
     def _tag(self, s, ins, args):
@@ -421,13 +428,20 @@ class Builder:
         hit.write_text(json.dumps({**desc.to_json(), "diff_id": diff_id, "created": s.created}))
         return Step(ins, layer=diff_id)
 
+    def _base(self, s: _State) -> st.Image | None:
+        """The image the stage is FROM; None for scratch."""
+        return None if s.base == st.SCRATCH else self.store.image(s.base)
+
     def _stack(self, s: _State) -> tuple[list[st.Descriptor], list[str]]:
         """The layers built so far, base image first, and their DiffIDs."""
-        base = self.store.image(s.base)
-        return base.layers + [d for d, _ in s.layers], base.diff_ids + [d for _, d in s.layers]
+        base = self._base(s)
+        return ((base.layers if base else []) + [d for d, _ in s.layers],
+                (base.diff_ids if base else []) + [d for _, d in s.layers])
 
-    def _top_chain(self, s: _State) -> str:
-        return digest.chain_ids(self._stack(s)[1])[-1]
+    def _top_chain(self, s: _State) -> str | None:
+        """The ChainID of the layers so far; None before the first layer of a FROM scratch stage."""
+        diff_ids = self._stack(s)[1]
+        return digest.chain_ids(diff_ids)[-1] if diff_ids else None
 
     def _unpack(self, s: _State) -> None:
         """After a cache hit or a squash: the new top layer as a committed snapshot."""
@@ -435,7 +449,7 @@ class Builder:
 
     def _commit(self, s: _State, name: str) -> st.Image:
         return mutate.commit(name, list(s.layers), list(s.history), config=s.config,
-                                 base=self.store.image(s.base), store=self.store)
+                             base=self._base(s), store=self.store)
 
     def _source(self, root: Path, src: str, ins: Instruction) -> Path:
         """A COPY source inside ``root`` (the context, or a stage's root file system): symlinks

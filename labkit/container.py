@@ -165,8 +165,7 @@ class Container:
         given (then the image's CMD is dropped, as with docker run --entrypoint); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
         store = store or st.Store()
-        img = store.image(image)
-        conf = img.config.get("config", {})
+        conf = store.image(image).config.get("config", {}) if image or not layers else {}   # "": FROM scratch
         if entrypoint is None:      # docker run: arguments replace CMD and follow ENTRYPOINT
             cmd = (conf.get("Entrypoint") or []) + list(cmd or conf.get("Cmd") or [])
         else:                       # --entrypoint: the image's CMD goes too

@@ -47,6 +47,9 @@ def view(s: st.Store, name: str, where: Path) -> Iterator[Path]:
     lowerdirs are the image's committed snapshots (unpacked once, kept by the snapshotter).
     Without an upper dir the kernel wants two lowerdirs at least ("at least 2 lowerdir are
     needed while upperdir nonexistent"), so a one-layer image gets an empty one below it."""
+    if name == st.SCRATCH:          # the empty image: an empty directory, nothing to mount
+        yield lab.fresh_dir(where)
+        return
     lowers = snapshot.unpack(name, s)
     if len(lowers) == 1:
         lowers.append(lab.fresh_dir(where.with_name(where.name + "-empty")))
@@ -124,9 +127,9 @@ def squash(name: str, base: str, new_name: str, method: str = "diff", *, store: 
                 merge(s, name, base, cs)
             canonical(cs, base_tree)
             desc, diff_id = s.add_layer_dir(cs)
-        img, b = s.image(name), s.image(base)
+        img, b = s.image(name), None if base == st.SCRATCH else s.image(base)
         config = img.config.get("config", {})
-        steps = len(img.history) - len(b.history)
+        steps = len(img.history) - (len(b.history) if b else 0)
         return mutate.commit(new_name, [(desc, diff_id)],
                         [{"created_by": f"squash ({method}) of {steps} steps onto {base}: their history is gone"}],
                         config=config, base=b, store=s)
@@ -170,6 +173,10 @@ def _scratch(s: st.Store, name: str, base: str, where: Path) -> Iterator[Path]:
 
 
 def _base_len(s: st.Store, name: str, base: str) -> int:
+    """How many of ``name``'s layers are ``base``'s (0 for scratch); an error if ``base`` is not
+    where ``name`` started."""
+    if base == st.SCRATCH:
+        return 0
     img, b = s.image(name), s.image(base)
     n = len(b.layers)
     if img.chain_ids[:n] != b.chain_ids:

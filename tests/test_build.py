@@ -405,3 +405,25 @@ def test_add_unpacks_compressed_archives_and_guards_the_disk(busybox, monkeypatc
         build.build(ctx, "lab/add-z2", quiet=True, store=busybox)
     assert not list((lab.root() / "tmp").glob("add-*")) and "lab/add-z2" not in busybox.refs()
     busybox.remove_ref("lab/add-z")
+
+
+def test_from_scratch_builds_runs_and_squashes(busybox):
+    """FROM scratch (the empty image: docker's name, never stored) starts a stage with no layers
+    and PATH set as docker and buildah set it; COPY and RUN work on it, and --squash and both
+    squash methods make it one layer. It said "there is no image called 'scratch'"."""
+    ctx = _ctx({"run.sh": "echo from scratch; cat /built\n"},
+               'FROM scratch\nCOPY --from=busybox /bin /bin\nCOPY run.sh /\nRUN ["/bin/sh", "-c", "echo built > /built"]\n'
+               'ENTRYPOINT ["/bin/sh", "/run.sh"]\n')
+    img = build.build(ctx, "lab/scratch", quiet=True, store=busybox).image
+    assert len(img.layers) == 3 and img.config["config"]["Env"] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    _, r = container.run("lab/scratch", rm=True, store=busybox)
+    assert (r.exit_code, r.stdout) == (0, "from scratch\nbuilt\n")
+    flat = build.build(ctx, "lab/scratch-flat", squash_all=True, quiet=True, store=busybox).image
+    digests = {squash.squash("lab/scratch", "scratch", f"lab/scratch-{m}", m, store=busybox).layers[-1].digest
+               for m in ("diff", "merge")}
+    assert len(flat.layers) == 1 and digests == {flat.layers[0].digest}
+    _, r = container.run("lab/scratch-flat", rm=True, store=busybox)
+    assert r.stdout == "from scratch\nbuilt\n"
+    for name in ("lab/scratch", "lab/scratch-flat", "lab/scratch-diff", "lab/scratch-merge"):
+        busybox.remove_ref(name)

@@ -32,9 +32,15 @@ def test_exec_and_shell_forms_and_expansion():
     assert build._command('["echo", 1]', {}) == ["/bin/sh", "-c", '["echo", 1]']   # not a list of strings
     assert build._expand("${A}/$B/$C", {"A": "x", "B": "y"}) == "x/y/"
     copy = build.Instruction(3, "COPY", "--chown=1:2 a b /dst/")
-    assert build._flags(copy.args, copy) == ({"chown": "1:2"}, ["a", "b", "/dst/"])
+    assert build._flags(build._words(copy.args, {}, copy)) == ({"chown": "1:2"}, ["a", "b", "/dst/"])
     with pytest.raises(build.BuildError, match="line 3: COPY .*no closing quotation"):
-        build._flags('"a b /dst/', copy)
+        build._words('"a b /dst/', {}, copy)
+    # the Dockerfile's word rules: quotes, escapes, and each word expanded after splitting
+    v = {"A": "1 2", "E": ""}
+    assert build._words("K=$A L='$A' M=\\$A \"q \\\"x\" N=${E:-d} O=${A:+s}", v, copy) == [
+        "K=1 2", "L=$A", "M=$A", 'q "x', "N=d", "O=s"]
+    assert build._words(" 1  2 ", v, copy, split=False) == [" 1  2 "]
+    assert build._expand("${E:-$A}|${U:+x}|\\$A", v) == "1 2||$A"
 
 
 # --- image references and sizes ---------------------------------------------------------------

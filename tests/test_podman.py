@@ -108,6 +108,19 @@ CASES = {
     "user-group": ("FROM busybox\nRUN echo 'app:x:1500:1600::/home/app:/bin/sh' >> /etc/passwd && echo 'grp:x:1600:' >> /etc/group\n"
                      "USER app:grp\nCMD id -u; id -g\n", {}),
     "copy-symlink": ("FROM busybox\nCOPY lnk /l\nCOPY dir /d\nCMD ls -l /l /d\n", {"target.txt": "t", "dir/f": "f"}),
+    "from-scratch": ("FROM scratch\nCOPY --from=busybox /bin /bin\nCOPY run.sh /\nRUN [\"/bin/sh\", \"-c\", \"echo built > /built\"]\n"
+                  "ENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n", {"run.sh": "echo from scratch; cat /built\n"}),
+    "continuation-comments": ("FROM busybox\n# a comment\nRUN echo a > /c \\\n  # inside\n  && echo b >> /c\nLABEL a=1 \\\n      b=2\nCMD cat /c\n", {}),
+    "path-and-arg-defaults": ("FROM busybox\nARG A=1\nARG B=${A}2\nENV PATH=$PATH:/opt/bin V=$B\nRUN mkdir -p /opt/bin && printf '#!/bin/sh\\necho tool' > /opt/bin/tool && chmod +x /opt/bin/tool\n"
+                         "CMD tool; echo $PATH $V\n", {}),
+    "user-then-run": ("FROM busybox\nUSER 1000:1000\nRUN touch /tmp/mine && id -u > /tmp/who\nUSER root\nCMD stat -c '%u:%g' /tmp/mine; cat /tmp/who\n", {}),
+    "chown-names": ("FROM busybox\nCOPY --chown=nobody:nogroup f /f\nCOPY --chown=nobody d /d\nCMD stat -c '%u:%g %n' /f /d /d/g\n",
+                      {"f": "f", "d/g": "g"}),
+    "modes": ("FROM busybox\nCOPY tool /usr/local/bin/\nCOPY ro /etc/ro\nCMD stat -c '%a %n' /usr/local/bin/tool /etc/ro\n",
+                {"tool": "#!/bin/sh\n", "ro": "r"}),
+    "copy-into-existing": ("FROM busybox\nRUN mkdir /existing\nCOPY f /existing\nCOPY f /newname\nCOPY d /existing/\nCMD find /existing /newname\n",
+                             {"f": "f", "d/x": "x"}),
+    "stopsignal-number": ("FROM busybox\nSTOPSIGNAL 9\nEXPOSE 8080/tcp 9090\nCMD true\n", {}),
     "dockerignore": ("FROM busybox\nCOPY . /ctx\nCMD find /ctx\n",
                      {".dockerignore": "*.log\nsecret\n", "keep.txt": "k", "drop.log": "d", "secret/key": "s"}),
 }
@@ -131,6 +144,9 @@ def _context(case: str):
     if case == "copy-symlink":
         os.symlink("target.txt", ctx / "lnk")
         os.symlink("f", ctx / "dir" / "lf")
+    if case == "modes":
+        os.chmod(ctx / "tool", 0o755)
+        os.chmod(ctx / "ro", 0o400)
     if case == "xattrs":        # security.capability: VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE
         cap = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0).decode("utf-8", "surrogateescape")
         with tarfile.open(ctx / "caps.tar", "w", format=tarfile.PAX_FORMAT) as t:

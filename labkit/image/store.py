@@ -41,6 +41,7 @@ LAYER_TYPES = formats.LAYERS
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_JSON = 4 << 20
 EPOCH = "1970-01-01T00:00:00Z"
+SCRATCH = "scratch"     # FROM scratch, squash onto scratch: docker's name for the empty image (never stored)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}")
 
 
