@@ -186,7 +186,10 @@ def cmd_run(args) -> int:
     opts = dict(hostname=args.hostname, memory=args.memory, pids=args.pids, cpus=args.cpus, volumes=args.volume or [],
                 name=args.name or "", privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
                 security_opt=args.security_opt, userns=args.userns, user=args.user,
-                entrypoint=[args.entrypoint] if args.entrypoint else None)
+                entrypoint=[args.entrypoint] if args.entrypoint else None, workdir=args.workdir,
+                env=[e if "=" in e else f"{e}={os.environ[e]}" for e in args.env if "=" in e or e in os.environ])
+    if args.workdir and not args.workdir.startswith("/"):
+        raise LabError(f"the working directory {args.workdir!r} is not an absolute path", "write it from /, e.g. -w /app")
     if args.detach:
         if args.tty or args.interactive:
             raise LabError("-d cannot be combined with -i or -t here", "run it with -d alone, then labkit exec")
@@ -495,6 +498,9 @@ def _args_run(p) -> None:
     p.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
     p.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
                    help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="set KEY in the container (KEY alone: this shell's value, if it has one)")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="the command's working directory (made if missing)")
     p.add_argument("--hostname")
     p.add_argument("--name", help="a name to commit or remove it by")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")

@@ -177,7 +177,7 @@ class Container:
             raise ContainerError("a build step cannot run in a user namespace", "leave out userns for build steps")
         cid = secrets.token_hex(6)
         cfg = Config(cid, image, cmd, hostname or cid, parse_size(memory), pids, cpus,
-                     [], list(conf.get("Env", []) if env is None else env),
+                     [], _merge_env(conf.get("Env", []), env or []),
                      workdir or conf.get("WorkingDir") or "/", name or cid, user or conf.get("User", ""))
         for old in [c for c in containers() if name and c.cfg.name == name]:
             if old.cfg.session and not lab.session_alive(old.cfg.session):
@@ -744,6 +744,14 @@ def _identity(user: str) -> users.Identity:
         except OSError:
             return ""
     return users.resolve(user, read("/etc/passwd"), read("/etc/group"))
+
+
+def _merge_env(image_env: list[str], env: list[str]) -> list[str]:
+    """The image's Env with ``env``'s KEY=VALUE entries added, replacing those of the same KEY
+    (docker run -e; a build step passes the config's Env as it stands)."""
+    merged = dict(e.split("=", 1) if "=" in e else (e, "") for e in image_env)
+    merged.update(e.split("=", 1) for e in env if "=" in e)
+    return [f"{k}={v}" for k, v in merged.items()]
 
 
 def _volume(spec: str) -> str:

@@ -186,3 +186,17 @@ def test_the_command_builds_only_its_own_options_and_exits_without_the_interpret
     assert r.returncode == 2 and "invalid choice" in r.stderr and "'run'" in r.stderr
     r = labkit("run", "--bogus", "busybox", home=lab_root)
     assert r.returncode == 2 and "--bogus" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_takes_env_and_workdir_as_docker_run(busybox, lab_root):
+    """docker run -e KEY=VALUE, -e KEY (this shell's value, left out when it has none) and -w DIR
+    (made if missing, as docker makes it; podman 4.3 refuses a missing one); a relative -w is
+    refused in one line. They were not flags of labkit run."""
+    env = dict(os.environ, LABKIT_HOME=str(lab_root), FROM_SHELL="here")
+    script = 'echo "$A|$FROM_SHELL|${NOWHERE-unset}"; pwd'
+    r = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", "-e", "A=1 2", "-e", "FROM_SHELL", "-e", "NOWHERE",
+                        "-w", "/srv/made", "busybox", "--", "/bin/sh", "-c", script],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "1 2|here|unset\n/srv/made\n"), r.stderr
+    r = labkit("run", "--rm", "-w", "rel", "busybox", "--", "pwd", home=lab_root)
+    assert r.returncode == 1 and "not an absolute path" in r.stderr and r.stderr.count("\n") == 1

@@ -315,7 +315,9 @@ def test_stdin_exec_and_exit_statuses_as_podman(both):
                             input=input, capture_output=True, text=True, timeout=60)
         return (lk.returncode, lk.stdout), (pm.returncode, pm.stdout)
     for args in ([["cat"]], ["-i", ["cat"]], [["no-such-command"]], [["/app/greeting"]],
-                 ["-t", ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo terminal; echo $TERM"]]):
+                 ["-t", ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo terminal; echo $TERM"]],
+                 ["-e", "A=1 2", "-e", "HOME=/x", "-e", "GREETING_UNSET_HERE", "-w", "/tmp",
+                  ["/bin/sh", "-c", "echo \"$A|$HOME|${GREETING_UNSET_HERE-unset}|$PATH\"; pwd"]]):
         mine, theirs = both_run(*args, input="hello\n")
         assert mine == theirs, (args, mine, theirs)
     script = ["/bin/sh", "-c", "trap 'echo bye; exit 4' TERM; while true; do sleep 0.05; done"]
