@@ -204,7 +204,7 @@ class Builder:
         env = list(s.config.get("Env", [])) + [f"{k}={v}" for k, v in s.args.items()]
 
         def make(upper: Path, lowers, work):
-            c = container.Container.create("" if s.base == st.SCRATCH else s.base, cmd, hostname="buildkit",
+            c = container.Container.create(s.base, cmd, hostname="buildkit",
                                            layers=(lowers, upper, work),
                                            entrypoint=[],       # RUN does not go through ENTRYPOINT
                                            env=env, workdir=s.config.get("WorkingDir") or "/",

@@ -165,7 +165,8 @@ class Container:
         given (then the image's CMD is dropped, as with docker run --entrypoint); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
         store = store or st.Store()
-        conf = store.image(image).config.get("config", {}) if image or not layers else {}   # "": FROM scratch
+        # a build step of a FROM scratch stage has layers but no image, so no image config
+        conf = {} if image == st.SCRATCH and layers else store.image(image).config.get("config", {})
         if entrypoint is None:      # docker run: arguments replace CMD and follow ENTRYPOINT
             cmd = (conf.get("Entrypoint") or []) + list(cmd or conf.get("Cmd") or [])
         else:                       # --entrypoint: the image's CMD goes too
@@ -749,9 +750,9 @@ def _identity(user: str) -> users.Identity:
 def _merge_env(image_env: list[str], env: list[str]) -> list[str]:
     """The image's Env with ``env``'s KEY=VALUE entries added, replacing those of the same KEY
     (docker run -e; a build step passes the config's Env as it stands)."""
-    merged = dict(e.split("=", 1) if "=" in e else (e, "") for e in image_env)
-    merged.update(e.split("=", 1) for e in env if "=" in e)
-    return [f"{k}={v}" for k, v in merged.items()]
+    merged = {e.split("=", 1)[0]: e for e in image_env}      # an entry without "=" stays as it is
+    merged.update((e.split("=", 1)[0], e) for e in env if "=" in e)
+    return list(merged.values())
 
 
 def _volume(spec: str) -> str:
