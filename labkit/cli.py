@@ -350,7 +350,8 @@ def _positive(kind):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag gets one line (what was wrong, where to look), status 2."""
+    """argparse, but a bad flag gets one line (what was wrong, where to look), status 2
+    (125 for run and exec: main())."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -598,9 +599,21 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# `podman run` and `podman exec` (and `docker run`) exit 125 when the error is the tool's own (a
+# bad flag, no such image), so that a script can tell it from the command's own status and from
+# 126 and 127 (the command could not be executed, or was not found; container.StartError is
+# 126 too). Other commands: 1, and 2 for a bad flag (argparse's).
+OWN_ERROR = {"run": 125, "exec": 125}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    failed = OWN_ERROR.get(command, 1)
+    try:
+        args = parser(command).parse_args(argv)
+    except SystemExit as e:
+        raise SystemExit(failed if e.code == 2 and command in OWN_ERROR else e.code) from None
     if args.command == "notebook" and args.action == "reset" and not args.name:
         parser().error("notebook reset needs the lesson name, e.g. labkit notebook reset 01-overlayfs")
     try:
@@ -610,11 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except LabError as e:
         print(f"labkit: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "run_status", failed) if command in OWN_ERROR else failed
     except OSError as e:        # a file named on the command line that is not there, say
         where = f": {e.filename}" if e.filename else ""
         print(f"labkit: {e.strerror or e}{where}. Check the path and try again.", file=sys.stderr)
-        return 1
+        return failed
 
 
 def command() -> None:

@@ -10,7 +10,9 @@ order runc uses (runc's libcontainer/init_linux.go, the OCI runtime spec's confi
 3. **no_new_privs** (prctl(2) PR_SET_NO_NEW_PRIVS): no exec can gain privileges (setuid bits
    and file capabilities are ignored), as runc's default spec sets;
 4. the **capability sets** (capabilities(7)): every capability outside Docker's default 14 is
-   dropped from the bounding set, and effective, permitted and inheritable are set to those 14;
+   dropped from the bounding set; once the process is the user it runs as, effective and
+   permitted are set to those 14 (root) or left empty (any other user), and the inheritable
+   and ambient sets are emptied (as docker since 20.10.14, CVE-2022-24769);
 5. a **seccomp** filter (seccomp(2), through libseccomp's Python binding pyseccomp) last, so
    that the set-up above may still mount: it refuses with EPERM the system calls Docker's
    default profile leaves out (mount, pivot_root, kexec_load, init_module, bpf, keyctl ...,
@@ -148,10 +150,11 @@ def set_no_new_privs() -> None:
     kernel.prctl(PR_SET_NO_NEW_PRIVS, 1, name="PR_SET_NO_NEW_PRIVS")
 
 
-def set_capabilities(keep: list[str]) -> None:
+def drop_bounding_set(keep: list[str]) -> None:
     """capabilities(7): drop every capability outside ``keep`` from the bounding set (so no
-    exec can get it back, even as root), clear the ambient set, and capset(2) effective,
-    permitted and inheritable to ``keep``."""
+    exec can get it back, even as root) and clear the ambient set. The effective set is left
+    as it is, so the user can still be changed (setuid(2) needs CAP_SETUID) even when
+    --cap-drop took it away: runc does the same."""
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
     have = int(procfs.status()["CapPrm"], 16)        # cannot keep what this process lacks
     wanted = {CAPS.index(c) for c in keep if have >> CAPS.index(c) & 1}
@@ -159,8 +162,17 @@ def set_capabilities(keep: list[str]) -> None:
         if cap not in wanted:
             kernel.prctl(PR_CAPBSET_DROP, cap, name=f"PR_CAPBSET_DROP {cap}")
     kernel.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, name="PR_CAP_AMBIENT_CLEAR_ALL")
-    bits = sum(1 << c for c in wanted)
-    kernel.capset(bits, bits, bits)
+
+
+def set_capabilities(keep: list[str]) -> None:
+    """capset(2): effective and permitted to those of ``keep`` this process still has (a
+    process that became another user than root has none left: setuid(2) cleared them), and
+    inheritable to nothing. The kernel itself never fills the inheritable set; a filled one
+    hands its capabilities to any program whose file has them inheritable (CVE-2022-24769:
+    docker, podman and runc's default spec all leave it empty)."""
+    have = int(procfs.status()["CapPrm"], 16)        # cannot keep what this process lacks
+    bits = sum(1 << CAPS.index(c) for c in keep if have >> CAPS.index(c) & 1)
+    kernel.capset(bits, bits, 0)
 
 
 def seccomp_filter():
@@ -183,14 +195,20 @@ def seccomp_filter():
 
 
 def confine(c: Confinement) -> None:
-    """Steps 3 and 4 in PID 1 after its mounts and pivot_root: no_new_privs, then the
-    capabilities. Changing user comes next (setuid needs CAP_SETUID), and last the seccomp
+    """Step 3 and the first half of 4 in PID 1 after its mounts and pivot_root: no_new_privs,
+    the bounding set. Changing user comes next, then :func:`capabilities`, and last the seccomp
     filter (it refuses mount and setns): :func:`load`."""
     if c.privileged:
         return
     if c.no_new_privs:
         set_no_new_privs()
-    set_capabilities(c.caps)
+    drop_bounding_set(c.caps)
+
+
+def capabilities(c: Confinement) -> None:
+    """The second half of step 4, once the process is the user it runs as: the capability sets."""
+    if not c.privileged:
+        set_capabilities(c.caps)
 
 
 def load(c: Confinement, seccomp_filter_) -> None:

@@ -57,6 +57,12 @@ class ContainerError(LabError):
     """A container that cannot be made, started or found."""
 
 
+class StartError(ContainerError):
+    """PID 1 was made but could not start the command (a user the image lacks, a working
+    directory that cannot be made): `labkit run` exits 126 for it, as podman does."""
+    run_status = 126
+
+
 def parse_size(text: str | int | None) -> int | None:
     """'64m' -> 67108864 (k, m, g suffixes, powers of 1024)."""
     if text is None or isinstance(text, int):
@@ -327,12 +333,14 @@ class Container:
             sandbox.close_fds()
             self._become(self.cfg.cmd, self.cfg.user, self.cfg.workdir, make_workdir=True)
         except BaseException as e:
-            raise ContainerError(f"container {self.id}: {self._step} failed: {e}",
-                                 "check the command and the image (labkit image inspect)") from None
+            problem, fix = (e.problem, e.fix) if isinstance(e, LabError) else (e, "")
+            raise StartError(f"container {self.id}: {self._step} failed: {problem}",
+                             fix or "check the command and the image (labkit image inspect)") from None
 
     def _become(self, cmd: list[str], user: str, workdir: str, make_workdir: bool = False) -> None:
         """The last steps of PID 1, and of a process ``exec`` adds: the environment, the working
-        directory, the capabilities, the user, the seccomp filter, then execve(2)."""
+        directory, the bounding set, the user, the capability sets, the seccomp filter, then
+        execve(2): runc's order, so that a --cap-drop of SETUID still lets the user change."""
         env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
         env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
         env["HOSTNAME"] = self.cfg.hostname
@@ -343,16 +351,18 @@ class Container:
             os.makedirs(workdir, exist_ok=True)
         os.chdir(workdir)
         conf = self._confinement
-        self._step = "dropping capabilities"
+        self._step = "dropping capabilities from the bounding set"
         confine.confine(conf)
         self._step = f"looking up user {user or 'root'}"
         who = _identity(user)
         env.setdefault("HOME", who.home)
-        if user:
-            self._step = f"becoming user {user}"
-            os.setgroups(who.groups)
+        self._step = f"becoming user {user or 'root'}"
+        os.setgroups(who.groups if user else [])     # never the groups of whoever started labkit
+        if user:                                     # (podman: none unless a user is given)
             os.setgid(who.gid)
             os.setuid(who.uid)
+        self._step = "setting the capabilities"
+        confine.capabilities(conf)
         kernel.set_parent_death_signal(signal.SIGKILL)    # changing user cleared it: the
         self._step = "loading the seccomp filter"          # process still dies with its runtime
         confine.load(conf, self._seccomp)
@@ -657,7 +667,8 @@ INIT_FILES = ("hostname", "hosts", "resolv.conf")
 
 def _populate_dev(fd: int) -> None:
     """A container's /dev, as runc makes it: the character devices of DEVICES, a devpts of its
-    own (newinstance) with ptmx, a tmpfs for shm, and the fd links (devices(7) of the OCI
+    own (newinstance) with ptmx, a tmpfs for shm, the POSIX message queues of the container's
+    IPC namespace at /dev/mqueue (runc's default spec mounts it), and the fd links (devices(7) of the OCI
     runtime spec, "Default Devices" and "Dev symbolic links")."""
     base = f"/proc/self/fd/{fd}"
     for name, (major, minor) in DEVICES.items():
@@ -670,6 +681,8 @@ def _populate_dev(fd: int) -> None:
     os.mkdir(f"{base}/shm")
     kernel.mount("shm", f"{base}/shm", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC,
                  "mode=1777,size=65536k")
+    os.mkdir(f"{base}/mqueue")          # mq_overview(7): the queues of this IPC namespace, PID 1's own
+    kernel.mount("mqueue", f"{base}/mqueue", "mqueue", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
     os.symlink("/proc/self/fd", f"{base}/fd")
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{base}/{name}")

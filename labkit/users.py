@@ -4,8 +4,11 @@ the way the image knows them, so the runtime reads the image's /etc/passwd and /
 
 * ``name`` or ``uid``: the uid, the primary gid from passwd (gid 0 for a uid passwd lacks);
 * ``name:group`` or ``uid:gid``: the group given instead (by name from /etc/group, or a number);
-* supplementary groups: every group in /etc/group that lists the user's name, unless a group
-  was given ("supplementary group ids only make sense in the implicit group", runc says);
+* supplementary groups: the primary group, then every group in /etc/group that lists the
+  user's name unless a group was given ("supplementary group ids only make sense in the
+  implicit group", runc says). The primary group is always one of them, as docker (since
+  20.10.18, CVE-2022-36109) and podman set it: without it, a process that changes its group
+  escapes a file's "not for this group" permission bits (mode 0604, say);
 * HOME: the home directory in passwd, "/" if the user is not there.
 """
 from __future__ import annotations
@@ -54,4 +57,4 @@ def resolve(user: str, passwd: str, group: str) -> Identity:
             gid = int(g[2])
     login = entry[0] if entry and not grp else None
     extra = [int(f[2]) for f in groups if login and len(f) >= 4 and f[2].isdigit() and login in f[3].split(",")]
-    return Identity(uid, gid, extra, entry[5] if entry and entry[5] else "/")
+    return Identity(uid, gid, list(dict.fromkeys([gid, *extra])), entry[5] if entry and entry[5] else "/")

@@ -184,8 +184,10 @@ def test_the_command_builds_only_its_own_options_and_exits_without_the_interpret
     assert (r.returncode, r.stdout) == (3, "out\n") and lab.entries() == []
     r = labkit("nosuch", home=lab_root)
     assert r.returncode == 2 and "invalid choice" in r.stderr and "'run'" in r.stderr
-    r = labkit("run", "--bogus", "busybox", home=lab_root)
+    r = labkit("image", "ls", "--bogus", home=lab_root)
     assert r.returncode == 2 and "--bogus" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = labkit("run", "--bogus", "busybox", home=lab_root)     # run and exec: 125, as podman (before: 2)
+    assert r.returncode == 125 and "--bogus" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_run_takes_env_and_workdir_as_docker_run(busybox, lab_root):
@@ -199,4 +201,4 @@ def test_run_takes_env_and_workdir_as_docker_run(busybox, lab_root):
                        env=env, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, "1 2|here|unset\n/srv/made\n"), r.stderr
     r = labkit("run", "--rm", "-w", "rel", "busybox", "--", "pwd", home=lab_root)
-    assert r.returncode == 1 and "not an absolute path" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 125 and "not an absolute path" in r.stderr and r.stderr.count("\n") == 1

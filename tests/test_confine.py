@@ -32,6 +32,15 @@ def test_the_default_container_has_dockers_capabilities_seccomp_and_no_new_privs
         assert here == DOCKER_CAPEFF                                 # cgroup v2: docker's less MKNOD
     assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1"         # before: 0 and 0
     assert set(confine.cap_names(st["CapEff"])) <= confine.DOCKER_CAPS
+    assert st["CapInh"] == st["CapAmb"] == "0000000000000000"       # before: CapInh as CapEff
+
+
+def test_inheritable_capabilities_are_empty_whatever_the_options(busybox):
+    """docker since 20.10.14 (CVE-2022-24769), podman and runc's default spec leave the
+    inheritable set empty: with it filled, an exec of a file with inheritable file capabilities
+    gets them. Before: labkit set it to the kept capabilities, --cap-add's too."""
+    for opts in ({}, {"cap_add": ["SYS_ADMIN"]}, {"user": "1000"}, {"security_opt": ["no-new-privileges=false"]}):
+        assert _status(**opts)["CapInh"] == "0000000000000000", opts
 
 
 @pytest.mark.parametrize("attack, refused", [
@@ -53,8 +62,8 @@ def test_masked_paths_read_empty_and_dev_holds_only_the_default_devices(busybox)
     _, out = _sh("wc -c < /proc/timer_list; ls -A /sys/firmware | wc -l; ls /dev")
     lines = out.split()
     assert lines[0] == "0" and lines[1] == "0"                        # on the host: both hold something
-    assert set(lines[2:]) == {"fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
-                              "stdout", "tty", "urandom", "zero"}
+    assert set(lines[2:]) == {"fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr",
+                              "stdin", "stdout", "tty", "urandom", "zero"}     # before: no mqueue
     code, out = _sh("echo hi > /dev/null && head -c 4 /dev/zero | wc -c && ls -l /dev/null")
     assert code == 0 and out.split()[0] == "4" and out.split()[1].startswith("crw-rw-rw-")
 
@@ -80,6 +89,9 @@ def test_privileged_and_the_options_change_what_the_container_gets(busybox):
     assert st["Seccomp"] == "0"
     assert _status(cap_drop=["ALL"])["CapEff"] == "0000000000000000"
     assert _status(user="1000")["CapEff"] == "0000000000000000"     # a non-root user gets none, as in docker
+    for opts in ({"cap_drop": ["ALL"]}, {"cap_drop": ["ALL"], "user": "1000"},      # before: "becoming user
+                 {"cap_drop": ["SETUID", "SETGID"], "user": "nobody"}):         # failed", as docker does not
+        assert _sh("id -u", **opts)[0] == 0, opts
     with pytest.raises(confine.ConfinementError, match="is not a capability"):
         container.Container.create("busybox", ["true"], cap_add=["SYS_WIZARD"])
     with pytest.raises(confine.ConfinementError, match="unknown --security-opt"):
@@ -91,7 +103,7 @@ def test_labkit_run_takes_the_docker_flags(busybox):
     import sys
     r = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", "--cap-add", "NOPE", "busybox", "--", "true"],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "'NOPE' is not a capability" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 125 and "'NOPE' is not a capability" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert cli.main(["run", "--rm", "--privileged", "busybox", "--", "true"]) == 0
 
 

@@ -320,6 +320,13 @@ def test_stdin_exec_and_exit_statuses_as_podman(both):
                   ["/bin/sh", "-c", "echo \"$A|$HOME|${GREETING_UNSET_HERE-unset}|$PATH\"; pwd"]]):
         mine, theirs = both_run(*args, input="hello\n")
         assert mine == theirs, (args, mine, theirs)
+    for lk_args, pm_args in ((["no-such-image", "--", "true"], ["localhost/no-such-image", "true"]),
+                             (["--bogus", "t/cli", "--", "true"], ["--bogus", "localhost/t-cli", "true"]),
+                             (["-u", "nosuch", "t/cli", "--", "true"], ["-u", "nosuch", "localhost/t-cli", "true"])):
+        lk = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", *lk_args], capture_output=True, text=True)
+        pm = podman("run", "--rm", *pm_args, check=False)   # the tool's own error 125, a user the image lacks
+        # 126 (before: 1, 2 and 1)
+        assert (lk.returncode, len(lk.stderr.splitlines())) == (pm.returncode, 1), (lk_args, lk.stderr, pm.stderr)
     script = ["/bin/sh", "-c", "trap 'echo bye; exit 4' TERM; while true; do sleep 0.05; done"]
     c = container.run_detached("t/cli", script, store=store)
     podman("run", "-d", "--name", "pm-exec", "localhost/t-cli", *script)
@@ -336,6 +343,26 @@ def test_stdin_exec_and_exit_statuses_as_podman(both):
     podman("rm", "pm-exec")
     c.remove()
 
+
+
+def test_who_the_process_is_and_its_dev_as_podman(both):
+    """`id`, the capability sets and /dev's mounts inside `labkit run` and `podman run` with
+    the same flags. Before: the inheritable set held docker's 14 (podman: none, CVE-2022-24769),
+    a given user had no supplementary groups (podman: its primary group, CVE-2022-36109),
+    --cap-drop ALL failed at "becoming user", and /dev/mqueue was missing."""
+    import subprocess
+    import sys
+    _, podman = both
+    probe = ["/bin/sh", "-c", "id -u; id -G; grep -E '^(Cap|Groups)' /proc/self/status; "   # id's names: podman adds
+             # a passwd entry for a uid the image lacks (deliberate, README)
+             "awk '$2 ~ \"^/dev\" {print $2, $3}' /proc/mounts | sort"]
+    for flags in ([], ["-u", "1000"], ["-u", "nobody"], ["-u", "1000:44"], ["-u", "root"], ["--cap-add", "SYS_ADMIN"],
+                  ["--cap-drop", "ALL"], ["--cap-drop", "ALL", "-u", "1000"],
+                  ["--cap-drop", "SETUID", "--cap-drop", "SETGID", "-u", "nobody"]):
+        lk = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", *flags, "busybox", "--", *probe],
+                            capture_output=True, text=True, timeout=60)
+        pm = podman("run", "--rm", *flags, "busybox", *probe, check=False)
+        assert (lk.returncode, lk.stdout) == (pm.returncode, pm.stdout), (flags, lk.stderr)
 
 
 SQUASH_DF = ("FROM busybox\nRUN mkdir -p /opt/d && echo x > /opt/data && ln /opt/data /opt/alias && echo a > /opt/d/a\n"

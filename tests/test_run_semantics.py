@@ -66,12 +66,26 @@ def test_a_missing_command_exits_127_and_one_not_executable_126(entry_image):
 def test_users_resolve_reads_passwd_and_group_as_libcontainer_does():
     passwd = "root:x:0:0:root:/root:/bin/sh\nann:x:1000:100:Ann:/home/ann:/bin/sh\n"
     group = "root:x:0:\nusers:x:100:\nwheel:x:10:root,ann\nvideo:x:44:ann\n"
-    assert users.resolve("ann", passwd, group) == users.Identity(1000, 100, [10, 44], "/home/ann")
-    assert users.resolve("1000:44", passwd, group) == users.Identity(1000, 44, [], "/home/ann")   # runc: a
-    # group given, no supplementary groups
-    assert users.resolve("5:5", passwd, group) == users.Identity(5, 5, [], "/")
+    assert users.resolve("ann", passwd, group) == users.Identity(1000, 100, [100, 10, 44], "/home/ann")
+    assert users.resolve("1000:44", passwd, group) == users.Identity(1000, 44, [44], "/home/ann")   # runc: a
+    # group given, no supplementary groups from /etc/group; the primary one always (before: [])
+    assert users.resolve("5:5", passwd, group) == users.Identity(5, 5, [5], "/")
+    assert users.resolve("root", passwd, group) == users.Identity(0, 0, [0, 10], "/root")
     with pytest.raises(users.UserError, match="unable to find group nope"):
         users.resolve("ann:nope", passwd, group)
+
+
+def test_the_callers_supplementary_groups_stay_outside(busybox):
+    """The container's process has the supplementary groups of its user in the image (the
+    primary group first, as docker since 20.10.18, CVE-2022-36109), never those of the process
+    that started it. Before: root in a container kept the caller's list."""
+    before = os.getgroups()
+    os.setgroups([0, 4242])
+    try:
+        _, r = container.run("busybox", ["id", "-G"], rm=True)
+    finally:
+        os.setgroups(before)
+    assert r.stdout.split() == ["0"]
 
 
 def _labkit_run(*args) -> subprocess.Popen:
