@@ -1,4 +1,6 @@
-"""Container start-to-exit latency: `labkit run busybox -- true` against `runc run` (and crun).
+"""Container start-to-exit latency: `labkit run busybox -- true` against `runc run` (and crun),
+with two floor rows: Python starting, and Python importing the standard-library modules a
+`labkit run` imports (issue 20: they alone take about 2x runc's whole run).
 
 Both run the same busybox rootfs: labkit from its store (overlay of the image layers), runc
 and crun from the bundle umoci unpacks from the same image. Each is timed as a whole
@@ -19,6 +21,22 @@ from labkit.image import store as st
 from labkit.image.base import base_image
 
 REPEAT = 20
+
+
+def _stdlib_of_run(labkit: str) -> list[str]:
+    """The standard-library modules one `labkit run` imports (python -X importtime's list,
+    without labkit's own modules and pyseccomp): what any Python `labkit run` must load."""
+    r = subprocess.run([sys.executable, "-X", "importtime", labkit, "run", "--rm", "busybox", "--", "/bin/true"],
+                       check=True, capture_output=True, text=True)
+    names = [line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    return [n for n in names[1:] if not n.startswith(("labkit", "pyseccomp", "_distutils_hack", "__editable__"))]
+
+
+def _floor(modules: list[str]):
+    """A contender that starts the venv's Python, imports ``modules`` and leaves at once."""
+    script = ("import importlib, os\nfor m in %r:\n    try:\n        importlib.import_module(m)\n"
+              "    except ImportError:\n        pass\nos._exit(0)\n" % modules)
+    return _command([sys.executable, "-c", script])
 
 
 def _command(argv: list[str]):
@@ -48,7 +66,9 @@ def main() -> None:
                                                      "busybox", "--", "/bin/true"]),
         "labkit container.run (in-process)": lambda: container.run("busybox", ["/bin/true"], rm=True),
         "runc run": _command(["runc", "--root", str(w / "runc"), "run", "--bundle", str(w / "bundle"),
-                              "labkit-bench-{i}"])}
+                              "labkit-bench-{i}"]),
+        "floor: python -c pass": _command([sys.executable, "-c", "pass"]),
+        "floor: python + run's stdlib imports": _floor(_stdlib_of_run(str(Path(sys.executable).with_name("labkit"))))}
     if shutil.which("crun"):
         contenders["crun run"] = _command(["crun", "--root", str(w / "crun"), "run", "--bundle", str(w / "bundle"),
                                            "labkit-bench-c{i}"])
@@ -59,7 +79,9 @@ def main() -> None:
     print(f"{'':<36} {'min':>7} {'median':>7} {'median/runc':>12}")
     for name, t in r.items():
         print(f"{name:<36} {t.min:>7.1f} {t.median:>7.1f} {t.median / base.median:>11.2f}x")
-    print("(the `labkit` command's time includes starting Python and importing labkit)")
+    print("(the `labkit` command's time includes starting Python and importing labkit; the floor rows are\n"
+          " what any Python `labkit run` pays before its own code: the interpreter, and the standard library\n"
+          " modules a run imports, timed alone)")
     for name in list(r)[:2]:
         headline("container start to exit: " + name.split(" busybox")[0].split(" (")[0], "ms", r[name],
                  "runc run", base)
