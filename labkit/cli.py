@@ -187,7 +187,7 @@ def cmd_run(args) -> int:
                 name=args.name or "", privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
                 security_opt=args.security_opt, userns=args.userns, user=args.user,
                 entrypoint=[args.entrypoint] if args.entrypoint else None, workdir=args.workdir,
-                env=[e if "=" in e else f"{e}={os.environ[e]}" for e in args.env if "=" in e or e in os.environ])
+                env=_env(args.env))
     if args.workdir and not args.workdir.startswith("/"):
         raise LabError(f"the working directory {args.workdir!r} is not an absolute path", "write it from /, e.g. -w /app")
     if args.detach:
@@ -267,7 +267,8 @@ def cmd_exec(args) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise LabError("exec needs a command", "e.g. labkit exec CONTAINER -- ps")
-    r = container.Container.load(args.container).exec(cmd, user=args.user, capture=False, timeout=None)
+    r = container.Container.load(args.container).exec(cmd, user=args.user, capture=False, timeout=None,
+                                                       env=_env(args.env), workdir=args.workdir)
     return r.exit_code
 
 
@@ -499,9 +500,7 @@ def _args_run(p) -> None:
     p.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
     p.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
                    help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
-                   help="set KEY in the container (KEY alone: this shell's value, if it has one)")
-    p.add_argument("-w", "--workdir", metavar="DIR", help="the command's working directory (made if missing)")
+    _args_env_workdir(p, made="made if missing")
     p.add_argument("--hostname")
     p.add_argument("--name", help="a name to commit or remove it by")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -545,8 +544,21 @@ def _args_kill(p) -> None:
     p.set_defaults(fn=cmd_kill)
 
 
+def _args_env_workdir(p, made: str) -> None:
+    """-e and -w, as docker run and docker exec take them."""
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="set KEY in the container (KEY alone: this shell's value, if it has one)")
+    p.add_argument("-w", "--workdir", metavar="DIR", help=f"the command's working directory ({made})")
+
+
+def _env(flags: list[str]) -> list[str]:
+    """-e flags as KEY=VALUE: KEY alone takes this shell's value, and is left out if it has none."""
+    return [e if "=" in e else f"{e}={os.environ[e]}" for e in flags if "=" in e or e in os.environ]
+
+
 def _args_exec(p) -> None:
     p.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    _args_env_workdir(p, made="not made if missing")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(fn=cmd_exec)

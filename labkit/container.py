@@ -337,11 +337,12 @@ class Container:
             raise StartError(f"container {self.id}: {self._step} failed: {problem}",
                              fix or "check the command and the image (labkit image inspect)") from None
 
-    def _become(self, cmd: list[str], user: str, workdir: str, make_workdir: bool = False) -> None:
+    def _become(self, cmd: list[str], user: str, workdir: str, make_workdir: bool = False,
+                env: list[str] = ()) -> None:
         """The last steps of PID 1, and of a process ``exec`` adds: the environment, the working
         directory, the bounding set, the user, the capability sets, the seccomp filter, then
         execve(2): runc's order, so that a --cap-drop of SETUID still lets the user change."""
-        env = dict(e.split("=", 1) for e in self.cfg.env if "=" in e)
+        env = dict(e.split("=", 1) for e in _merge_env(self.cfg.env, list(env)) if "=" in e)
         env.setdefault("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
         env["HOSTNAME"] = self.cfg.hostname
         if getattr(self, "_tty", False):
@@ -569,11 +570,17 @@ class Container:
         read = lambda n: (self.dir / f"{n}.log").read_text(errors="replace") if (self.dir / f"{n}.log").exists() else ""
         return read("stdout"), read("stderr")
 
-    def exec(self, cmd: list[str], user: str | None = None, capture: bool = True, timeout: float | None = 120) -> Result:
+    def exec(self, cmd: list[str], user: str | None = None, capture: bool = True, timeout: float | None = 120,
+             env: list[str] | None = None, workdir: str | None = None) -> Result:
         """docker exec: run ``cmd`` inside the running container: setns(2) into PID 1's
         namespaces (its user namespace first, with --userns), join its cgroups, fork (a PID
         namespace takes children only), then the same confinement, user and seccomp filter as
-        PID 1 had. Returns its Result; the container goes on."""
+        PID 1 had. ``env`` (KEY=VALUE) is added to the container's environment and ``workdir``
+        replaces its working directory, as docker exec -e and -w (a missing one is not made:
+        status 126). Returns its Result; the container goes on."""
+        if workdir and not workdir.startswith("/"):
+            raise ContainerError(f"the working directory {workdir!r} is not an absolute path",
+                                 "write it from /, e.g. -w /app")
         pid1 = self.pid1(timeout=1) if self.group else self.running_pid1()
         if pid1 is None:
             raise ContainerError(f"container {self.id} is not running", "start it first (labkit run -d)")
@@ -583,7 +590,8 @@ class Container:
         self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
         out = [os.pipe(), os.pipe()] if capture else None
         try:
-            child = sandbox.Child(self._exec_in, pid1, cmd, user, stdout=out[0][1] if out else None,
+            child = sandbox.Child(self._exec_in, pid1, cmd, user, env or [], workdir or self.cfg.workdir,
+                                  stdout=out[0][1] if out else None,
                                   stderr=out[1][1] if out else None, note=f"exec in {self.id}")
         finally:
             for fd in [out[0][1], out[1][1]] if out else []:
@@ -599,7 +607,7 @@ class Container:
             child.close()
         return Result(self.id, code if code >= 0 else 128 - code, *(b.decode(errors="replace") for b in bufs))
 
-    def _exec_in(self, ch, pid1: int, cmd: list[str], user: str | None) -> None:
+    def _exec_in(self, ch, pid1: int, cmd: list[str], user: str | None, env: list[str], workdir: str) -> None:
         """In the exec'd process's first fork: join PID 1's cgroups and namespaces, then fork
         the process that runs ``cmd`` (it is in the container's PID namespace) and wait for it."""
         self._step = "joining the container"
@@ -616,7 +624,7 @@ class Container:
             if kid == 0:
                 try:
                     sandbox.close_fds()
-                    self._become(cmd, self.cfg.user if user is None else user, self.cfg.workdir)
+                    self._become(cmd, self.cfg.user if user is None else user, workdir, env=env)
                 except BaseException as e:
                     os.write(2, f"labkit exec: {self._step} failed: {e}\n".encode())
                     os._exit(126)

@@ -32,6 +32,13 @@ def test_run_detached_then_logs_exec_stop(busybox):
     assert r.returncode == 3 and lines[0] == cid and lines[1].startswith("/bin/sh -c trap")   # its PID 1
     assert confine.mask(confine.caps_in_force(confine.Confinement())) in lines[2] and lines[3].split()[-1] == "2"
     assert c.exec(["id", "-u"], user="1000").stdout == "1000\n"
+    r = labkit("exec", "-e", "A=1 2", "-e", "HOME=/x", "-w", "/tmp", "bg", "--", "/bin/sh", "-c",   # before: no
+               'echo "$A|$HOME"; pwd', check=False)                                             # -e, no -w
+    assert (r.returncode, r.stdout) == (0, "1 2|/x\n/tmp\n"), r.stderr
+    r = labkit("exec", "-w", "/no/such", "bg", "--", "true", check=False)       # docker exec: not made, 126
+    assert r.returncode == 126 and "/no/such" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = labkit("exec", "-w", "rel", "bg", "--", "true", check=False)
+    assert r.returncode == 125 and "not an absolute path" in r.stderr
     assert labkit("stop", "-t", "5", "bg").returncode == 0
     assert wait_until(lambda: (c.dir / "result.json").exists())
     assert c.logs()[0].endswith("stopping\n") and "exited 5" in labkit("ps").stdout
