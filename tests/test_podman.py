@@ -65,9 +65,10 @@ CASES = {
               "&& touch '/ünï/çödé/fïlé with spaces'\nCMD find /ünï\n", {}),
     "ownership": ("FROM busybox\nRUN touch /owned && chown 1234:5678 /owned\nCOPY --chown=7:8 file.txt /copied\n"
                   "CMD stat -c '%u:%g %n' /owned /copied\n", {"file.txt": "from the context\n"}),
-    # deliberate: podman adds a passwd entry for a uid the image lacks and the primary gid to the
-    # supplementary groups, so `id` prints names and groups=; docker and labkit do neither
-    "user-workdir": ("FROM busybox\nWORKDIR /srv/app\nUSER 1000:1000\nCMD [\"/bin/sh\", \"-c\", \"id -u; id -g; pwd\"]\n", {}),
+    # deliberate: podman adds a passwd and group entry for a uid the image lacks, so `id` prints
+    # names; docker and labkit do not (numbers only here). The supplementary groups: the primary one
+    "user-workdir": ("FROM busybox\nWORKDIR /srv/app\nUSER 1000:1000\nRUN id -G > /tmp/groups-in-run\n"
+                     "CMD [\"/bin/sh\", \"-c\", \"id -u; id -g; id -G; cat /tmp/groups-in-run; pwd\"]\n", {}),
     "entrypoint": ("FROM busybox\nENTRYPOINT [\"echo\", \"entry\"]\nCMD [\"default\", \"args\"]\n", {}),
     "metadata": ("FROM busybox\nLABEL org.example.a=1 \"org.example.b\"=\"two words\"\nEXPOSE 80 53/udp\n"
                  "STOPSIGNAL SIGINT\nVOLUME /data\nCMD true\n", {}),
@@ -203,8 +204,9 @@ def _without_buildah_mount_points(names: set[str]) -> set[str]:
 INJECTED = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run/.containerenv", "/run", "/dev", "/proc",
             "/sys", "/etc/mtab")
 # deliberate, per case: podman writes a passwd and group entry for USER 1000 at run time and makes a
-# missing WORKDIR as that user; docker (moby's SetupWorkingDirectory: as root) and labkit do neither
-TREE_DIFFERS = {"user-workdir": {"/etc/passwd", "/etc/group", "/srv/app"}}
+# missing WORKDIR (and its parents, once a RUN step needs it) as that user; docker (moby's
+# SetupWorkingDirectory: as root) and labkit do neither
+TREE_DIFFERS = {"user-workdir": {"/etc/passwd", "/etc/group", "/srv", "/srv/app"}}
 FIND = ["/bin/sh", "-c", "find / -xdev | sort | while read f; do stat -c '%n|%a|%u|%g|%F|%s' \"$f\"; done"]
 
 
