@@ -495,8 +495,8 @@ def _args_login(p) -> None:
 
 
 def _args_run(p) -> None:
-    p.add_argument("--memory", help="memory limit, e.g. 64m")
-    p.add_argument("--pids", type=_positive(int), help="most processes at once")
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m")
+    p.add_argument("--pids", "--pids-limit", type=_positive(int), help="most processes at once (docker: --pids-limit)")
     p.add_argument("--cpus", type=_positive(float), help="CPU time, e.g. 0.5")
     p.add_argument("-v", "--volume", action="append", metavar="HOST:CTR",
                    help="bind HOST (under the lab root) at CTR; CTR alone makes an anonymous volume")

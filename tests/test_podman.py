@@ -318,6 +318,9 @@ def test_stdin_exec_and_exit_statuses_as_podman(both):
         return (lk.returncode, lk.stdout), (pm.returncode, pm.stdout)
     for args in ([["cat"]], ["-i", ["cat"]], [["no-such-command"]], [["/app/greeting"]],
                  ["-t", ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo terminal; echo $TERM"]],
+                 ["-m", "64m", "--pids-limit", "10", ["/bin/sh", "-c", "cat /sys/fs/cgroup/pids.max 2>/dev/null || "   # docker's
+                  "cat /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/memory.max 2>/dev/null || "    # names (before: only
+                  "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"]],                                 # --memory, --pids)
                  ["-e", "A=1 2", "-e", "HOME=/x", "-e", "GREETING_UNSET_HERE", "-w", "/tmp",
                   ["/bin/sh", "-c", "echo \"$A|$HOME|${GREETING_UNSET_HERE-unset}|$PATH\"; pwd"]]):
         mine, theirs = both_run(*args, input="hello\n")
