@@ -29,12 +29,12 @@ def test_root_inside_is_an_unprivileged_host_uid_and_the_image_keeps_its_owners(
 
 def test_the_host_sees_the_container_process_as_its_range_and_what_it_writes_as_uid_0(busybox):
     c = container.Container.create("busybox", ["/bin/sh", "-c", "echo hi > /etc/made; touch /tmp/ann; "
-                                               "chown 1000 /tmp/ann; sleep 30"], userns="auto")
+                                               "chown 1000 /tmp/ann; touch /tmp/done; sleep 30"], userns="auto")
     try:
         c.start()
         pid1 = c.pid1()
         for _ in range(200):
-            if (c.upper / "tmp" / "ann").exists():
+            if (c.upper / "tmp" / "done").exists():      # not ann: it exists before its chown
                 break
             time.sleep(0.05)
         uids = procfs.status(pid1)["Uid"].split()
