@@ -222,7 +222,8 @@ class Builder:
         return self._layer_step(s, ins, make, extra="")
 
     def _copy(self, s: _State, ins: Instruction, args: str, add: bool = False) -> Step:
-        opts, paths = _flags(_words(args, s.values, ins))
+        opts, paths = _flags(_words(args, s.values, ins), ins)
+        mode = _mode(opts["chmod"], ins) if "chmod" in opts else None
         if len(paths) < 2:
             raise BuildError(f"Dockerfile line {ins.line}: {ins.name} needs a source and a destination",
                              f"write it like {ins.name} app.py /app/")
@@ -273,6 +274,10 @@ class Builder:
                     uid, gid = _owner(owner, [upper, *lowers], ins)
                     for p in [final, *(final.rglob("*") if final.is_dir() else [])]:
                         os.chown(p, uid, gid, follow_symlinks=False)
+                if mode is not None:        # what was copied, not the directory it was copied as
+                    for p in (final.rglob("*") if f.is_dir() else [final]):
+                        if not p.is_symlink():
+                            os.chmod(p, mode)
         return self._layer_step(s, ins, make, extra=content.hexdigest())
 
     def _add(self, s, ins, args):
@@ -757,16 +762,30 @@ def _glob(root: Path, pattern: str) -> list[str]:
     return found
 
 
-def _flags(words: list[str]) -> tuple[dict, list[str]]:
-    """``--name=value`` options, then the other words (COPY and ADD's sources and destination)."""
-    opts, paths = {}, []
-    for tok in words:
-        if tok.startswith("--") and "=" in tok:
-            k, _, v = tok[2:].partition("=")
-            opts[k] = v
-        else:
-            paths.append(tok)
-    return opts, paths
+# the flags each takes, as podman 4.3's buildah (BuildKit's --link, --parents, --checksum are not)
+COPY_FLAGS = {"COPY": ("chmod", "chown", "from"), "ADD": ("chmod", "chown")}
+
+
+def _flags(words: list[str], ins: Instruction) -> tuple[dict, list[str]]:
+    """The leading ``--name[=value]`` words of COPY or ADD, checked against COPY_FLAGS, then
+    the other words (the sources and the destination)."""
+    opts, n = {}, 0
+    while n < len(words) and words[n].startswith("--"):
+        k, _, v = words[n][2:].partition("=")
+        if k not in COPY_FLAGS[ins.name]:
+            known = COPY_FLAGS[ins.name]
+            raise BuildError(f"Dockerfile line {ins.line}: {ins.name} takes only "
+                             f"{', '.join('--' + f for f in known[:-1])} and --{known[-1]} (not --{k})",
+                             "remove that flag (a BuildKit one has no equivalent here)")
+        opts[k], n = v, n + 1
+    return opts, words[n:]
+
+
+def _mode(spec: str, ins: Instruction) -> int:
+    """--chmod=OCTAL (e.g. 755) as a number; symbolic modes (u+x) are refused, as by buildah."""
+    if not re.fullmatch(r"[0-7]{1,4}", spec):
+        raise BuildError(f"Dockerfile line {ins.line}: --chmod={spec} is not an octal mode", "write it like --chmod=755")
+    return int(spec, 8)
 
 
 def _in_root(root: Path, src: str) -> Path | None:

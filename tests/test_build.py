@@ -1,6 +1,7 @@
 """The snapshotter, the Dockerfile builder and both squash methods on the real kernel."""
 import json
 import os
+import re
 import subprocess
 import tarfile
 
@@ -126,6 +127,13 @@ def test_errors_name_the_line(busybox):
         build.build(ctx, "lab/e", "RUN true\n", quiet=True)
     with pytest.raises(build.BuildError, match=r"line 1 \(FROM\): there is no image"):
         build.build(ctx, "lab/e", "FROM nothing\n", quiet=True)
+    (ctx / "f").write_text("f")         # a flag COPY or ADD does not take, or a bad mode: one line, as podman
+    for df, says in (("COPY --link f /f", "COPY takes only --chmod, --chown and --from (not --link)"),   # before:
+                     ("COPY --bogus=1 f /f", "COPY takes only --chmod, --chown and --from (not --bogus)"),  # ignored,
+                     ("ADD --from=busybox f /f", "ADD takes only --chmod and --chown (not --from)"),       # or a path
+                     ("COPY --chmod=u+x f /f", "--chmod=u+x is not an octal mode")):
+        with pytest.raises(build.BuildError, match=re.escape(f"line 2: {says}")):
+            build.build(ctx, "lab/e", f"FROM busybox\n{df}\n", quiet=True)
     assert lab.entries() == [] and container.containers() == []
 
 

@@ -32,7 +32,7 @@ def test_exec_and_shell_forms_and_expansion():
     assert build._command('["echo", 1]', {}) == ["/bin/sh", "-c", '["echo", 1]']   # not a list of strings
     assert build._expand("${A}/$B/$C", {"A": "x", "B": "y"}) == "x/y/"
     copy = build.Instruction(3, "COPY", "--chown=1:2 a b /dst/")
-    assert build._flags(build._words(copy.args, {}, copy)) == ({"chown": "1:2"}, ["a", "b", "/dst/"])
+    assert build._flags(build._words(copy.args, {}, copy), copy) == ({"chown": "1:2"}, ["a", "b", "/dst/"])
     with pytest.raises(build.BuildError, match="line 3: COPY .*no closing quotation"):
         build._words('"a b /dst/', {}, copy)
     # the Dockerfile's word rules: quotes, escapes, and each word expanded after splitting

@@ -122,6 +122,18 @@ CASES = {
     "copy-into-existing": ("FROM busybox\nRUN mkdir /existing\nCOPY f /existing\nCOPY f /newname\nCOPY d /existing/\nCMD find /existing /newname\n",
                              {"f": "f", "d/x": "x"}),
     "stopsignal-number": ("FROM busybox\nSTOPSIGNAL 9\nEXPOSE 8080/tcp 9090\nCMD true\n", {}),
+    # COPY/ADD --chmod: every copied entry gets the mode but a copied directory itself (podman's
+    # buildah); labkit ignored the flag
+    "copy-chmod": ("FROM busybox\nCOPY --chmod=750 f /f\nCOPY --chmod=640 d /d\nCOPY --chmod=600 d /e/\n"
+                   "ADD --chmod=700 f /added\nCMD stat -c '%a %n' /f /d /d/g /d/sub /d/sub/h /e /e/g /e/sub /added\n",
+                   {"f": "x", "d/g": "g", "d/sub/h": "h"}),
+    "workdir-relative": ("FROM busybox\nWORKDIR /a\nWORKDIR b\nENV D=c\nWORKDIR $D\nRUN pwd > /where\nCMD cat /where; pwd\n", {}),
+    "cmd-bad-json": ("FROM busybox\nCMD [\"echo\", 'single']\n", {}),
+    "entrypoint-empty-user-var": ("FROM busybox\nARG U=1000\nUSER $U\nENTRYPOINT []\nCMD [\"id\", \"-u\"]\n", {}),
+    "env-multi-label": ("FROM busybox\nENV A=1 \\\n    B=2\nLABEL x=\"a b\" y=c\nRUN echo \"$A$B\" > /ab\nCMD cat /ab\n", {}),
+    "copy-dir-contents": ("FROM busybox\nCOPY d/ /t/\nCOPY d /u\nCOPY ./d/./sub /v\nCMD find /t /u /v\n", {"d/sub/x": "x", "d/y": "y"}),
+    "run-heredoc-like": ("FROM busybox\nRUN set -e; \\\n  for i in 1 2; do echo $i >> /n; done; \\\n  test -s /n\nCMD cat /n\n", {}),
+    "add-local-tar-to-file": ("FROM busybox\nADD plain.txt /opt/renamed.txt\nADD plain.txt /opt/dir/\nCMD find /opt\n", {"plain.txt": "p"}),
     "dockerignore": ("FROM busybox\nCOPY . /ctx\nCMD find /ctx\n",
                      {".dockerignore": "*.log\nsecret\n", "keep.txt": "k", "drop.log": "d", "secret/key": "s"}),
 }
@@ -206,7 +218,8 @@ INJECTED = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run/.containere
 # deliberate, per case: podman writes a passwd and group entry for USER 1000 at run time and makes a
 # missing WORKDIR (and its parents, once a RUN step needs it) as that user; docker (moby's
 # SetupWorkingDirectory: as root) and labkit do neither
-TREE_DIFFERS = {"user-workdir": {"/etc/passwd", "/etc/group", "/srv", "/srv/app"}}
+TREE_DIFFERS = {"user-workdir": {"/etc/passwd", "/etc/group", "/srv", "/srv/app"},
+                "entrypoint-empty-user-var": {"/etc/passwd", "/etc/group"}}
 FIND = ["/bin/sh", "-c", "find / -xdev | sort | while read f; do stat -c '%n|%a|%u|%g|%F|%s' \"$f\"; done"]
 
 
