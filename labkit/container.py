@@ -676,8 +676,8 @@ INIT_FILES = ("hostname", "hosts", "resolv.conf")
 def _populate_dev(fd: int) -> None:
     """A container's /dev, as runc makes it: the character devices of DEVICES, a devpts of its
     own (newinstance) with ptmx, a tmpfs for shm, the POSIX message queues of the container's
-    IPC namespace at /dev/mqueue (runc's default spec mounts it), and the fd links (devices(7) of the OCI
-    runtime spec, "Default Devices" and "Dev symbolic links")."""
+    IPC namespace at /dev/mqueue (runc's default spec mounts it), and the fd links (devices(7)
+    of the OCI runtime spec, "Default Devices" and "Dev symbolic links")."""
     base = f"/proc/self/fd/{fd}"
     for name, (major, minor) in DEVICES.items():
         os.mknod(f"{base}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
