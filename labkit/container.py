@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import select
 import signal
@@ -170,6 +171,7 @@ class Container:
         ``cmd`` replaces the image's CMD and follows its ENTRYPOINT unless ``entrypoint`` is
         given (then the image's CMD is dropped, as with docker run --entrypoint); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
+        _check_run_options(name, env or [])
         store = store or st.Store()
         # a build step of a FROM scratch stage has layers but no image, so no image config
         conf = {} if image == st.SCRATCH and layers else store.image(image).config.get("config", {})
@@ -581,6 +583,7 @@ class Container:
         if workdir and not workdir.startswith("/"):
             raise ContainerError(f"the working directory {workdir!r} is not an absolute path",
                                  "write it from /, e.g. -w /app")
+        _check_run_options("", env or [])
         pid1 = self.pid1(timeout=1) if self.group else self.running_pid1()
         if pid1 is None:
             raise ContainerError(f"container {self.id} is not running", "start it first (labkit run -d)")
@@ -766,6 +769,20 @@ def _identity(user: str) -> users.Identity:
         except OSError:
             return ""
     return users.resolve(user, read("/etc/passwd"), read("/etc/group"))
+
+
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")     # docker's and podman's rule for container names
+
+
+def _check_run_options(name: str, env: list[str]) -> None:
+    """A --name and -e values docker would take: a name of NAME's letters, and KEY=VALUE with a
+    KEY (execve(2) would refuse "=x" only once the container is made)."""
+    if name and not NAME.fullmatch(name):
+        raise ContainerError(f"container name {name!r} is not allowed",
+                             "use letters, digits, '_', '.' and '-', starting with a letter or digit")
+    for e in env:
+        if not e.split("=", 1)[0]:
+            raise ContainerError(f"invalid environment variable {e!r}", "write it as KEY=VALUE")
 
 
 def _merge_env(image_env: list[str], env: list[str]) -> list[str]:

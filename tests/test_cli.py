@@ -1,4 +1,5 @@
-"""The `labkit` command: exit status 0 on success, one clear line and 1 on failure."""
+"""The `labkit` command: exit status 0 on success, one clear line and 1 on failure (run and exec:
+125, as podman)."""
 import os
 import subprocess
 import sys
@@ -202,3 +203,8 @@ def test_run_takes_env_and_workdir_as_docker_run(busybox, lab_root):
     assert (r.returncode, r.stdout) == (0, "1 2|here|unset\n/srv/made\n"), r.stderr
     r = labkit("run", "--rm", "-w", "rel", "busybox", "--", "pwd", home=lab_root)
     assert r.returncode == 125 and "not an absolute path" in r.stderr and r.stderr.count("\n") == 1
+    for flags, says in ((["-e", "=x"], "invalid environment variable '=x'"),         # before: 126, "executing
+                        (["--name", "a/b"], "container name 'a/b' is not allowed")):   # 'sh' failed"; a/b taken
+        r = labkit("run", "--rm", *flags, "busybox", "--", "true", home=lab_root)
+        assert r.returncode == 125 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr   # podman: 125
+    assert not list(lab_root.glob("containers/*"))
