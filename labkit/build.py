@@ -277,7 +277,7 @@ class Builder:
                 if mode is not None:        # what was copied, not the directory it was copied as
                     for p in (final.rglob("*") if f.is_dir() else [final]):
                         if not p.is_symlink():
-                            os.chmod(p, mode)
+                            os.chmod(_inside(upper, p), mode)
         return self._layer_step(s, ins, make, extra=content.hexdigest())
 
     def _add(self, s, ins, args):

@@ -340,7 +340,9 @@ def test_stdin_exec_and_exit_statuses_as_podman(both):
         assert mine == theirs, (args, mine, theirs)
     for lk_args, pm_args in ((["no-such-image", "--", "true"], ["localhost/no-such-image", "true"]),
                              (["--bogus", "t/cli", "--", "true"], ["--bogus", "localhost/t-cli", "true"]),
-                             (["-u", "nosuch", "t/cli", "--", "true"], ["-u", "nosuch", "localhost/t-cli", "true"])):
+                             (["-u", "nosuch", "t/cli", "--", "true"], ["-u", "nosuch", "localhost/t-cli", "true"]),
+                             (["-e", "=x", "t/cli", "--", "true"], ["-e", "=x", "localhost/t-cli", "true"]),
+                             (["--name", "a/b", "t/cli", "--", "true"], ["--name", "a/b", "localhost/t-cli", "true"])):
         lk = subprocess.run([sys.executable, "-m", "labkit", "run", "--rm", *lk_args], capture_output=True, text=True)
         pm = podman("run", "--rm", *pm_args, check=False)   # the tool's own error 125, a user the image lacks
         # 126 (before: 1, 2 and 1)
