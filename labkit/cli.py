@@ -268,14 +268,15 @@ def cmd_exec(args) -> int:
     if not cmd:
         raise LabError("exec needs a command", "e.g. labkit exec CONTAINER -- ps")
     r = container.Container.load(args.container).exec(cmd, user=args.user, capture=False, timeout=None,
-                                                       env=_env(args.env), workdir=args.workdir)
+                                                       env=_env(args.env), workdir=args.workdir,
+                                                       stdin=0 if args.interactive else None)
     return r.exit_code
 
 
 def cmd_rm(args) -> int:
     from . import container
     for ident in args.containers:
-        container.Container.load(ident).remove()
+        container.Container.load(ident).remove(force=args.force)
         print(f"removed {ident}")
     return 0
 
@@ -557,6 +558,7 @@ def _env(flags: list[str]) -> list[str]:
 
 
 def _args_exec(p) -> None:
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (else it is /dev/null)")
     p.add_argument("-u", "--user", metavar="USER[:GROUP]")
     _args_env_workdir(p, made="not made if missing")
     p.add_argument("container", metavar="CONTAINER")
@@ -571,6 +573,7 @@ def _args_commit(p) -> None:
 
 
 def _args_rm(p) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first (else refused)")
     p.add_argument("containers", nargs="+")
     p.set_defaults(fn=cmd_rm)
 

@@ -573,13 +573,14 @@ class Container:
         return read("stdout"), read("stderr")
 
     def exec(self, cmd: list[str], user: str | None = None, capture: bool = True, timeout: float | None = 120,
-             env: list[str] | None = None, workdir: str | None = None) -> Result:
+             env: list[str] | None = None, workdir: str | None = None, stdin: int | None = None) -> Result:
         """docker exec: run ``cmd`` inside the running container: setns(2) into PID 1's
         namespaces (its user namespace first, with --userns), join its cgroups, fork (a PID
         namespace takes children only), then the same confinement, user and seccomp filter as
         PID 1 had. ``env`` (KEY=VALUE) is added to the container's environment and ``workdir``
         replaces its working directory, as docker exec -e and -w (a missing one is not made:
-        status 126). Returns its Result; the container goes on."""
+        status 126); ``stdin``: an fd the command reads (docker exec -i), /dev/null otherwise.
+        Returns its Result; the container goes on."""
         if workdir and not workdir.startswith("/"):
             raise ContainerError(f"the working directory {workdir!r} is not an absolute path",
                                  "write it from /, e.g. -w /app")
@@ -592,12 +593,13 @@ class Container:
         self._confinement = conf
         self._seccomp = confine.default_filter() if conf.seccomp and not conf.privileged else None
         out = [os.pipe(), os.pipe()] if capture else None
+        null = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
         try:
             child = sandbox.Child(self._exec_in, pid1, cmd, user, env or [], workdir or self.cfg.workdir,
-                                  stdout=out[0][1] if out else None,
+                                  stdin=stdin if null is None else null, stdout=out[0][1] if out else None,
                                   stderr=out[1][1] if out else None, note=f"exec in {self.id}")
         finally:
-            for fd in [out[0][1], out[1][1]] if out else []:
+            for fd in [*([out[0][1], out[1][1]] if out else []), *([null] if null is not None else [])]:
                 os.close(fd)
         try:
             try:
@@ -666,11 +668,23 @@ class Container:
         finally:
             lab.remove_tree(back)
 
-    def remove(self) -> None:
-        """Delete the container's directory (its volumes stay: they are not the container's)."""
+    def remove(self, force: bool = True) -> None:
+        """Delete the container's directory (its volumes stay: they are not the container's).
+        A running container is killed first, and its supervisor (``-d``) let finish; with
+        ``force=False`` it is refused instead, as `docker rm` without -f refuses it."""
+        running = self.pid or self.running_pid1()
+        if running and not force:
+            raise ContainerError(f"container {self.cfg.name} is running",
+                                 f"stop it first (labkit stop {self.cfg.name}) or remove it with labkit rm -f")
         if self.pid:
             self.kill()
-        lab.remove_tree(self.dir)
+        elif running:
+            self.kill()
+            deadline = time.monotonic() + 10        # the supervisor records the end (or, --rm, removes)
+            while self.dir.exists() and not (self.dir / "result.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if self.dir.exists():
+            lab.remove_tree(self.dir)
 
 
 INIT_FILES = ("hostname", "hosts", "resolv.conf")

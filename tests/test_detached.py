@@ -35,6 +35,10 @@ def test_run_detached_then_logs_exec_stop(busybox):
     r = labkit("exec", "-e", "A=1 2", "-e", "HOME=/x", "-w", "/tmp", "bg", "--", "/bin/sh", "-c",   # before: no
                'echo "$A|$HOME"; pwd', check=False)                                             # -e, no -w
     assert (r.returncode, r.stdout) == (0, "1 2|/x\n/tmp\n"), r.stderr
+    for flags, out in (([], "0\n"), (["-i"], "6\n")):      # docker exec: stdin only with -i (before: always,
+        r = subprocess.run([sys.executable, "-m", "labkit", "exec", *flags, "bg", "--", "wc", "-c"],   # and -i
+                           input="hello\n", capture_output=True, text=True, timeout=60)               # refused)
+        assert (r.returncode, r.stdout.split()[0] + "\n") == (0, out), r.stderr
     r = labkit("exec", "-w", "/no/such", "bg", "--", "true", check=False)       # docker exec: not made, 126
     assert r.returncode == 126 and "/no/such" in r.stderr and len(r.stderr.splitlines()) == 1
     r = labkit("exec", "-w", "rel", "bg", "--", "true", check=False)
@@ -58,6 +62,21 @@ def test_stop_kills_what_ignores_the_signal_and_kill_sends_one(busybox):
     assert pid1 and procfs.stat(pid1)
     labkit("kill", "-s", "USR1", c.id)
     assert wait_until(lambda: not c.dir.exists())                       # --rm: gone once it ended
+    assert container.containers() == []
+
+
+def test_rm_refuses_a_running_container_and_rm_f_ends_it_first(busybox):
+    """docker rm and podman rm: a running container is refused, -f kills it, then removes it.
+    Before: `labkit rm` deleted a running detached container's directory and left its
+    processes running, out of `labkit ps`'s sight."""
+    import os
+    c = container.run_detached("busybox", ["sleep", "300"])
+    pid1 = c.running_pid1()
+    r = labkit("rm", c.id, check=False)
+    assert r.returncode == 1 and "is running" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert c.dir.exists() and c.running_pid1() == pid1
+    labkit("rm", "-f", c.id)
+    assert not c.dir.exists() and wait_until(lambda: not os.path.exists(f"/proc/{pid1}"))
     assert container.containers() == []
 
 
