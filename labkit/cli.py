@@ -188,8 +188,6 @@ def cmd_run(args) -> int:
                 security_opt=args.security_opt, userns=args.userns, user=args.user,
                 entrypoint=[args.entrypoint] if args.entrypoint else None, workdir=args.workdir,
                 env=_env(args.env))
-    if args.workdir and not args.workdir.startswith("/"):
-        raise LabError(f"the working directory {args.workdir!r} is not an absolute path", "write it from /, e.g. -w /app")
     if args.detach:
         if args.tty or args.interactive:
             raise LabError("-d cannot be combined with -i or -t here", "run it with -d alone, then labkit exec")

@@ -171,7 +171,7 @@ class Container:
         ``cmd`` replaces the image's CMD and follows its ENTRYPOINT unless ``entrypoint`` is
         given (then the image's CMD is dropped, as with docker run --entrypoint); by default the container gets Docker's confinement; ``confinement`` gives it exactly
         (lesson 05 adds one defence at a time)."""
-        _check_run_options(name, env or [])
+        _check_run_options(name, env or [], workdir)
         store = store or st.Store()
         # a build step of a FROM scratch stage has layers but no image, so no image config
         conf = {} if image == st.SCRATCH and layers else store.image(image).config.get("config", {})
@@ -581,10 +581,7 @@ class Container:
         replaces its working directory, as docker exec -e and -w (a missing one is not made:
         status 126); ``stdin``: an fd the command reads (docker exec -i), /dev/null otherwise.
         Returns its Result; the container goes on."""
-        if workdir and not workdir.startswith("/"):
-            raise ContainerError(f"the working directory {workdir!r} is not an absolute path",
-                                 "write it from /, e.g. -w /app")
-        _check_run_options("", env or [])
+        _check_run_options("", env or [], workdir)
         pid1 = self.pid1(timeout=1) if self.group else self.running_pid1()
         if pid1 is None:
             raise ContainerError(f"container {self.id} is not running", "start it first (labkit run -d)")
@@ -672,17 +669,15 @@ class Container:
         """Delete the container's directory (its volumes stay: they are not the container's).
         A running container is killed first, and its supervisor (``-d``) let finish; with
         ``force=False`` it is refused instead, as `docker rm` without -f refuses it."""
-        running = self.pid or self.running_pid1()
-        if running and not force:
+        detached = not self.pid and self.running_pid1()
+        if (self.pid or detached) and not force:
             raise ContainerError(f"container {self.cfg.name} is running",
                                  f"stop it first (labkit stop {self.cfg.name}) or remove it with labkit rm -f")
-        if self.pid:
+        if self.pid or detached:
             self.kill()
-        elif running:
-            self.kill()
-            deadline = time.monotonic() + 10        # the supervisor records the end (or, --rm, removes)
-            while self.dir.exists() and not (self.dir / "result.json").exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
+        deadline = time.monotonic() + 10            # a supervisor records the end (or, --rm, removes)
+        while detached and self.dir.exists() and not (self.dir / "result.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.dir.exists():
             lab.remove_tree(self.dir)
 
@@ -788,9 +783,12 @@ def _identity(user: str) -> users.Identity:
 NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")     # docker's and podman's rule for container names
 
 
-def _check_run_options(name: str, env: list[str]) -> None:
-    """A --name and -e values docker would take: a name of NAME's letters, and KEY=VALUE with a
-    KEY (execve(2) would refuse "=x" only once the container is made)."""
+def _check_run_options(name: str, env: list[str], workdir: str | None) -> None:
+    """A --name, -e values and a -w docker would take: a name of NAME's letters, KEY=VALUE with
+    a KEY (execve(2) would refuse "=x" only once the container is made), an absolute -w."""
+    if workdir and not workdir.startswith("/"):
+        raise ContainerError(f"the working directory {workdir!r} is not an absolute path",
+                             "write it from /, e.g. -w /app")
     if name and not NAME.fullmatch(name):
         raise ContainerError(f"container name {name!r} is not allowed",
                              "use letters, digits, '_', '.' and '-', starting with a letter or digit")
